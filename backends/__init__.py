@@ -1,0 +1,38 @@
+"""Backends: the Backend interface, the registry, the NumPy backend, plans and the scheduler."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from pyggml.graph.graph import Graph
+from pyggml.graph.tensor import Tensor
+
+from .base import Backend
+from .numpy_backend import NumpyBackend
+from .plan import Plan
+from .registry import available, create
+
+_default: Backend | None = None
+
+
+def default_backend() -> Backend:
+    """The process-wide NumPy backend used when none is given."""
+    global _default
+    if _default is None:
+        _default = NumpyBackend()
+    return _default
+
+
+def compile(outputs: Tensor | Iterable[Tensor], backend: Backend | None = None) -> Plan:  # noqa: A001
+    """Build the graph of the outputs and compile it into a reusable plan."""
+    return Plan(Graph.build(outputs), backend or default_backend())
+
+
+def compute(*outputs: Tensor, backend: Backend | None = None) -> np.ndarray | list[np.ndarray]:
+    """Compute tensors now and return their values (one array, or a list for several)."""
+    values = compile(list(outputs), backend).run()
+    return values[0] if len(outputs) == 1 else values
+
+
+__all__ = ["Backend", "NumpyBackend", "Plan", "available", "compile", "compute", "create", "default_backend"]

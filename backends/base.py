@@ -1,0 +1,60 @@
+"""The Backend interface: what a device must offer the scheduler (see docs/backends.md)."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from pyggml.graph.tensor import Tensor
+from pyggml.ops import VIEW_OPS
+
+# A kernel factory builds, once per plan, the closure that computes `node` into `out` from its sources' arrays.
+Step = Callable[[], None]
+KernelFactory = Callable[..., Step]
+
+
+class Backend(ABC):
+    """A device: it places persistent tensors, allocates buffers, copies to and from the host, runs kernels."""
+
+    name: str = "?"
+    kernels: dict[str, KernelFactory] = {}
+
+    def supports(self, node: Tensor) -> bool:
+        """True if this backend can compute the node (views are always supported)."""
+        return node.op in self.kernels or node.op in VIEW_OPS
+
+    @abstractmethod
+    def place(self, leaf: Tensor, dense: bool) -> Any:
+        """The device array of a weight, constant or persistent buffer, made once and kept (dense: dequantized)."""
+
+    @abstractmethod
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> Any:
+        """A new uninitialised device array."""
+
+    @abstractmethod
+    def arena_view(self, arena: Any, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> Any:
+        """A contiguous array of `shape` inside a byte arena at `offset`."""
+
+    @abstractmethod
+    def strided_view(self, base: Any, offset: int, shape: tuple[int, ...], strides: tuple[int, ...]) -> Any:
+        """An array sharing base's storage at byte offset with byte strides."""
+
+    @abstractmethod
+    def upload(self, dst: Any, host: np.ndarray) -> None:
+        """Copy host values into an existing device array."""
+
+    @abstractmethod
+    def download(self, src: Any) -> np.ndarray:
+        """A host copy of a device array."""
+
+    def synchronize(self) -> None:
+        """Wait for queued work (a no-op on synchronous backends)."""
+
+    def compile_node(self, node: Tensor, out: Any, srcs: list[Any]) -> Step:
+        """The closure computing node into out from srcs."""
+        return self.kernels[node.op](node, out, *srcs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"

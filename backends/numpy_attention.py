@@ -1,0 +1,145 @@
+"""NumPy kernels of the attention ops: masked softmax with ALiBi, rope (NORMAL/NEOX, YaRN), fused attention."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from pyggml.graph.tensor import Tensor
+from pyggml.ops import ROPE_NEOX
+
+from .numpy_kernels import F32, as_f32, kernel, split_view, tile_shapes
+
+
+def alibi_slopes(n_head: int, max_bias: float) -> np.ndarray:
+    """Per-head ALiBi slopes as ggml computes them (ones when max_bias is 0)."""
+    if max_bias <= 0:
+        return np.ones(n_head, F32)
+    n_log2 = 2 ** int(math.floor(math.log2(n_head)))
+    m0, m1 = 2.0 ** (-max_bias / n_log2), 2.0 ** (-max_bias / 2.0 / n_log2)
+    h = np.arange(n_head)
+    return np.where(h < n_log2, m0 ** (h + 1), m1 ** (2 * (h - n_log2) + 1)).astype(F32)
+
+
+def mask_view(mask: np.ndarray, mask_dtype, scores_shape: tuple[int, ...], max_bias: float):
+    """A function returning the mask's first rows, tiled as ggml repeats it, times the ALiBi slopes."""
+    rows = scores_shape[-2]
+    lead_split, mask_lead_split = tile_shapes(scores_shape[:-2], mask.shape[:-2])
+    slopes = None
+    if max_bias > 0:
+        n_head = scores_shape[-3]
+        slopes = alibi_slopes(n_head, max_bias)[:, None, None]
+
+    def get() -> np.ndarray:
+        m = as_f32(mask[..., :rows, :], mask_dtype)
+        m = split_view(m, mask_lead_split + m.shape[-2:])
+        return m if slopes is None else m * split_view(slopes, (1,) * (len(lead_split) - 1) + slopes.shape)
+    return lead_split, get
+
+
+def softmax_into(x: np.ndarray, out: np.ndarray) -> None:
+    """out = softmax(x) over the last dim; x may be overwritten, out may alias x."""
+    x -= x.max(axis=-1, keepdims=True)
+    np.exp(x, out=out)
+    out /= out.sum(axis=-1, keepdims=True)
+
+
+@kernel("soft_max_ext")
+def soft_max_ext(node: Tensor, out, a, mask=None):
+    scale, max_bias = F32(node.params["scale"]), node.params["max_bias"]
+    if mask is None:
+        return lambda: softmax_into(np.multiply(a, scale), out)
+    lead_split, get_mask = mask_view(mask, node.srcs[1].dtype, a.shape, max_bias)
+    a_v, out_v = split_view(a, lead_split + a.shape[-2:]), split_view(out, lead_split + a.shape[-2:])
+
+    def run():
+        x = np.multiply(a_v, scale)
+        x += get_mask()
+        softmax_into(x, out_v)
+    return run
+
+
+def yarn_corr_dims(n_dims: int, n_ctx_orig: int, base: float, beta_fast: float, beta_slow: float):
+    """The dims where YaRN ramps from extrapolation to interpolation (ggml_rope_yarn_corr_dims)."""
+    def corr_dim(n_rot: float) -> float:
+        return n_dims * math.log(n_ctx_orig / (n_rot * 2 * math.pi)) / (2 * math.log(base))
+    return max(0.0, math.floor(corr_dim(beta_fast))), min(n_dims - 1.0, math.ceil(corr_dim(beta_slow)))
+
+
+def rope_tables(p: dict, pos: np.ndarray, freq_factors: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of shape (N, 1, n_dims/2) for the positions, with freq_scale, YaRN and attn_factor."""
+    n_dims = p["n_dims"]
+    i = np.arange(0, n_dims, 2, dtype=np.float64)
+    inv_freq = p["freq_base"] ** (-i / n_dims)
+    if freq_factors is not None:
+        inv_freq = inv_freq / freq_factors
+    theta_extrap = pos.astype(np.float64)[:, None] * inv_freq[None, :]
+    theta = theta_extrap * p["freq_scale"]
+    mscale = p["attn_factor"]
+    if p["ext_factor"] != 0.0:
+        low, high = yarn_corr_dims(n_dims, p["n_ctx_orig"], p["freq_base"], p["beta_fast"], p["beta_slow"])
+        ramp = 1 - np.clip((i / 2 - low) / max(0.001, high - low), 0, 1)
+        mix = ramp * p["ext_factor"]
+        theta = theta * (1 - mix) + theta_extrap * mix
+        mscale *= 1.0 + 0.1 * math.log(1.0 / p["freq_scale"])
+    return (np.cos(theta) * mscale).astype(F32)[:, None, :], (np.sin(theta) * mscale).astype(F32)[:, None, :]
+
+
+@kernel("rope")
+def rope(node: Tensor, out, a, pos, freq_factors=None):
+    p, n = node.params, node.params["n_dims"]
+    half = n // 2
+    if p["mode"] == ROPE_NEOX:
+        x0, x1, o0, o1 = a[..., :half], a[..., half:n], out[..., :half], out[..., half:n]
+    else:
+        x0, x1, o0, o1 = a[..., 0:n:2], a[..., 1:n:2], out[..., 0:n:2], out[..., 1:n:2]
+
+    def run():
+        cos, sin = rope_tables(p, pos, freq_factors)
+        r0 = x0 * cos - x1 * sin
+        r1 = x0 * sin + x1 * cos
+        o0[...], o1[...] = r0, r1
+        if n < a.shape[-1] and out is not a:
+            out[..., n:] = a[..., n:]
+    return run
+
+
+def attention_mask(mask: np.ndarray, mask_dtype, heads_lead: tuple[int, ...], scores_shape: tuple[int, ...],
+                   max_bias: float):
+    """A function returning the mask added to grouped scores (lead, Hkv, group, N, KV)."""
+    rows = scores_shape[-2]
+    if max_bias <= 0 and mask.ndim == 2:
+        return lambda: as_f32(mask[:rows], mask_dtype)
+    heads_shape = heads_lead + scores_shape[-2:]
+    lead_split, get_heads_mask = mask_view(mask, mask_dtype, heads_shape, max_bias)
+    return lambda: np.broadcast_to(get_heads_mask(), lead_split + scores_shape[-2:]).reshape(scores_shape)
+
+
+@kernel("flash_attn_ext")
+def flash_attn_ext(node: Tensor, out, q, k, v, mask=None):
+    p = node.params
+    scale, softcap = F32(p["scale"]), p["logit_softcap"]
+    k_type, v_type = node.srcs[1].dtype, node.srcs[2].dtype
+    n_kv_head, group = k.shape[-3], q.shape[-3] // k.shape[-3]
+    lead = q.shape[:-3]
+    q_g = split_view(q, lead + (n_kv_head, group) + q.shape[-2:])
+    out_g = split_view(np.swapaxes(out, -2, -3), lead + (n_kv_head, group) + (out.shape[-3], out.shape[-1]))
+    scores_shape = lead + (n_kv_head, group, q.shape[-2], k.shape[-2])
+    get_mask = None
+    if mask is not None:
+        get_mask = attention_mask(mask, node.srcs[3].dtype, lead + (q.shape[-3],), scores_shape, p["max_bias"])
+
+    def run():
+        kf = as_f32(k, k_type)[..., :, None, :, :]
+        vf = as_f32(v, v_type)[..., :, None, :, :]
+        s = np.matmul(q_g, np.swapaxes(kf, -1, -2))
+        s *= scale
+        if softcap:
+            s /= F32(softcap)
+            np.tanh(s, out=s)
+            s *= F32(softcap)
+        if get_mask is not None:
+            s += get_mask()
+        softmax_into(s, s)
+        np.matmul(s, vf, out=out_g)
+    return run

@@ -1,0 +1,78 @@
+"""The NumPy backend: the reference CPU backend implementing every op."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pyggml.graph.dtypes import DType, is_quantized, numpy_dtype
+from pyggml.graph.tensor import Tensor
+
+from . import numpy_attention  # noqa: F401  (registers the attention kernels)
+from .base import Backend
+from .numpy_kernels import KERNELS, as_f32
+from .quants import dequantize
+
+WEIGHT_DTYPES = (DType.F32, DType.F16)
+
+
+class NumpyBackend(Backend):
+    """CPU backend on NumPy; quantized weights become F32 (or F16 on request) once, when placed."""
+
+    name = "numpy"
+    kernels = KERNELS
+
+    def __init__(self, weight_dtype: DType = DType.F32):
+        if weight_dtype not in WEIGHT_DTYPES:
+            raise ValueError(f"weight_dtype must be one of {[t.name for t in WEIGHT_DTYPES]}")
+        self.weight_dtype = weight_dtype
+        self._placed: dict[tuple[Tensor, bool], np.ndarray] = {}
+
+    def place(self, leaf: Tensor, dense: bool) -> np.ndarray:
+        key = (leaf, dense or not is_quantized(leaf.dtype))
+        if key not in self._placed:
+            self._placed[key] = self._make(leaf, key[1])
+        return self._placed[key]
+
+    def _make(self, leaf: Tensor, dense: bool) -> np.ndarray:
+        if leaf.data is None:
+            return np.zeros(leaf.shape, numpy_dtype(leaf.dtype))
+        if not is_quantized(leaf.dtype):
+            data = np.asarray(leaf.data).reshape(leaf.shape)
+            if leaf.dtype in (DType.F16, DType.BF16):
+                return as_f32(data, leaf.dtype).astype(numpy_dtype(self.weight_dtype), copy=False)
+            return data
+        if not dense:
+            return np.asarray(leaf.data).reshape(-1, leaf.data.shape[-1])
+        values = dequantize(np.asarray(leaf.data), leaf.dtype, leaf.shape)
+        return values.astype(np.float16) if self.weight_dtype == DType.F16 else values
+
+    def placed(self, leaf: Tensor) -> np.ndarray | None:
+        """The array a leaf was placed as (dense form first), or None."""
+        return self._placed.get((leaf, True), self._placed.get((leaf, False)))
+
+    def placed_bytes(self) -> int:
+        """Bytes held by placed tensors that are not memory-mapped file data."""
+        return sum(a.nbytes for a in self._placed.values() if a.flags.owndata)
+
+    def release(self, leaf: Tensor) -> None:
+        """Forget a placed tensor (its next use places it again)."""
+        for dense in (True, False):
+            self._placed.pop((leaf, dense), None)
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return np.empty(shape, dtype)
+
+    def arena_view(self, arena: np.ndarray, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        return arena[offset:offset + n].view(dtype).reshape(shape)
+
+    def strided_view(self, base: np.ndarray, offset: int, shape: tuple[int, ...],
+                     strides: tuple[int, ...]) -> np.ndarray:
+        return np.ndarray(shape, base.dtype, buffer=base, offset=offset, strides=strides)
+
+    def upload(self, dst: np.ndarray, host: np.ndarray) -> None:
+        np.copyto(dst, np.reshape(host, dst.shape), casting="same_kind")
+
+    def download(self, src: np.ndarray) -> np.ndarray:
+        return np.array(src, copy=True)
