@@ -1,0 +1,59 @@
+"""Chat templates: the GGUF's Jinja template rendered as Hugging Face does, or an architecture's built-in."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+import jinja2
+import jinja2.sandbox
+
+from pyggml.graph.errors import PyggmlError
+
+TEMPLATE_KEY = "tokenizer.chat_template"
+
+# Built-in turn formats for files without a template, keyed by architecture (llama.cpp's fallbacks).
+BUILTIN_TEMPLATES: dict[str, str] = {
+    "gemma3": (
+        "{{ bos_token }}"
+        "{%- if messages[0]['role'] == 'system' -%}"
+        "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}{%- set loop_messages = messages[1:] -%}"
+        "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
+        "{%- for message in loop_messages -%}"
+        "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+        "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+        "{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+    ),
+    "chatml": (
+        "{%- for message in messages -%}"
+        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+    ),
+}
+DEFAULT_BUILTIN = "chatml"
+
+
+def _raise(message: str) -> None:
+    raise PyggmlError(f"chat template: {message}")
+
+
+def template_source(metadata: Mapping, arch: str) -> tuple[str, str]:
+    """(template text, where it came from): the file's own, else the architecture's built-in, else chatml."""
+    if metadata.get(TEMPLATE_KEY):
+        return metadata[TEMPLATE_KEY], "file"
+    name = arch if arch in BUILTIN_TEMPLATES else DEFAULT_BUILTIN
+    return BUILTIN_TEMPLATES[name], f"built-in {name}"
+
+
+def render_chat(template: str, messages: Sequence[Mapping[str, str]], bos_token: str = "", eos_token: str = "",
+                add_generation_prompt: bool = True) -> str:
+    """The prompt text for a conversation, rendered in a sandbox with HF's helpers."""
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals.update(raise_exception=_raise, strftime_now=lambda fmt: datetime.now().strftime(fmt))
+    try:
+        return env.from_string(template).render(messages=list(messages), bos_token=bos_token, eos_token=eos_token,
+                                                add_generation_prompt=add_generation_prompt)
+    except jinja2.TemplateError as e:
+        raise PyggmlError(f"chat template failed to render: {e}") from None

@@ -1,0 +1,72 @@
+"""Text streaming over generated tokens: whole UTF-8 characters only, stop strings held back and cut."""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from .sampling import SamplingParams
+from .tokenizer import StreamDecoder
+
+if TYPE_CHECKING:
+    from .model import Model
+
+
+def held_back(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest suffix of text that could be the start of a stop string."""
+    best = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:n]):
+                best = n
+                break
+    return best
+
+
+class TextStream:
+    """Iterates over the text pieces of one generation; afterwards holds tokens, finish reason, timings."""
+
+    def __init__(self, model: Model, prompt_ids: list[int], max_tokens: int, params: SamplingParams,
+                 stop: Sequence[str] = (), kv_cache: bool = True):
+        self.model, self.prompt_ids, self.max_tokens, self.params = model, prompt_ids, max_tokens, params
+        self.stop, self.kv_cache = [s for s in stop if s], kv_cache
+        self.tokens: list[int] = []
+        self.logprobs: list[float] = []
+        self.finish_reason = "length"
+        self.timings: dict[str, float] = {}
+
+    def __iter__(self) -> Iterator[str]:
+        decoder, pending = StreamDecoder(self.model.tokenizer), ""
+        t0 = time.perf_counter()
+        t_first = None
+        for token, logprob in self.model.generate_ids(self.prompt_ids, self.max_tokens, self.params, self.kv_cache):
+            t_first = t_first or time.perf_counter()
+            self.tokens.append(token)
+            self.logprobs.append(logprob)
+            if self.model.tokenizer.is_eog(token):
+                self.finish_reason = "stop"
+                break
+            pending += decoder.feed(token)
+            cut = min((i for i in (pending.find(s) for s in self.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                self.finish_reason = "stop"
+                pending = pending[:cut]
+                break
+            emit = len(pending) - held_back(pending, self.stop)
+            if emit > 0:
+                yield pending[:emit]
+                pending = pending[emit:]
+        else:
+            pending += decoder.flush()
+        if pending:
+            yield pending
+        self._record_timings(t0, t_first)
+
+    def _record_timings(self, t0: float, t_first: float | None) -> None:
+        t_end = time.perf_counter()
+        t_first = t_first or t_end
+        n_decode = max(len(self.tokens) - 1, 0)
+        self.timings = {"prompt_tokens": len(self.prompt_ids), "prompt_seconds": t_first - t0,
+                        "prompt_tokens_per_second": len(self.prompt_ids) / max(t_first - t0, 1e-9),
+                        "generated_tokens": len(self.tokens), "decode_seconds": t_end - t_first,
+                        "decode_tokens_per_second": n_decode / max(t_end - t_first, 1e-9)}

@@ -1,0 +1,116 @@
+"""KV cache: per-layer K and V persistent tensors, the host-side record of which position each row holds,
+and the per-step inputs derived from it (rows to write, attention mask)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pyggml.graph.dtypes import DType
+from pyggml.graph.errors import PyggmlError
+from pyggml.graph.tensor import Flag, Tensor, new_tensor
+
+KV_PAD = 256  # the attended KV length is padded to a multiple of this, so decode plans are reused
+KV_TYPES = (DType.F32, DType.F16)
+
+
+@dataclass
+class CacheKind:
+    """Layers sharing one cell layout: a full cache or a ring; `window` limits what a query sees (SWA)."""
+    rows: int
+    window: int | None
+    ring: bool
+    cell_pos: np.ndarray  # position held by each row, -1 when empty
+
+    def write_rows(self, positions: np.ndarray) -> np.ndarray:
+        """Rows where tokens at these positions go: the position itself, or position mod rows for a ring."""
+        return positions % self.rows if self.ring else positions
+
+    def visible(self, positions: np.ndarray, n_kv: int) -> np.ndarray:
+        """(len(positions), n_kv) bool: row r holds a position query p may see (causal, within the window)."""
+        cells = self.cell_pos[None, :n_kv]
+        ok = (cells >= 0) & (cells <= positions[:, None])
+        if self.window is not None:
+            ok &= positions[:, None] - cells < self.window
+        return ok
+
+
+class KVCache:
+    """K and V tensors of (rows, n_kv_head * head_dim) per layer; full layers hold n_ctx rows, sliding
+    layers a ring of window + n_batch rows (as llama.cpp sizes its SWA cache)."""
+
+    def __init__(self, n_layer: int, n_ctx: int, n_kv_head: int, head_dim: int, dtype: DType = DType.F32,
+                 windows: list[int | None] | None = None, n_batch: int = 512, head_dim_v: int | None = None,
+                 swa_full: bool = False):
+        if dtype not in KV_TYPES:
+            raise PyggmlError(f"KV cache type must be one of {[t.name for t in KV_TYPES]}, not {dtype.name}")
+        self.n_ctx, self.dtype, self.n_batch = n_ctx, dtype, n_batch
+        self.n_kv_head, self.head_dim, self.head_dim_v = n_kv_head, head_dim, head_dim_v or head_dim
+        windows = windows or [None] * n_layer
+        self.kinds: dict[int | None, CacheKind] = {}
+        for w in dict.fromkeys(windows):
+            ring = w is not None and not swa_full and w + n_batch < n_ctx
+            rows = w + n_batch if ring else n_ctx
+            self.kinds[w] = CacheKind(rows, w, ring, np.full(rows, -1, np.int64))
+        self.layer_kind = [self.kinds[w] for w in windows]
+        self.k = [self._tensor(f"cache_k_l{il}", kind.rows, self.head_dim) for il, kind in enumerate(self.layer_kind)]
+        self.v = [self._tensor(f"cache_v_l{il}", kind.rows, self.head_dim_v)
+                  for il, kind in enumerate(self.layer_kind)]
+        self.n_past = 0
+
+    def _tensor(self, name: str, rows: int, dim: int) -> Tensor:
+        return new_tensor((rows, self.n_kv_head * dim), self.dtype, name=name, flags=Flag.PERSISTENT)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all K and V tensors."""
+        return sum(t.nbytes for t in self.k + self.v)
+
+    def n_kv(self, kind: CacheKind, end: int) -> int:
+        """The padded number of rows attention reads when positions up to `end` are filled."""
+        if kind.ring:
+            return kind.rows
+        return min(kind.rows, -(-end // KV_PAD) * KV_PAD)
+
+    def check_room(self, n_new: int) -> None:
+        """Refuse a batch that does not fit in the context."""
+        if self.n_past + n_new > self.n_ctx:
+            raise PyggmlError(f"{self.n_past + n_new} tokens do not fit in the context of {self.n_ctx}")
+
+    def commit(self, positions: np.ndarray) -> None:
+        """Record that these positions were written (call after the step that wrote them)."""
+        for kind in self.kinds.values():
+            kind.cell_pos[kind.write_rows(positions)] = positions
+        self.n_past = int(positions[-1]) + 1
+
+    def clear(self) -> None:
+        """Forget every position (the tensors keep their memory; masks hide stale rows)."""
+        for kind in self.kinds.values():
+            kind.cell_pos[:] = -1
+        self.n_past = 0
+
+    def step_inputs(self, positions: np.ndarray) -> dict[int | None, tuple[np.ndarray, np.ndarray]]:
+        """Per cache kind: (rows to write, additive float mask) for a batch at these positions."""
+        end = int(positions[-1]) + 1
+        inputs = {}
+        for w, kind in self.kinds.items():
+            rows = kind.write_rows(positions)
+            saved = kind.cell_pos[rows].copy()
+            kind.cell_pos[rows] = positions  # the batch sees itself (causally)
+            visible = kind.visible(positions, self.n_kv(kind, end))
+            kind.cell_pos[rows] = saved
+            inputs[w] = (rows.astype(np.int64), additive_mask(visible))
+        return inputs
+
+
+def causal_mask(positions: np.ndarray, window: int | None = None) -> np.ndarray:
+    """The additive mask of a batch attending to itself: causal, and within the window if any."""
+    visible = positions[None, :] <= positions[:, None]
+    if window is not None:
+        visible &= positions[:, None] - positions[None, :] < window
+    return additive_mask(visible)
+
+
+def additive_mask(visible: np.ndarray) -> np.ndarray:
+    """0 where visible, -inf elsewhere, as F32."""
+    return np.where(visible, np.float32(0.0), np.float32(-np.inf)).astype(np.float32)

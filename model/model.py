@@ -1,0 +1,134 @@
+"""Model: a GGUF LLM loaded for inference: tokenize, evaluate, generate, chat."""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pyggml.backends import Backend, default_backend
+from pyggml.graph.dtypes import DType, as_dtype
+from pyggml.graph.errors import PyggmlError
+
+from .arch_llama import build_llama
+from .chat_template import render_chat, template_source
+from .context import Context, GraphBuilder
+from .generation import TextStream
+from .gguf_file import GGUFFile
+from .hparams import HParams, load_hparams
+from .kv_cache import KVCache
+from .pull import resolve_model
+from .sampling import Sampler, SamplingParams, log_softmax
+from .tokenizer import load_tokenizer
+from .weights import Weights
+
+DEFAULT_N_CTX = 4096
+ARCHITECTURES: dict[str, GraphBuilder] = {"llama": build_llama}
+
+
+@dataclass
+class Completion:
+    """The result of a non-streaming generation."""
+    text: str
+    tokens: list[int]
+    finish_reason: str  # "stop" (EOS/EOT or a stop string) or "length" (max_tokens or a full context)
+    logprobs: list[float] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Model:
+    """A loaded GGUF model with its tokenizer, KV cache and a context to evaluate tokens."""
+
+    def __init__(self, path_or_name: str | Path, n_ctx: int | None = None, n_batch: int = 512,
+                 kv_type: DType | str = DType.F32, backend: Backend | None = None, swa_full: bool = False):
+        t0 = time.perf_counter()
+        self.path = resolve_model(str(path_or_name))
+        self.gguf = GGUFFile(self.path)
+        self.hparams: HParams = load_hparams(self.gguf.metadata)
+        if self.hparams.arch not in ARCHITECTURES:
+            raise PyggmlError(f"{self.path}: architecture {self.hparams.arch!r} is not supported "
+                              f"(supported: {', '.join(ARCHITECTURES)})")
+        self.tokenizer = load_tokenizer(self.gguf.metadata)
+        self.n_ctx = min(n_ctx or DEFAULT_N_CTX, self.hparams.n_ctx_train or DEFAULT_N_CTX)
+        hp = self.hparams
+        windows = [hp.sliding_window if hp.is_swa(il) else None for il in range(hp.n_layer)]
+        self.cache = KVCache(hp.n_layer, self.n_ctx, hp.n_head_kv, hp.head_dim, as_dtype(kv_type), windows,
+                             min(n_batch, self.n_ctx), hp.head_dim_v, swa_full)
+        self.weights = Weights(self.gguf)
+        self.context = Context(self.weights, hp, ARCHITECTURES[hp.arch], self.cache, backend or default_backend())
+        self.load_seconds = time.perf_counter() - t0
+
+    @classmethod
+    def load(cls, path_or_name: str | Path, **options) -> Model:
+        """Open a GGUF file or a known model name (pulled on first use)."""
+        return cls(path_or_name, **options)
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        """Token ids of text (BOS as the model says)."""
+        return self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, ids: Sequence[int], skip_special: bool = False) -> str:
+        """Text of token ids."""
+        return self.tokenizer.decode(ids, skip_special=skip_special)
+
+    def eval(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
+        """Append tokens to the cached sequence; logits of the last (or every) token."""
+        return self.context.eval(tokens, all_logits)
+
+    def reset(self) -> None:
+        """Forget the cached sequence."""
+        self.context.reset()
+
+    def _prompt_ids(self, prompt: str | Sequence[int], parse_special: bool = True) -> list[int]:
+        ids = self.tokenize(prompt, parse_special=parse_special) if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            raise PyggmlError("the prompt is empty")
+        if len(ids) > self.n_ctx:
+            raise PyggmlError(f"the prompt has {len(ids)} tokens, more than the context of {self.n_ctx}")
+        return ids
+
+    def generate_ids(self, prompt_ids: Sequence[int], max_tokens: int, sampling: SamplingParams,
+                     kv_cache: bool = True) -> Iterator[tuple[int, float]]:
+        """(token, log-probability) pairs as they are produced; the prompt is prefilled first."""
+        sampler, history = Sampler(sampling), list(prompt_ids)
+        self.reset()
+        logits = self.eval(history) if kv_cache else self.context.eval_uncached(history)
+        for _ in range(max_tokens):
+            token = sampler.sample(logits[-1], history)
+            yield token, float(log_softmax(logits[-1])[token])
+            history.append(token)
+            if self.tokenizer.is_eog(token) or len(history) >= self.n_ctx:
+                return
+            logits = self.eval([token]) if kv_cache else self.context.eval_uncached(history)
+
+    def generate(self, prompt: str | Sequence[int], max_tokens: int = 128, stream: bool = False,
+                 stop: Sequence[str] = (), kv_cache: bool = True, logprobs: bool = False,
+                 **sampling) -> Completion | Iterator[str]:
+        """Generate a continuation: a Completion, or (stream=True) an iterator of text pieces."""
+        params = SamplingParams(**sampling)
+        text_stream = TextStream(self, self._prompt_ids(prompt), max_tokens, params, stop, kv_cache)
+        if stream:
+            return iter(text_stream)
+        text = "".join(text_stream)
+        return Completion(text, text_stream.tokens, text_stream.finish_reason,
+                          text_stream.logprobs if logprobs else None, text_stream.timings)
+
+    def chat(self, messages: Sequence[Mapping[str, str]], **options) -> Completion | Iterator[str]:
+        """Reply to a conversation rendered through the chat template."""
+        return self.generate(self.apply_chat_template(messages), **options)
+
+    def apply_chat_template(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> str:
+        """The prompt text of a conversation."""
+        template, _ = template_source(self.gguf.metadata, self.hparams.arch)
+        tok = self.tokenizer
+        bos = tok.tokens[tok.bos_id] if tok.bos_id is not None else ""
+        eos = tok.tokens[tok.eos_id] if tok.eos_id is not None else ""
+        text = render_chat(template, messages, bos, eos, add_generation_prompt)
+        return text[len(bos):] if bos and tok.add_bos and text.startswith(bos) else text  # BOS comes from tokenize
+
+
+def load(path_or_name: str | Path, **options) -> Model:
+    """Load a GGUF model by path or known name (see `pyggml pull`)."""
+    return Model.load(path_or_name, **options)

@@ -1,0 +1,96 @@
+"""The sampler chain, in llama.cpp's order: penalties, top-k, top-p, min-p, temperature, then a draw."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class SamplingParams:
+    """llama.cpp's sampling settings; temperature <= 0 means greedy."""
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int | None = None
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log p of each token under the model's distribution."""
+    z = logits.astype(np.float64) - logits.max()
+    return z - np.log(np.exp(z).sum())
+
+
+def apply_penalties(logits: np.ndarray, history: Sequence[int], p: SamplingParams) -> np.ndarray:
+    """Repetition (divide positive / multiply negative logits), frequency and presence penalties."""
+    recent = list(history)[-p.repeat_last_n:] if p.repeat_last_n > 0 else []
+    if not recent or (p.repeat_penalty == 1.0 and not p.frequency_penalty and not p.presence_penalty):
+        return logits
+    ids, counts = np.unique(np.asarray(recent, np.int64), return_counts=True)
+    out = logits.copy()
+    seen = out[ids]
+    seen = np.where(seen > 0, seen / p.repeat_penalty, seen * p.repeat_penalty)
+    out[ids] = seen - counts * p.frequency_penalty - p.presence_penalty
+    return out
+
+
+def top_k(ids: np.ndarray, logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the k largest logits, sorted descending (k <= 0 keeps all, sorted)."""
+    if 0 < k < len(logits):
+        keep = np.argpartition(-logits, k - 1)[:k]
+        ids, logits = ids[keep], logits[keep]
+    order = np.argsort(-logits, kind="stable")
+    return ids[order], logits[order]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits.astype(np.float64) - logits.max())
+    return e / e.sum()
+
+
+def top_p(ids: np.ndarray, logits: np.ndarray, p: float) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the smallest sorted prefix whose probability reaches p (at least one token)."""
+    if p >= 1.0:
+        return ids, logits
+    cum = np.cumsum(softmax(logits))
+    n = int(np.searchsorted(cum, p)) + 1
+    return ids[:n], logits[:n]
+
+
+def min_p(ids: np.ndarray, logits: np.ndarray, p: float) -> tuple[np.ndarray, np.ndarray]:
+    """Keep tokens whose probability is at least p times the largest one."""
+    if p <= 0.0:
+        return ids, logits
+    keep = logits >= logits.max() + np.log(p)
+    return ids[keep], logits[keep]
+
+
+class Sampler:
+    """Draws the next token from logits; seeded runs are reproducible."""
+
+    def __init__(self, params: SamplingParams | None = None):
+        self.params = params or SamplingParams()
+        self.rng = np.random.default_rng(self.params.seed)
+
+    def candidates(self, logits: np.ndarray, history: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """The surviving (ids, probabilities) after the whole chain, before the draw."""
+        p = self.params
+        logits = apply_penalties(np.asarray(logits, np.float32), history, p)
+        if p.temperature <= 0:
+            best = int(np.argmax(logits))
+            return np.array([best]), np.array([1.0])
+        ids, cand = top_k(np.arange(len(logits)), logits, p.top_k)
+        ids, cand = top_p(ids, cand, p.top_p)
+        ids, cand = min_p(ids, cand, p.min_p)
+        return ids, softmax(cand / p.temperature)
+
+    def sample(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
+        """The next token id."""
+        ids, probs = self.candidates(logits, history)
+        return int(ids[0]) if len(ids) == 1 else int(self.rng.choice(ids, p=probs))
