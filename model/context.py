@@ -14,6 +14,7 @@ from .kv_cache import KVCache, causal_mask
 from .layers import StepInputs
 from .weights import Weights
 
+MAX_BATCH_PLANS = 2
 GraphBuilder = Callable[[Weights, HParams, StepInputs, "KVCache | None"], Tensor]
 
 
@@ -23,26 +24,38 @@ class Context:
     def __init__(self, weights: Weights, hp: HParams, build: GraphBuilder, cache: KVCache, backend: Backend):
         self.weights, self.hp, self.build, self.cache, self.backend = weights, hp, build, cache, backend
         self._plans: dict[tuple, tuple[Plan, StepInputs]] = {}
+        self.tokens: list[int] = []  # the sequence held in the cache
 
     @property
     def n_past(self) -> int:
         return self.cache.n_past
 
+    def truncate(self, n: int) -> None:
+        """Keep the first n tokens of the cached sequence."""
+        self.cache.truncate(n)
+        del self.tokens[n:]
+
     def reset(self) -> None:
         """Start a new sequence (the cache's rows are masked out, not freed)."""
-        self.cache.clear()
+        self.truncate(0)
+
+    def eval_prompt(self, tokens: Sequence[int]) -> np.ndarray:
+        """Logits of the last prompt token, evaluating only what the cache does not already hold."""
+        keep = 0
+        for cached, new in zip(self.tokens, tokens[:-1]):
+            if cached != new:
+                break
+            keep += 1
+        self.truncate(keep)
+        return self.eval(tokens[keep:])
 
     def eval(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
         """Append tokens to the sequence; logits (n, n_vocab) of the last token, or of every token."""
         if len(tokens) == 0:
             raise PyggmlError("eval needs at least one token")
         self.cache.check_room(len(tokens))
-        outs = []
-        for start in range(0, len(tokens), self.cache.n_batch):
-            chunk = np.asarray(tokens[start:start + self.cache.n_batch], np.int32)
-            last = start + len(chunk) == len(tokens)
-            if all_logits or last:
-                outs.append(self._step(chunk, all_logits))
+        outs = [self._step(np.asarray(tokens[start:start + self.cache.n_batch], np.int32), all_logits)
+                for start in range(0, len(tokens), self.cache.n_batch)]
         return np.concatenate(outs) if all_logits else outs[-1]
 
     def _step(self, tokens: np.ndarray, all_rows: bool) -> np.ndarray:
@@ -51,6 +64,7 @@ class Context:
         n_out = len(tokens) if all_rows else 1
         key = (len(tokens), n_out) + tuple((w, mask.shape[1]) for w, (_, mask) in kinds.items())
         if key not in self._plans:
+            self._evict_batch_plans()
             inp = StepInputs.create(len(tokens), n_out, {w: mask.shape[1] for w, (_, mask) in kinds.items()})
             self._plans[key] = (compile_plan(self.build(self.weights, self.hp, inp, self.cache), self.backend), inp)
         plan, inp = self._plans[key]
@@ -60,7 +74,14 @@ class Context:
             values[inp.kv_idx[w]], values[inp.kq_mask[w]] = rows, mask
         logits = plan.run(values)[0]
         self.cache.commit(positions)
+        self.tokens += tokens.tolist()
         return logits
+
+    def _evict_batch_plans(self) -> None:
+        """Keep every decode plan but only the newest few prefill plans (each holds an arena)."""
+        batch_keys = [k for k in self._plans if k[0] > 1]
+        for k in batch_keys[:max(0, len(batch_keys) - MAX_BATCH_PLANS + 1)]:
+            del self._plans[k]
 
     def eval_uncached(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
         """Logits of a whole sequence recomputed from scratch, without a KV cache (the baseline)."""

@@ -83,11 +83,11 @@ class KVCache:
             kind.cell_pos[kind.write_rows(positions)] = positions
         self.n_past = int(positions[-1]) + 1
 
-    def clear(self) -> None:
-        """Forget every position (the tensors keep their memory; masks hide stale rows)."""
+    def truncate(self, n: int) -> None:
+        """Keep positions below n, forget the rest (the tensors keep their memory; masks hide stale rows)."""
         for kind in self.kinds.values():
-            kind.cell_pos[:] = -1
-        self.n_past = 0
+            kind.cell_pos[kind.cell_pos >= n] = -1
+        self.n_past = min(self.n_past, n)
 
     def step_inputs(self, positions: np.ndarray) -> dict[int | None, tuple[np.ndarray, np.ndarray]]:
         """Per cache kind: (rows to write, additive float mask) for a batch at these positions."""

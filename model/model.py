@@ -12,6 +12,7 @@ from pyggml.backends import Backend, default_backend
 from pyggml.graph.dtypes import DType, as_dtype
 from pyggml.graph.errors import PyggmlError
 
+from .arch_gemma3 import build_gemma3
 from .arch_llama import build_llama
 from .chat_template import render_chat, template_source
 from .context import Context, GraphBuilder
@@ -25,7 +26,7 @@ from .tokenizer import load_tokenizer
 from .weights import Weights
 
 DEFAULT_N_CTX = 4096
-ARCHITECTURES: dict[str, GraphBuilder] = {"llama": build_llama}
+ARCHITECTURES: dict[str, GraphBuilder] = {"llama": build_llama, "gemma3": build_gemma3}
 
 
 @dataclass
@@ -81,7 +82,8 @@ class Model:
         """Forget the cached sequence."""
         self.context.reset()
 
-    def _prompt_ids(self, prompt: str | Sequence[int], parse_special: bool = True) -> list[int]:
+    def prompt_ids(self, prompt: str | Sequence[int], parse_special: bool = True) -> list[int]:
+        """Token ids of a prompt (special tokens in the text are parsed), checked against the context."""
         ids = self.tokenize(prompt, parse_special=parse_special) if isinstance(prompt, str) else list(prompt)
         if not ids:
             raise PyggmlError("the prompt is empty")
@@ -93,8 +95,7 @@ class Model:
                      kv_cache: bool = True) -> Iterator[tuple[int, float]]:
         """(token, log-probability) pairs as they are produced; the prompt is prefilled first."""
         sampler, history = Sampler(sampling), list(prompt_ids)
-        self.reset()
-        logits = self.eval(history) if kv_cache else self.context.eval_uncached(history)
+        logits = self.context.eval_prompt(history) if kv_cache else self.context.eval_uncached(history)
         for _ in range(max_tokens):
             token = sampler.sample(logits[-1], history)
             yield token, float(log_softmax(logits[-1])[token])
@@ -105,17 +106,18 @@ class Model:
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 128, stream: bool = False,
                  stop: Sequence[str] = (), kv_cache: bool = True, logprobs: bool = False,
-                 **sampling) -> Completion | Iterator[str]:
-        """Generate a continuation: a Completion, or (stream=True) an iterator of text pieces."""
+                 **sampling) -> Completion | TextStream:
+        """Generate a continuation: a Completion, or (stream=True) a TextStream iterating over text pieces
+        (its tokens, finish_reason and timings are filled in as it runs)."""
         params = SamplingParams(**sampling)
-        text_stream = TextStream(self, self._prompt_ids(prompt), max_tokens, params, stop, kv_cache)
+        text_stream = TextStream(self, self.prompt_ids(prompt), max_tokens, params, stop, kv_cache)
         if stream:
-            return iter(text_stream)
+            return text_stream
         text = "".join(text_stream)
         return Completion(text, text_stream.tokens, text_stream.finish_reason,
                           text_stream.logprobs if logprobs else None, text_stream.timings)
 
-    def chat(self, messages: Sequence[Mapping[str, str]], **options) -> Completion | Iterator[str]:
+    def chat(self, messages: Sequence[Mapping[str, str]], **options) -> Completion | TextStream:
         """Reply to a conversation rendered through the chat template."""
         return self.generate(self.apply_chat_template(messages), **options)
 

@@ -11,4 +11,10 @@ from pyggml.ops import *  # noqa: F401,F403  (the op vocabulary: mul_mat, rms_no
 from pyggml.ops import ALL_OPS
 
 __all__ = ["Backend", "DType", "Flag", "Graph", "NumpyBackend", "Plan", "PyggmlError", "ShapeError", "Tensor",
-           "compile", "compute", "create_backend", "from_numpy", "input_tensor", "new_tensor", *ALL_OPS]
+           "compile", "compute", "create_backend", "from_numpy", "input_tensor", "load", "new_tensor", *ALL_OPS]
+
+
+def load(path_or_name, **options):
+    """Load a GGUF model by path or known name (pulled on first use); see pyggml.model.model.Model."""
+    from pyggml.model.model import load as _load
+    return _load(path_or_name, **options)

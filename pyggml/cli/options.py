@@ -1,0 +1,41 @@
+"""Command-line options shared by the commands that load and run a model."""
+from __future__ import annotations
+
+import argparse
+
+from pyggml.model.sampling import SamplingParams
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """MODEL plus context, batch and cache settings."""
+    p.add_argument("model", help="a GGUF path or a known model name (see `pyggml pull`)")
+    p.add_argument("-c", "--ctx-size", type=int, default=None, help="context length (default: min(4096, trained))")
+    p.add_argument("-b", "--batch-size", type=int, default=512, help="prefill chunk size")
+    p.add_argument("--cache-type", choices=("f32", "f16"), default="f32", help="KV cache element type")
+    p.add_argument("--swa-full", action="store_true", help="full-size caches for sliding-window layers too")
+
+
+def add_sampling_options(p: argparse.ArgumentParser) -> None:
+    """llama.cpp's sampling flags."""
+    d = SamplingParams()
+    p.add_argument("-n", "--n-predict", type=int, default=128, help="tokens to generate")
+    p.add_argument("--temp", type=float, default=d.temperature, help="temperature (0 = greedy)")
+    p.add_argument("--top-k", type=int, default=d.top_k)
+    p.add_argument("--top-p", type=float, default=d.top_p)
+    p.add_argument("--min-p", type=float, default=d.min_p)
+    p.add_argument("--repeat-penalty", type=float, default=d.repeat_penalty)
+    p.add_argument("--repeat-last-n", type=int, default=d.repeat_last_n)
+    p.add_argument("--seed", type=int, default=None)
+
+
+def load_model(args: argparse.Namespace):
+    """The model the options name."""
+    from pyggml.model.model import Model
+    return Model(args.model, n_ctx=args.ctx_size, n_batch=args.batch_size, kv_type=args.cache_type,
+                 swa_full=args.swa_full)
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict:
+    """Sampling keyword arguments for Model.generate."""
+    return dict(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n, seed=args.seed)
