@@ -28,12 +28,15 @@ def mask_view(mask: np.ndarray, mask_dtype, scores_shape: tuple[int, ...], max_b
     slopes = None
     if max_bias > 0:
         n_head = scores_shape[-3]
-        slopes = alibi_slopes(n_head, max_bias)[:, None, None]
+        # the head dim is split like the scores' lead dims when the mask tiles it (mask heads between 1 and H)
+        head_split, _ = tile_shapes((n_head,), (mask.shape[-3] if mask.ndim >= 3 else 1,))
+        slopes = alibi_slopes(n_head, max_bias).reshape(head_split + (1, 1))
+        slopes = slopes.reshape((1,) * (len(lead_split) - len(head_split)) + slopes.shape)
 
     def get() -> np.ndarray:
         m = as_f32(mask[..., :rows, :], mask_dtype)
         m = split_view(m, mask_lead_split + m.shape[-2:])
-        return m if slopes is None else m * split_view(slopes, (1,) * (len(lead_split) - 1) + slopes.shape)
+        return m if slopes is None else m * slopes
     return lead_split, get
 
 
