@@ -8,7 +8,7 @@ import numpy as np
 from pyggml.graph.tensor import Tensor
 from pyggml.ops import ROPE_NEOX
 
-from .numpy_kernels import F32, as_f32, kernel, split_view, tile_shapes
+from .numpy_kernels import F32, as_f32, f32_compute, kernel, split_view, tile_shapes
 
 
 def alibi_slopes(n_head: int, max_bias: float) -> np.ndarray:
@@ -48,6 +48,7 @@ def softmax_into(x: np.ndarray, out: np.ndarray) -> None:
 
 
 @kernel("soft_max_ext")
+@f32_compute
 def soft_max_ext(node: Tensor, out, a, mask=None):
     scale, max_bias = F32(node.params["scale"]), node.params["max_bias"]
     if mask is None:
@@ -89,6 +90,7 @@ def rope_tables(p: dict, pos: np.ndarray, freq_factors: np.ndarray | None) -> tu
 
 
 @kernel("rope")
+@f32_compute
 def rope(node: Tensor, out, a, pos, freq_factors=None):
     p, n = node.params, node.params["n_dims"]
     half = n // 2
@@ -119,6 +121,7 @@ def attention_mask(mask: np.ndarray, mask_dtype, heads_lead: tuple[int, ...], sc
 
 
 @kernel("flash_attn_ext")
+@f32_compute
 def flash_attn_ext(node: Tensor, out, q, k, v, mask=None):
     p = node.params
     scale, softcap = F32(p["scale"]), p["logit_softcap"]

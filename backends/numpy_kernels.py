@@ -5,12 +5,13 @@ they return do only the arithmetic. `out` may be the same memory as the first so
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
 import numpy as np
 
-from pyggml.graph.dtypes import DType, is_quantized
+from pyggml.graph.dtypes import FLOAT_TYPES, DType, is_quantized
 from pyggml.graph.tensor import Tensor
 
 from .quants import dequantize_rows
@@ -32,15 +33,59 @@ def kernel(*names: str):
 
 
 def as_f32(x: np.ndarray, dtype: DType) -> np.ndarray:
-    """Float32 values of an array held in dtype's storage (BF16 is held as uint16)."""
-    if dtype == DType.BF16 or x.dtype == np.uint16:
+    """Float32 values of an array; BF16 values are held as uint16 (a placed BF16 weight may already be F32)."""
+    if x.dtype == np.uint16 and dtype == DType.BF16:
         return (x.astype(np.uint32) << 16).view(F32)
     return x if x.dtype == F32 else x.astype(F32)
 
 
+def to_bf16(x: np.ndarray) -> np.ndarray:
+    """BF16 bit patterns (uint16) of float values, rounded to nearest even as ggml_fp32_to_bf16 (NaN kept quiet)."""
+    u = np.ascontiguousarray(x, dtype=F32).view(np.uint32)
+    rounded = ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint16)
+    return np.where((u & 0x7FFFFFFF) > 0x7F800000, ((u >> 16) | 64).astype(np.uint16), rounded)
+
+
+def store(out: np.ndarray, values: np.ndarray, dtype: DType) -> None:
+    """Write float values into out held in dtype's storage (BF16 as uint16), converting."""
+    if out.dtype == np.uint16 and dtype == DType.BF16:
+        np.copyto(out, to_bf16(np.broadcast_to(values, out.shape)))
+    else:
+        np.copyto(out, values, casting="unsafe")
+
+
 def split_view(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Reshape that must not copy (splitting dims of a strided view is always possible)."""
-    return np.reshape(x, shape, copy=False)
+    y = np.reshape(x, shape)
+    if y.size and not np.may_share_memory(x, y):
+        raise ValueError(f"reshape of {x.shape} (strides {x.strides}) to {shape} would copy")
+    return y
+
+
+def f32_compute(factory: Callable) -> Callable:
+    """Wrap a factory written for F32 arrays: F16/BF16 sources and results go through F32 scratch arrays.
+
+    The conversion happens inside the step, on every run, so that new input values are seen.
+    """
+    @functools.wraps(factory)
+    def wrapped(node: Tensor, out: np.ndarray, *srcs: np.ndarray):
+        convert = [i for i, (t, x) in enumerate(zip(node.srcs, srcs)) if t.dtype in FLOAT_TYPES and x.dtype != F32]
+        convert_out = node.dtype in FLOAT_TYPES and out.dtype != F32
+        if not convert and not convert_out:
+            return factory(node, out, *srcs)
+        scratch = [np.empty(x.shape, F32) if i in convert else x for i, x in enumerate(srcs)]
+        out_f32 = np.empty(out.shape, F32) if convert_out else out
+        step = factory(node, out_f32, *scratch)
+        pairs = [(scratch[i], srcs[i], node.srcs[i].dtype) for i in convert]
+
+        def run():
+            for dst, src, dtype in pairs:
+                np.copyto(dst, as_f32(src, dtype))
+            step()
+            if convert_out:
+                store(out, out_f32, node.dtype)
+        return run
+    return wrapped
 
 
 def tile_shapes(big: tuple[int, ...], small: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -61,8 +106,8 @@ def tiled(big: np.ndarray, small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _ufunc_binary(fn: np.ufunc):
+    @f32_compute
     def factory(node: Tensor, out, a, b):
-        a, b = as_f32(a, node.srcs[0].dtype), as_f32(b, node.srcs[1].dtype)
         out_t, b_t = tiled(out, b)
         a_t = split_view(a, out_t.shape)
         return lambda: fn(a_t, b_t, out=out_t)
@@ -103,12 +148,14 @@ UNARY: dict[str, Callable[[np.ndarray, np.ndarray], object]] = {
 
 
 @kernel(*UNARY)
+@f32_compute
 def unary(node: Tensor, out, a):
-    fn, a = UNARY[node.op], as_f32(a, node.srcs[0].dtype)
+    fn = UNARY[node.op]
     return lambda: fn(a, out)
 
 
 @kernel("scale")
+@f32_compute
 def scale(node: Tensor, out, a):
     s, bias = node.params["s"], node.params["bias"]
     if bias == 0.0:
@@ -117,6 +164,7 @@ def scale(node: Tensor, out, a):
 
 
 @kernel("clamp")
+@f32_compute
 def clamp(node: Tensor, out, a):
     lo, hi = F32(node.params["min"]), F32(node.params["max"])
     return lambda: np.clip(a, lo, hi, out=out)
@@ -126,6 +174,7 @@ GLU_GATES = {"swiglu": silu_into, "geglu": gelu_into}
 
 
 @kernel(*GLU_GATES)
+@f32_compute
 def glu(node: Tensor, out, a, b=None):
     gate_fn = GLU_GATES[node.op]
     if b is None:
@@ -141,6 +190,7 @@ def glu(node: Tensor, out, a, b=None):
 
 
 @kernel("rms_norm")
+@f32_compute
 def rms_norm(node: Tensor, out, a):
     eps = node.params["eps"]
 
@@ -154,6 +204,7 @@ def rms_norm(node: Tensor, out, a):
 
 
 @kernel("norm")
+@f32_compute
 def norm(node: Tensor, out, a):
     eps = node.params["eps"]
 
@@ -165,16 +216,19 @@ def norm(node: Tensor, out, a):
 
 
 @kernel("sum_rows")
+@f32_compute
 def sum_rows(node: Tensor, out, a):
     return lambda: np.sum(a, axis=-1, keepdims=True, out=out)
 
 
 @kernel("mean")
+@f32_compute
 def mean(node: Tensor, out, a):
     return lambda: np.mean(a, axis=-1, keepdims=True, out=out)
 
 
 @kernel("argmax")
+@f32_compute
 def argmax(node: Tensor, out, a):
     return lambda: np.copyto(out, np.argmax(a, axis=-1), casting="unsafe")
 
@@ -184,16 +238,22 @@ def copy(node: Tensor, out, a, b=None):
     src_dtype = node.srcs[0].dtype
     if is_quantized(src_dtype):
         raise NotImplementedError("cpy from a quantized tensor: dequantize through get_rows instead")
-    return lambda: np.copyto(out, np.reshape(as_f32(a, src_dtype), out.shape), casting="unsafe")
+    if node.dtype == src_dtype and a.dtype == out.dtype:  # a plain copy (also of BF16 bits): no float round trip
+        return lambda: np.copyto(out, np.reshape(a, out.shape))
+    return lambda: store(out, np.reshape(as_f32(a, src_dtype), out.shape), node.dtype)
 
 
 @kernel("concat")
 def concat(node: Tensor, out, a, b):
     axis = node.params["axis"]
-    return lambda: np.concatenate((a, b), axis=axis, out=out)
+    if a.dtype == b.dtype == out.dtype:
+        return lambda: np.concatenate((a, b), axis=axis, out=out)
+    a_type, b_type = node.srcs[0].dtype, node.srcs[1].dtype  # e.g. a placed F16 weight held as F32
+    return lambda: store(out, np.concatenate((as_f32(a, a_type), as_f32(b, b_type)), axis=axis), node.dtype)
 
 
 @kernel("diag_mask_inf")
+@f32_compute
 def diag_mask_inf(node: Tensor, out, a):
     rows, cols = a.shape[-2:]
     hidden = np.arange(cols)[None, :] > node.params["n_past"] + np.arange(rows)[:, None]
@@ -220,8 +280,14 @@ def get_rows(node: Tensor, out, a, idx):
 
 @kernel("set_rows")
 def set_rows(node: Tensor, out, dst, src, idx):
+    src_dtype = node.srcs[1].dtype
+    if node.dtype == DType.BF16:
+        def run_bf16():
+            out[idx] = to_bf16(as_f32(src, src_dtype))
+        return run_bf16
+
     def run():
-        out[idx] = src
+        out[idx] = as_f32(src, src_dtype)
     return run
 
 
@@ -242,12 +308,19 @@ def mul_mat(node: Tensor, out, a, b):
     a_type, b_type = node.srcs[0].dtype, node.srcs[1].dtype
     if a.dtype == np.uint8:
         raise NotImplementedError("mul_mat needs a dense weight: place it dense")
-    b = as_f32(b, b_type)
-    if a.dtype == F32:
-        a_t, b_v, out_v = matmul_views(a, b, out)
+    converts = []  # (scratch F32 array, source array, dtype): F16/BF16 operands, converted on every run
+    if b.dtype != F32:
+        converts.append((np.empty(b.shape, F32), b, b_type))
+        b = converts[-1][0]
+    if a.dtype != F32:  # slow; the NumPy backend keeps weights in F32 by default
+        converts.append((np.empty(a.shape, F32), a, a_type))
+        a = converts[-1][0]
+    a_t, b_v, out_v = matmul_views(a, b, out)
+    if not converts:
         return lambda: np.matmul(b_v, a_t, out=out_v)
 
-    def run():  # F16/BF16 a: converted per call (slow; the NumPy backend keeps weights in F32 by default)
-        a_t, b_v, out_v = matmul_views(as_f32(a, a_type), b, out)
+    def run():
+        for scratch, src, dtype in converts:
+            np.copyto(scratch, as_f32(src, dtype))
         np.matmul(b_v, a_t, out=out_v)
     return run
