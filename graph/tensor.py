@@ -118,7 +118,7 @@ def from_numpy(array: np.ndarray, name: str = "", flags: Flag = Flag.NONE,
                dtype: DType | int | str | None = None) -> Tensor:
     """A leaf carrying host data; `dtype` + raw blocks (shape rows x bytes) make a quantized leaf."""
     if dtype is None or not is_quantized(as_dtype(dtype)):
-        array = np.asarray(array)
+        array = np.asarray(array, order="C")  # the tensor's strides are contiguous: its data must be too
         return Tensor(array.shape, as_dtype(dtype or array.dtype), name=name, flags=flags, data=array)
     qtype = as_dtype(dtype)
     block, size = block_layout(qtype)
