@@ -33,7 +33,7 @@ def to_text(g: Graph) -> str:
             rows.append((kind, str(i), g.label(t), op, _shape(t), t.dtype.name,
                          ", ".join(g.label(s) for s in t.srcs)))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows).rstrip() + "\n"
+    return "".join(("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1]).rstrip() + "\n" for r in rows)
 
 
 def _dot_escape(text: str) -> str:
