@@ -51,8 +51,13 @@ class Plan:
     def _array_for(self, node: Tensor) -> Any:
         if owns_storage(node):
             return self.backend.arena_view(self.arena, self.slots[node].offset, node.shape, numpy_dtype(node.dtype))
-        base = self.arrays[storage_owner(node)]
-        return self.backend.strided_view(base, node.view_offset, node.shape, node.strides)
+        owner = storage_owner(node)
+        base = self.arrays[owner]
+        offset, strides = node.view_offset, node.strides
+        held, declared = np.dtype(base.dtype).itemsize, numpy_dtype(owner.dtype).itemsize
+        if held != declared:  # a leaf placed in another dtype (an F16 weight held as F32): rescale byte steps
+            offset, strides = offset // declared * held, tuple(s // declared * held for s in strides)
+        return self.backend.strided_view(base, offset, node.shape, strides)
 
     def set_inputs(self, values: Mapping[Tensor | str, Any]) -> None:
         """Copy input values into the plan's input buffers."""
