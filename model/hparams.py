@@ -1,0 +1,156 @@
+"""Hyper-parameters of a GGUF model, read from its metadata with llama.cpp's defaults per architecture."""
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from gguf import MODEL_TENSOR, TENSOR_NAMES, Keys, RopeScalingType
+
+from pyggml.graph.errors import PyggmlError
+
+OUTPUT_WEIGHT = f"{TENSOR_NAMES[MODEL_TENSOR.OUTPUT]}.weight"
+ROPE_SCALE_LINEAR = "{arch}.rope.scale_linear"  # the old name of rope.scaling.factor, still read by llama.cpp
+DEFAULT_ROPE_FREQ_BASE = 10000.0
+
+
+@dataclass(frozen=True)
+class ArchDefaults:
+    """What an architecture fixes or defaults that the metadata does not say (llama.cpp's load_hparams)."""
+
+    swa_pattern: int = 0                    # with a sliding window: every n-th layer is global; 0: no SWA
+    rope_freq_base_swa: float | None = None  # rope base of the sliding-window layers
+    scale_embeddings: bool = False           # multiply token embeddings by sqrt(n_embd)
+    # llama.cpp gives gemma3-27B (62 layers) a query scale of 1/sqrt(n_embd/n_head) instead of 1/sqrt(head_dim)
+    attn_scale_by_embd_layers: frozenset[int] = frozenset()
+
+
+ARCHITECTURES: dict[str, ArchDefaults] = {
+    "llama": ArchDefaults(),
+    "gemma3": ArchDefaults(swa_pattern=6, rope_freq_base_swa=10000.0, scale_embeddings=True,
+                           attn_scale_by_embd_layers=frozenset({62})),
+}
+
+
+@dataclass(frozen=True)
+class HParams:
+    """Model hyper-parameters, named as in llama.cpp's llama_hparams."""
+
+    arch: str
+    n_vocab: int
+    n_ctx_train: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int          # n_embd_head_k (attention.key_length)
+    head_dim_v: int        # n_embd_head_v (attention.value_length)
+    n_ff: int
+    rms_eps: float
+    rope_dim: int          # rope.dimension_count
+    rope_freq_base: float
+    rope_freq_scale: float  # 1 / rope.scaling.factor
+    rope_scaling_type: str  # a RopeScalingType value: none, linear, yarn, longrope
+    rope_scaling_factor: float
+    attention_scale: float  # the factor applied to Q·K
+    embedding_scale: float  # the factor applied to token embeddings
+    tie_embeddings: bool    # no output.weight: the output projection is the token embedding
+    sliding_window: int = 0  # 0: no sliding-window attention
+    swa_pattern: int = 0
+    rope_freq_base_swa: float | None = None
+    attn_logit_softcap: float | None = None
+    final_logit_softcap: float | None = None
+
+    def is_swa(self, layer: int) -> bool:
+        """Whether a layer uses sliding-window attention (llama.cpp: il % pattern < pattern - 1)."""
+        return bool(self.sliding_window) and self.swa_pattern > 0 and layer % self.swa_pattern < self.swa_pattern - 1
+
+    def rope_base(self, layer: int) -> float:
+        """The rope frequency base of a layer (sliding-window layers may have their own)."""
+        if self.is_swa(layer) and self.rope_freq_base_swa is not None:
+            return self.rope_freq_base_swa
+        return self.rope_freq_base
+
+    def kv_bytes_per_token(self, bytes_per_element: int) -> int:
+        """Bytes of K and V cache per token over all layers."""
+        return self.n_layer * self.n_head_kv * (self.head_dim + self.head_dim_v) * bytes_per_element
+
+
+class _Keys:
+    """Typed look-ups of '{arch}.…' metadata keys with clear errors."""
+
+    def __init__(self, metadata: Mapping[str, Any], arch: str) -> None:
+        self.metadata, self.arch = metadata, arch
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of a key template, or default."""
+        return self.metadata.get(key.format(arch=self.arch), default)
+
+    def integer(self, key: str, default: int | None = None) -> int:
+        """An integer value (a per-layer array must be uniform); required when default is None."""
+        value = self.get(key, default)
+        if value is None:
+            raise PyggmlError(f"{self.arch} model: metadata key {key.format(arch=self.arch)} is missing")
+        if isinstance(value, np.ndarray):
+            if value.size == 0 or np.any(value != value.flat[0]):
+                raise PyggmlError(f"{key.format(arch=self.arch)}: per-layer values {value.tolist()} are not supported")
+            value = value.flat[0]
+        if isinstance(value, (bool, float, str)) or int(value) < 0:
+            raise PyggmlError(f"{key.format(arch=self.arch)} must be a non-negative integer, got {value!r}")
+        return int(value)
+
+    def number(self, key: str, default: float | None = None, required: bool = False) -> float | None:
+        """A float value, or default (an error when required and absent)."""
+        value = self.get(key, default)
+        if value is None and required:
+            raise PyggmlError(f"{self.arch} model: metadata key {key.format(arch=self.arch)} is missing")
+        if value is not None and (isinstance(value, (bool, str)) or not math.isfinite(float(value))):
+            raise PyggmlError(f"{key.format(arch=self.arch)} must be a finite number, got {value!r}")
+        return None if value is None else float(value)
+
+
+def load_hparams(metadata: Mapping[str, Any], tensor_names: Collection[str] | None = None) -> HParams:
+    """HParams of a model from its GGUF metadata (and tensor names, to tell tied embeddings)."""
+    arch = metadata.get(Keys.General.ARCHITECTURE)
+    if arch not in ARCHITECTURES:
+        raise PyggmlError(f"architecture {arch!r} is not supported (supported: {', '.join(ARCHITECTURES)})")
+    defaults, keys = ARCHITECTURES[arch], _Keys(metadata, arch)
+    n_embd, n_layer = keys.integer(Keys.LLM.EMBEDDING_LENGTH), keys.integer(Keys.LLM.BLOCK_COUNT)
+    n_head = keys.integer(Keys.Attention.HEAD_COUNT)
+    if n_head == 0 or (keys.get(Keys.Attention.KEY_LENGTH) is None and n_embd % n_head):
+        raise PyggmlError(f"{arch} model: {n_head} heads do not divide n_embd {n_embd}")
+    head_dim = keys.integer(Keys.Attention.KEY_LENGTH, n_embd // n_head)
+    n_head_kv = keys.integer(Keys.Attention.HEAD_COUNT_KV, n_head)
+    if n_head_kv == 0 or n_head % n_head_kv:
+        raise PyggmlError(f"{arch} model: {n_head_kv} KV heads do not divide {n_head} heads")
+    scaling_factor = keys.number(Keys.Rope.SCALING_FACTOR) or keys.number(ROPE_SCALE_LINEAR) or 0.0
+    scaling_type = keys.get(Keys.Rope.SCALING_TYPE, RopeScalingType.LINEAR.value)
+    if scaling_type not in {t.value for t in RopeScalingType}:
+        raise PyggmlError(f"{arch} model: unknown rope scaling type {scaling_type!r}")
+    tokens = metadata.get(Keys.Tokenizer.LIST)
+    attn_scale_dim = n_embd // n_head if n_layer in defaults.attn_scale_by_embd_layers else head_dim
+    return HParams(
+        arch=arch,
+        n_vocab=keys.integer(Keys.LLM.VOCAB_SIZE, len(tokens) if tokens is not None else 0),
+        n_ctx_train=keys.integer(Keys.LLM.CONTEXT_LENGTH),
+        n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv,
+        head_dim=head_dim, head_dim_v=keys.integer(Keys.Attention.VALUE_LENGTH, head_dim),
+        n_ff=keys.integer(Keys.LLM.FEED_FORWARD_LENGTH, 0),
+        rms_eps=keys.number(Keys.Attention.LAYERNORM_RMS_EPS, required=True),
+        rope_dim=keys.integer(Keys.Rope.DIMENSION_COUNT, head_dim),
+        rope_freq_base=keys.number(Keys.Rope.FREQ_BASE, DEFAULT_ROPE_FREQ_BASE),
+        rope_freq_scale=1.0 / scaling_factor if scaling_factor else 1.0,
+        rope_scaling_type=scaling_type,
+        rope_scaling_factor=scaling_factor or 1.0,
+        attention_scale=keys.number(Keys.Attention.SCALE) or 1.0 / math.sqrt(attn_scale_dim),
+        embedding_scale=math.sqrt(n_embd) if defaults.scale_embeddings else 1.0,
+        tie_embeddings=tensor_names is not None and OUTPUT_WEIGHT not in tensor_names,
+        sliding_window=keys.integer(Keys.Attention.SLIDING_WINDOW, 0) if defaults.swa_pattern else 0,
+        swa_pattern=defaults.swa_pattern,
+        rope_freq_base_swa=defaults.rope_freq_base_swa,
+        attn_logit_softcap=keys.number(Keys.LLM.ATTN_LOGIT_SOFTCAPPING),
+        final_logit_softcap=keys.number(Keys.LLM.FINAL_LOGIT_SOFTCAPPING),
+    )
+
