@@ -9,6 +9,7 @@ from pyggml.graph.errors import PyggmlError
 
 # sub-command name -> module under pyggml.cli (each defines HELP, add_arguments(parser) and run(args))
 COMMANDS: dict[str, str] = {
+    "tokenize": "tokenize",
 }
 
 
