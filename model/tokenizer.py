@@ -279,7 +279,7 @@ class StreamDecoder:
 
     def feed(self, ids: int | Iterable[int]) -> str:
         """The text completed by these ids (possibly empty while a character is still partial)."""
-        ids = (ids,) if isinstance(ids, int) else ids
+        ids = ids if isinstance(ids, Iterable) else (ids,)  # one id: int or NumPy integer
         return "".join(self._utf8.decode(self._tokenizer.token_to_piece(i, self._special)) for i in ids)
 
     def flush(self) -> str:
