@@ -110,7 +110,7 @@ def _ufunc_binary(fn: np.ufunc):
     def factory(node: Tensor, out, a, b):
         out_t, b_t = tiled(out, b)
         a_t = split_view(a, out_t.shape)
-        return lambda: fn(a_t, b_t, out=out_t)
+        return functools.partial(fn, a_t, b_t, out_t)  # no Python frame per call; `out` positional is cheaper
     return factory
 
 
@@ -139,19 +139,20 @@ def gelu_into(x: np.ndarray, out: np.ndarray) -> None:
     np.multiply(x, t, out=out)
 
 
+# Each unary op as f(x, out), out positional: a ufunc itself where one exists (bound with partial, the step
+# then costs no Python frame), else a function that may take out aliasing x.
 UNARY: dict[str, Callable[[np.ndarray, np.ndarray], object]] = {
-    "sqr": lambda x, o: np.square(x, out=o), "sqrt": lambda x, o: np.sqrt(x, out=o),
-    "neg": lambda x, o: np.negative(x, out=o), "exp": lambda x, o: np.exp(x, out=o),
-    "tanh": lambda x, o: np.tanh(x, out=o), "relu": lambda x, o: np.maximum(x, 0, out=o),
-    "silu": silu_into, "gelu": gelu_into,
+    "sqr": np.square, "sqrt": np.sqrt, "neg": np.negative, "exp": np.exp, "tanh": np.tanh,
+    "relu": lambda x, o: np.maximum(x, F32(0), out=o), "silu": silu_into, "gelu": gelu_into,
 }
 
 
 @kernel(*UNARY)
 @f32_compute
 def unary(node: Tensor, out, a):
-    fn = UNARY[node.op]
-    return lambda: fn(a, out)
+    if node.op == "relu":
+        return functools.partial(np.maximum, a, F32(0), out=out)  # positional out is deprecated here
+    return functools.partial(UNARY[node.op], a, out)
 
 
 @kernel("scale")
@@ -159,15 +160,15 @@ def unary(node: Tensor, out, a):
 def scale(node: Tensor, out, a):
     s, bias = node.params["s"], node.params["bias"]
     if bias == 0.0:
-        return lambda: np.multiply(a, F32(s), out=out)
-    return lambda: (np.multiply(a, F32(s), out=out), np.add(out, F32(bias), out=out))
+        return functools.partial(np.multiply, a, F32(s), out)
+    return lambda: (np.multiply(a, F32(s), out), np.add(out, F32(bias), out))
 
 
 @kernel("clamp")
 @f32_compute
 def clamp(node: Tensor, out, a):
     lo, hi = F32(node.params["min"]), F32(node.params["max"])
-    return lambda: np.clip(a, lo, hi, out=out)
+    return functools.partial(np.clip, a, lo, hi, out)
 
 
 GLU_GATES = {"swiglu": silu_into, "geglu": gelu_into}

@@ -32,6 +32,7 @@ class Plan:
         self.slots, self.arena_bytes = plan_memory(graph.nodes, keep, graph.label)
         self.arena = backend.empty((self.arena_bytes,), np.dtype(np.uint8))
         self.arrays: dict[Tensor, Any] = {}
+        self._arena_views: dict[tuple[int, tuple[int, ...], np.dtype], Any] = {}
         self.inputs: dict[Tensor, Any] = {}
         dense = needs_dense(graph)
         for leaf in graph.leafs:
@@ -45,12 +46,18 @@ class Plan:
             if node.op not in VIEW_OPS:
                 self.steps.append((node, backend.compile_node(node, self.arrays[node],
                                                               [self.arrays[s] for s in node.srcs])))
+        self._calls = [step for _, step in self.steps]  # the bare closures: the run loop does nothing else
         self._by_name = {graph.label(t): t for t in self.inputs}
         self.last_profile: list[tuple[Tensor, float]] = []
 
     def _array_for(self, node: Tensor) -> Any:
         if owns_storage(node):
-            return self.backend.arena_view(self.arena, self.slots[node].offset, node.shape, numpy_dtype(node.dtype))
+            # one array object per (offset, shape, dtype): a node run in place gets its source's very object,
+            # and NumPy skips its overlap analysis when a ufunc's input and output are the same array
+            key = (self.slots[node].offset, node.shape, numpy_dtype(node.dtype))
+            if key not in self._arena_views:
+                self._arena_views[key] = self.backend.arena_view(self.arena, key[0], node.shape, key[2])
+            return self._arena_views[key]
         owner = storage_owner(node)
         base = self.arrays[owner]
         offset, strides = node.view_offset, node.strides
@@ -78,7 +85,7 @@ class Plan:
         if profile:
             self._run_profiled()
         else:
-            for _, step in self.steps:
+            for step in self._calls:
                 step()
         return [self.backend.download(self.arrays[t]) for t in self.graph.outputs]
 
