@@ -2,8 +2,6 @@
 on sliding-window layers, post-attention and post-FFN norms, GeGLU, output tied to the embedding."""
 from __future__ import annotations
 
-import math
-
 from gguf import MODEL_TENSOR as T
 
 from pyggml import ops
@@ -18,14 +16,14 @@ from .weights import Weights
 def attention_spec(hp: HParams, il: int) -> AttentionSpec:
     """Sliding layers: the local rope base, no rope scaling, the window; global layers: the file's rope."""
     swa = hp.is_swa(il)
-    return AttentionSpec(hp.n_head, hp.n_head_kv, hp.head_dim, hp.rope_dim, ops.ROPE_NEOX,
-                         hp.rope_freq_base_swa if swa else hp.rope_freq_base, 1.0 if swa else hp.rope_freq_scale,
+    return AttentionSpec(hp.n_head, hp.n_head_kv, hp.head_dim, hp.rope_dim, ops.ROPE_NEOX, hp.rope_base(il),
+                         1.0 if swa else hp.rope_freq_scale, scale=hp.attention_scale,
                          window=hp.sliding_window if swa else None)
 
 
 def build_gemma3(w: Weights, hp: HParams, inp: StepInputs, cache: KVCache | None) -> Tensor:
     """Logits (n_out, n_vocab) for the step's tokens."""
-    x = named(ops.scale(ops.get_rows(w.get(T.TOKEN_EMBD), inp.tokens), math.sqrt(hp.n_embd)), "inp_scaled")
+    x = named(ops.scale(ops.get_rows(w.get(T.TOKEN_EMBD), inp.tokens), hp.embedding_scale), "inp_scaled")
     n_tokens = x.shape[0]
     for il in range(hp.n_layer):
         cur = named(rms_norm_w(x, w.get(T.ATTN_NORM, il), hp.rms_eps), "attn_norm", il)
