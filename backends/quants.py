@@ -1,13 +1,15 @@
 """Vectorised NumPy dequantization of GGUF tensors, bit-for-bit equal to gguf.quants.dequantize.
 
-Each block type has a kernel that fills a float32 (n_blocks, block_size) output from the
-(n_blocks, type_size) uint8 blocks. Kernels work on chunks of blocks so that temporaries stay in
-cache, unpack bits in 64-bit lanes over whole byte runs (long contiguous NumPy loops instead of
-the short per-block loops that make naive NumPy slow), and do the float arithmetic in the same
-order as gguf so that results are bitwise identical.
+Every block type dequantizes as `values * scale (+ or -) offset` per group of elements, where the
+values are small integers packed in the block. A table maps each type to two functions: one that
+unpacks the integer values of a chunk of blocks, one that computes the float32 scales and offsets
+of all blocks at once. Unpacking works in 64-bit lanes over whole byte runs (long contiguous NumPy
+loops rather than the short per-block loops that make naive NumPy slow), chunks keep temporaries
+in cache, and the float arithmetic is gguf's, in gguf's order, so results are bitwise identical.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import gguf
@@ -15,9 +17,6 @@ import numpy as np
 
 from pyggml.graph.dtypes import DType, as_dtype, block_layout, is_quantized, nbytes, numpy_dtype
 from pyggml.graph.errors import PyggmlError
-
-# A kernel fills out (n, block_size) float32 from blocks (n, type_size) uint8.
-Kernel = Callable[[np.ndarray, np.ndarray], None]
 
 CHUNK_ELEMENTS = 1 << 17  # output elements per chunk: ~512 KiB of float32, about one L2 cache
 
@@ -50,9 +49,14 @@ def _planes(data: np.ndarray, shifts: slice, mask: np.uint64, width: int) -> np.
     return planes.view(_VOID[width]).reshape(len(planes), len(data), -1)
 
 
-def _interleave(q: np.ndarray, width: int, groups: tuple[int, ...], items: np.ndarray) -> None:
-    """q's rows seen as `groups` of `width`-byte items <- items (already in that order but for the block axis)."""
-    q.view(_VOID[width]).reshape(len(q), *groups)[...] = items
+def _interleave(n: int, width: int, groups: tuple[int, ...], planes: np.ndarray) -> np.ndarray:
+    """(n, block) uint8 whose rows are `groups` of `width`-byte items; the last group axis picks the plane."""
+    # one copy per plane keeps each copy a single long loop over the blocks
+    q = np.empty((n, int(np.prod(groups)) * width), np.uint8)
+    target = q.view(_VOID[width]).reshape(n, *groups)
+    for index, plane in enumerate(planes):
+        target[..., index] = plane.reshape(target.shape[:-1])
+    return q
 
 
 def _f16(blocks: np.ndarray, start: int) -> np.ndarray:
@@ -60,177 +64,153 @@ def _f16(blocks: np.ndarray, start: int) -> np.ndarray:
     return blocks[:, start:start + 2].view(np.float16).astype(np.float32)
 
 
-def _small(values: np.ndarray) -> np.ndarray:
-    """Per-group integers (n, groups) as float32 in Fortran order, so ops on them run along blocks."""
-    return values.astype(np.float32, order="F")
+def _signed(values: np.ndarray, zero: int) -> np.ndarray:
+    """Unsigned values stored with an offset, as int8 (in place)."""
+    values = values.view(np.int8)
+    values -= np.int8(zero)
+    return values
 
 
-def _scale(out: np.ndarray, scales: np.ndarray, mins: np.ndarray | None = None) -> None:
-    """out (n, s*k) <- out * scales (n, s) [- mins (n, s)], each scale covering k elements."""
-    grouped = out.reshape(len(out), scales.shape[1], -1)
-    np.multiply(grouped, scales[:, :, None], out=grouped)
-    if mins is not None:
-        np.subtract(grouped, mins[:, :, None], out=grouped)
-
+# ---- integer values of a chunk of blocks: (n, block_size) uint8 or int8
 
 def _nibbles16(blocks: np.ndarray, start: int) -> np.ndarray:
-    """Q4_0/Q4_1/Q5_*: the 16 bytes at `start` as 32 values: low nibbles, then high nibbles."""
-    q = np.empty((len(blocks), 32), np.uint8)
-    _interleave(q, 16, (2,), _planes(_field(blocks, start, 16), slice(0, 8, 4), _NIBBLES, 16)[:, :, 0].T)
-    return q
-
-
-def _q4_0(blocks: np.ndarray, out: np.ndarray) -> None:
-    q = _nibbles16(blocks, 2).view(np.int8)
-    q -= np.int8(8)
-    np.copyto(out, q)
-    out *= _f16(blocks, 0)
-
-
-def _q4_1(blocks: np.ndarray, out: np.ndarray) -> None:
-    np.copyto(out, _nibbles16(blocks, 4))
-    out *= _f16(blocks, 0)
-    out += _f16(blocks, 2)
+    """The 16 bytes at `start` as 32 values: low nibbles, then high nibbles."""
+    return _interleave(len(blocks), 16, (2,), _planes(_field(blocks, start, 16), slice(0, 8, 4), _NIBBLES, 16))
 
 
 def _five_bits(blocks: np.ndarray, qh_at: int) -> np.ndarray:
-    """The 5-bit values of Q5_0/Q5_1 blocks: low nibbles from qs, bit i of the uint32 qh as bit 4."""
+    """Q5_0/Q5_1: low nibbles from the 16 bytes after qh, bit i of the uint32 qh as bit 4 of value i."""
     q = np.unpackbits(_field(blocks, qh_at, 4), axis=1, bitorder="little")
     q <<= np.uint8(4)
     q |= _nibbles16(blocks, qh_at + 4)
     return q
 
 
-def _q5_0(blocks: np.ndarray, out: np.ndarray) -> None:
-    q = _five_bits(blocks, 2).view(np.int8)
-    q -= np.int8(16)
-    np.copyto(out, q)
-    out *= _f16(blocks, 0)
-
-
-def _q5_1(blocks: np.ndarray, out: np.ndarray) -> None:
-    np.copyto(out, _five_bits(blocks, 4))
-    out *= _f16(blocks, 0)
-    out += _f16(blocks, 2)
-
-
-def _q8_0(blocks: np.ndarray, out: np.ndarray) -> None:
-    np.copyto(out, _field(blocks, 2, 32).view(np.int8))
-    out *= _f16(blocks, 0)
-
-
 def _two_bits(blocks: np.ndarray, start: int) -> np.ndarray:
-    """Q2_K/Q3_K: element j*128 + s*32 + l is bits 2s..2s+1 of byte j*32 + l of the 64 at `start`."""
-    q = np.empty((len(blocks), 256), np.uint8)
-    _interleave(q, 32, (2, 4), _planes(_field(blocks, start, 64), slice(0, 8, 2), _PAIRS, 32).transpose(1, 2, 0))
-    return q
+    """Q2_K/Q3_K: value j*128 + s*32 + l is bits 2s..2s+1 of byte j*32 + l of the 64 at `start`."""
+    return _interleave(len(blocks), 32, (2, 4), _planes(_field(blocks, start, 64), slice(0, 8, 2), _PAIRS, 32))
+
+
+def _four_bits(blocks: np.ndarray, start: int) -> np.ndarray:
+    """Q4_K/Q5_K: value j*64 + s*32 + l is nibble s of byte j*32 + l of the 128 at `start`."""
+    return _interleave(len(blocks), 32, (4, 2), _planes(_field(blocks, start, 128), slice(0, 8, 4), _NIBBLES, 32))
 
 
 def _bit_planes(blocks: np.ndarray, start: int, shift: int) -> np.ndarray:
-    """Q3_K/Q5_K: element g*32 + l is bit g of byte l of the 32 at `start`, moved to bit `shift`."""
-    planes = _planes(_field(blocks, start, 32), slice(0, 8), _BITS, 32)
-    bits = np.empty((len(blocks), 256), np.uint8)
-    _interleave(bits, 32, (8,), planes[:, :, 0].T)
+    """Q3_K/Q5_K: value g*32 + l is bit g of byte l of the 32 at `start`, moved to bit `shift`."""
+    bits = _interleave(len(blocks), 32, (8,), _planes(_field(blocks, start, 32), slice(0, 8), _BITS, 32))
     bits <<= np.uint8(shift)
     return bits
 
 
-def _q2_k(blocks: np.ndarray, out: np.ndarray) -> None:
-    np.copyto(out, _two_bits(blocks, 16))
-    sc = _field(blocks, 0, 16)
-    _scale(out, _f16(blocks, 80) * _small(sc & np.uint8(0x0F)), _f16(blocks, 82) * _small(sc >> np.uint8(4)))
-
-
-def _q3_k_scales(sc: np.ndarray) -> np.ndarray:
-    """The 16 signed 6-bit scales packed in 12 bytes, as float32."""
-    low = np.concatenate([sc[:, :8] & np.uint8(0x0F), sc[:, :8] >> np.uint8(4)], axis=1)
-    high = np.concatenate([(sc[:, 8:] >> np.uint8(2 * k)) & np.uint8(3) for k in range(4)], axis=1)
-    return _small((low | (high << np.uint8(4))).view(np.int8) - np.int8(32))
-
-
-def _q3_k(blocks: np.ndarray, out: np.ndarray) -> None:
-    # 2 low bits as in Q2_K, minus 4 unless bit g of hmask[l] is set for element g*32 + l:
+def _q3_k_values(blocks: np.ndarray) -> np.ndarray:
+    # 2 low bits, minus 4 unless bit g of hmask[l] is set for value g*32 + l:
     # low2 | hbit << 2 == low2 + 4*hbit, so subtracting 4 gives low2 - 4*(1 - hbit)
     q = _two_bits(blocks, 32)
     q |= _bit_planes(blocks, 0, 2)
-    q = q.view(np.int8)
-    q -= np.int8(4)
-    np.copyto(out, q)
-    _scale(out, _f16(blocks, 108) * _q3_k_scales(_field(blocks, 96, 12)))
+    return _signed(q, 4)
 
 
-def _k_scale_min(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Q4_K/Q5_K: the 8 6-bit scales and 8 6-bit mins packed in 12 bytes, as float32."""
-    # bytes 0-3 and 4-7 hold the low 6 bits of scales 0-3 and mins 0-3 (their top 2 bits are bits 4-5
-    # of scales/mins 4-7), bytes 8-11 the low nibbles of scales 4-7 and high nibbles of mins 4-7;
-    # each 4-byte run is one uint32 lane, so four bytes are unpacked per operation
-    lanes = packed.view(np.uint32)
-    d, m, md = lanes[:, 0], lanes[:, 1], lanes[:, 2]
-    low6, nib, top2 = np.uint32(0x3F3F3F3F), np.uint32(0x0F0F0F0F), np.uint32(0x30303030)
-    scales = np.empty((len(packed), 2), np.uint32)
-    mins = np.empty((len(packed), 2), np.uint32)
-    np.bitwise_and(d, low6, out=scales[:, 0])
-    np.bitwise_or(md & nib, (d >> np.uint32(2)) & top2, out=scales[:, 1])
-    np.bitwise_and(m, low6, out=mins[:, 0])
-    np.bitwise_or((md >> np.uint32(4)) & nib, (m >> np.uint32(2)) & top2, out=mins[:, 1])
-    return _small(scales.view(np.uint8)), _small(mins.view(np.uint8))
-
-
-def _k_affine(blocks: np.ndarray, out: np.ndarray) -> None:
-    """Q4_K/Q5_K: out = d*scale*q - dmin*min per group of 32."""
-    scales, mins = _k_scale_min(_field(blocks, 4, 12))
-    _scale(out, _f16(blocks, 0) * scales, _f16(blocks, 2) * mins)
-
-
-def _four_bits(blocks: np.ndarray, start: int) -> np.ndarray:
-    """Q4_K/Q5_K: element j*64 + s*32 + l is nibble s of byte j*32 + l of the 128 at `start`."""
-    q = np.empty((len(blocks), 256), np.uint8)
-    _interleave(q, 32, (4, 2), _planes(_field(blocks, start, 128), slice(0, 8, 4), _NIBBLES, 32).transpose(1, 2, 0))
+def _q5_k_values(blocks: np.ndarray) -> np.ndarray:
+    q = _four_bits(blocks, 48)
+    q |= _bit_planes(blocks, 16, 4)
     return q
 
 
-def _q4_k(blocks: np.ndarray, out: np.ndarray) -> None:
-    np.copyto(out, _four_bits(blocks, 16))
-    _k_affine(blocks, out)
-
-
-def _q5_k(blocks: np.ndarray, out: np.ndarray) -> None:
-    # as Q4_K, with bit g of qh[l] as bit 4 of element g*32 + l
-    q = _four_bits(blocks, 48)
-    q |= _bit_planes(blocks, 16, 4)
-    np.copyto(out, q)
-    _k_affine(blocks, out)
-
-
-def _q6_k(blocks: np.ndarray, out: np.ndarray) -> None:
-    # element j*128 + t*32 + l: nibble t//2 of ql[j*64 + (t%2)*32 + l], bits 2t..2t+1 of qh[j*32 + l]
+def _q6_k_values(blocks: np.ndarray) -> np.ndarray:
+    # value j*128 + t*32 + l: nibble t//2 of ql[j*64 + (t%2)*32 + l], bits 2t..2t+1 of qh[j*32 + l];
+    # the low nibbles go in runs of 64 bytes: run j*2 + t//2 is nibble t//2 of ql[j*64 : j*64 + 64]
     n = len(blocks)
-    q = np.empty((n, 256), np.uint8)
-    low = _planes(_field(blocks, 0, 128), slice(0, 8, 4), _NIBBLES, 32)  # (nibble, n, j*2 + t%2)
-    _interleave(q, 32, (2, 2, 2), low.reshape(2, n, 2, 2).transpose(1, 2, 0, 3))
-    high = np.empty((n, 256), np.uint8)
-    _interleave(high, 32, (2, 4), _planes(_field(blocks, 128, 64), slice(0, 8, 2), _PAIRS, 32).transpose(1, 2, 0))
+    q = _interleave(n, 64, (2, 2), _planes(_field(blocks, 0, 128), slice(0, 8, 4), _NIBBLES, 64))
+    high = _interleave(n, 32, (2, 4), _planes(_field(blocks, 128, 64), slice(0, 8, 2), _PAIRS, 32))
     high <<= np.uint8(4)
     q |= high
-    q = q.view(np.int8)
-    q -= np.int8(32)
-    np.copyto(out, q)
-    _scale(out, _f16(blocks, 208) * _small(_field(blocks, 192, 16).view(np.int8)))
+    return _signed(q, 32)
 
 
-KERNELS: dict[DType, Kernel] = {
-    DType.Q4_0: _q4_0, DType.Q4_1: _q4_1, DType.Q5_0: _q5_0, DType.Q5_1: _q5_1, DType.Q8_0: _q8_0,
-    DType.Q2_K: _q2_k, DType.Q3_K: _q3_k, DType.Q4_K: _q4_k, DType.Q5_K: _q5_k, DType.Q6_K: _q6_k,
+# ---- scales and offsets of all blocks: (n, groups) float32 each
+
+Scales = tuple[np.ndarray, np.ndarray | None]
+
+
+def _d(blocks: np.ndarray) -> Scales:
+    return _f16(blocks, 0), None
+
+
+def _d_m(blocks: np.ndarray) -> Scales:
+    return _f16(blocks, 0), _f16(blocks, 2)
+
+
+def _q2_k_scales(blocks: np.ndarray) -> Scales:
+    sc = _field(blocks, 0, 16)
+    return (_f16(blocks, 80) * (sc & np.uint8(0x0F)).astype(np.float32),
+            _f16(blocks, 82) * (sc >> np.uint8(4)).astype(np.float32))
+
+
+def _q3_k_scales(blocks: np.ndarray) -> Scales:
+    # 16 signed 6-bit scales: low nibbles in bytes 0-7 (scales 0-7 then 8-15), top 2 bits in bytes 8-11
+    sc = _field(blocks, 96, 12)
+    low = np.concatenate([sc[:, :8] & np.uint8(0x0F), sc[:, :8] >> np.uint8(4)], axis=1)
+    high = np.concatenate([(sc[:, 8:] >> np.uint8(2 * k)) & np.uint8(3) for k in range(4)], axis=1)
+    scales = (low | (high << np.uint8(4))).view(np.int8) - np.int8(32)
+    return _f16(blocks, 108) * scales.astype(np.float32), None
+
+
+def _k_scale_min(blocks: np.ndarray) -> Scales:
+    """Q4_K/Q5_K: d * 6-bit scale and dmin * 6-bit min of each group of 32."""
+    # bytes 0-3 and 4-7 hold the low 6 bits of scales 0-3 and mins 0-3 (their top 2 bits are bits 4-5
+    # of scales/mins 4-7), bytes 8-11 the low nibbles of scales 4-7 and high nibbles of mins 4-7;
+    # each 4-byte run is one uint32 lane, so four bytes are unpacked per operation
+    lanes = _field(blocks, 4, 12).view(np.uint32)
+    d, m, md = lanes[:, 0], lanes[:, 1], lanes[:, 2]
+    low6, nib, top2 = np.uint32(0x3F3F3F3F), np.uint32(0x0F0F0F0F), np.uint32(0x30303030)
+    scales = np.stack([d & low6, (md & nib) | ((d >> np.uint32(2)) & top2)], axis=1)
+    mins = np.stack([m & low6, ((md >> np.uint32(4)) & nib) | ((m >> np.uint32(2)) & top2)], axis=1)
+    return (_f16(blocks, 0) * scales.view(np.uint8).astype(np.float32),
+            _f16(blocks, 2) * mins.view(np.uint8).astype(np.float32))
+
+
+def _q6_k_scales(blocks: np.ndarray) -> Scales:
+    return _f16(blocks, 208) * _field(blocks, 192, 16).view(np.int8).astype(np.float32), None
+
+
+@dataclass(frozen=True)
+class BlockFormat:
+    """How one block type dequantizes: values (per chunk), scales and offsets (for all blocks), and
+    whether the offset is added (value*d + m) or subtracted (value*d - dmin*min)."""
+
+    values: Callable[[np.ndarray], np.ndarray]
+    scales: Callable[[np.ndarray], Scales]
+    offset: Callable[..., np.ndarray] = np.add
+
+
+FORMATS: dict[DType, BlockFormat] = {
+    DType.Q4_0: BlockFormat(lambda b: _signed(_nibbles16(b, 2), 8), _d),
+    DType.Q4_1: BlockFormat(lambda b: _nibbles16(b, 4), _d_m),
+    DType.Q5_0: BlockFormat(lambda b: _signed(_five_bits(b, 2), 16), _d),
+    DType.Q5_1: BlockFormat(lambda b: _five_bits(b, 4), _d_m),
+    DType.Q8_0: BlockFormat(lambda b: _field(b, 2, 32).view(np.int8), _d),
+    DType.Q2_K: BlockFormat(lambda b: _two_bits(b, 16), _q2_k_scales, np.subtract),
+    DType.Q3_K: BlockFormat(_q3_k_values, _q3_k_scales),
+    DType.Q4_K: BlockFormat(lambda b: _four_bits(b, 16), _k_scale_min, np.subtract),
+    DType.Q5_K: BlockFormat(_q5_k_values, _k_scale_min, np.subtract),
+    DType.Q6_K: BlockFormat(_q6_k_values, _q6_k_scales),
 }
 
 
-def _dequantize_blocks(blocks: np.ndarray, kernel: Kernel, block_size: int) -> np.ndarray:
-    """Run a kernel chunk by chunk over (n, type_size) blocks into a new (n, block_size) array."""
+def _dequantize_blocks(blocks: np.ndarray, fmt: BlockFormat, block_size: int) -> np.ndarray:
+    """(n, block_size) float32 from (n, type_size) blocks, chunk by chunk."""
     out = np.empty((len(blocks), block_size), np.float32)
     step = max(1, CHUNK_ELEMENTS // block_size)
     with np.errstate(all="ignore"):  # inf/nan scales give inf/nan elements, as in gguf
+        scales, offsets = fmt.scales(blocks)
         for start in range(0, len(blocks), step):
-            kernel(blocks[start:start + step], out[start:start + step])
+            chunk = out[start:start + step]
+            np.copyto(chunk, fmt.values(blocks[start:start + step]))
+            grouped = chunk.reshape(len(chunk), scales.shape[1], -1)
+            np.multiply(grouped, scales[start:start + step, :, None], out=grouped)
+            if offsets is not None:
+                fmt.offset(grouped, offsets[start:start + step, :, None], out=grouped)
     return out
 
 
@@ -257,9 +237,9 @@ def dequantize(raw: np.ndarray, dtype: DType | int, shape: tuple[int, ...]) -> n
     if not is_quantized(dtype):
         return _plain(data, dtype).reshape(shape)
     block_size, type_size = block_layout(dtype)
-    kernel = KERNELS.get(dtype)
-    if kernel is not None:
-        return _dequantize_blocks(data.reshape(-1, type_size), kernel, block_size).reshape(shape)
+    fmt = FORMATS.get(dtype)
+    if fmt is not None:
+        return _dequantize_blocks(data.reshape(-1, type_size), fmt, block_size).reshape(shape)
     row_len = shape[-1] if shape else 1
     try:
         return gguf.quants.dequantize(data.reshape(-1, row_len // block_size * type_size), dtype).reshape(shape)
