@@ -1,20 +1,18 @@
-"""Shared pytest fixtures: the reference models, fetched once per session."""
+"""Shared pytest fixtures: the reference models (fetched once, then cached) and models loaded once per session."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from pyggml.graph.errors import PyggmlError
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
 
 def _pulled(name: str) -> Path:
-    """The cached GGUF file of a known model, or skip when it cannot be had."""
+    """The cached GGUF file of a known model; a failure to fetch it fails the test (CI can fetch it)."""
     from pyggml.model.pull import pull
-    try:
-        return pull(name)
-    except PyggmlError as e:
-        pytest.skip(f"model {name} unavailable: {e}")
+    return pull(name, progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +25,22 @@ def smollm2_path() -> Path:
 def gemma3_path() -> Path:
     """Gemma 3 270M Q4_K_M GGUF."""
     return _pulled("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_path):
+    """SmolLM2 loaded once (tests reset its cache before use)."""
+    from pyggml.model.model import Model
+    return Model(smollm2_path, n_ctx=2048)
+
+
+@pytest.fixture(scope="session")
+def gemma3(gemma3_path):
+    """Gemma 3 loaded once (tests reset its cache before use)."""
+    from pyggml.model.model import Model
+    return Model(gemma3_path, n_ctx=2048)
+
+
+def load_reference(name: str) -> dict:
+    """A llama.cpp / float32 reference fixture from shared/fixtures."""
+    return json.loads((FIXTURES / name).read_text())

@@ -1,0 +1,59 @@
+"""Each sampler stage against the distribution it must produce on hand-made logits."""
+from __future__ import annotations
+
+import numpy as np
+
+from pyggml.model.sampling import Sampler, SamplingParams
+
+LOGITS = np.log(np.array([0.5, 0.2, 0.15, 0.1, 0.05], np.float32))
+OFF = dict(top_k=0, top_p=1.0, min_p=0.0)
+
+
+def survivors(**params) -> dict[int, float]:
+    ids, probs = Sampler(SamplingParams(**params)).candidates(LOGITS)
+    return dict(zip(ids.tolist(), probs.tolist()))
+
+
+def test_greedy_picks_the_argmax():
+    assert Sampler(SamplingParams(temperature=0)).sample(LOGITS) == 0
+
+
+def test_temperature_one_keeps_the_model_distribution():
+    np.testing.assert_allclose([survivors(temperature=1.0, **OFF)[i] for i in range(5)], np.exp(LOGITS), rtol=1e-5)
+
+
+def test_temperature_sharpens_as_power_of_probabilities():
+    want = np.exp(LOGITS) ** 2 / (np.exp(LOGITS) ** 2).sum()
+    np.testing.assert_allclose([survivors(temperature=0.5, **OFF)[i] for i in range(5)], want, rtol=1e-5)
+
+
+def test_top_k_keeps_k_largest_renormalised():
+    got = survivors(temperature=1.0, **{**OFF, "top_k": 2})
+    assert set(got) == {0, 1}
+    np.testing.assert_allclose([got[0], got[1]], [0.5 / 0.7, 0.2 / 0.7], rtol=1e-5)
+
+
+def test_top_p_keeps_smallest_prefix_reaching_p():
+    assert set(survivors(temperature=1.0, **{**OFF, "top_p": 0.8})) == {0, 1, 2}  # 0.5+0.2 < 0.8 <= 0.85
+    assert set(survivors(temperature=1.0, **{**OFF, "top_p": 0.5})) == {0}
+
+
+def test_min_p_keeps_tokens_above_fraction_of_best():
+    assert set(survivors(temperature=1.0, **{**OFF, "min_p": 0.29})) == {0, 1, 2}  # p >= 0.145
+    assert set(survivors(temperature=1.0, **{**OFF, "min_p": 0.31})) == {0, 1}
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_logits():
+    logits = np.array([2.0, -1.0, 1.0], np.float32)
+    ids, probs = Sampler(SamplingParams(temperature=1.0, repeat_penalty=2.0, **OFF)).candidates(logits, [0, 1])
+    want = np.exp([1.0, -2.0, 1.0]) / np.exp([1.0, -2.0, 1.0]).sum()
+    np.testing.assert_allclose(dict(zip(ids.tolist(), probs.tolist()))[1], want[1], rtol=1e-6)
+    np.testing.assert_allclose(dict(zip(ids.tolist(), probs.tolist()))[0], want[0], rtol=1e-6)
+
+
+def test_draws_follow_the_distribution_and_seed_reproduces():
+    draws = [Sampler(SamplingParams(temperature=1.0, seed=3, **OFF)).sample(LOGITS) for _ in range(2)]
+    assert draws[0] == draws[1]
+    sampler = Sampler(SamplingParams(temperature=1.0, seed=11, **OFF))
+    counts = np.bincount([sampler.sample(LOGITS) for _ in range(20000)], minlength=5) / 20000
+    np.testing.assert_allclose(counts, np.exp(LOGITS), atol=0.015)
