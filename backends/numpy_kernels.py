@@ -269,11 +269,14 @@ def diag_mask_inf(node: Tensor, out, a):
 @kernel("get_rows")
 def get_rows(node: Tensor, out, a, idx):
     a_type = node.srcs[0].dtype
-    if a.ndim == 3 or out.ndim == 3:
-        return lambda: np.copyto(out, np.take_along_axis(as_f32(a, a_type), idx[..., None].astype(np.intp), 1))
-    if is_quantized(a_type) and a.dtype == np.uint8:
+    if is_quantized(a_type) and a.dtype == np.uint8:  # blocks held as (all rows, bytes per row)
         row_len = node.shape[-1]
+        if out.ndim == 3:  # batch b gathers rows b * R + idx[b]
+            first = (np.arange(idx.shape[0]) * node.srcs[0].shape[1])[:, None]
+            return lambda: np.copyto(out, dequantize_rows(a, a_type, idx + first, row_len).reshape(out.shape))
         return lambda: np.copyto(out, dequantize_rows(a, a_type, idx, row_len))
+    if out.ndim == 3:
+        return lambda: np.copyto(out, np.take_along_axis(as_f32(a, a_type), idx[..., None].astype(np.intp), 1))
     if a.dtype == F32:
         return lambda: np.take(a, idx, axis=0, out=out)
     return lambda: np.copyto(out, as_f32(a[idx], a_type))

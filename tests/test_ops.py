@@ -399,6 +399,24 @@ def test_get_rows_batched_3d(rng):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("batched", [False, True])
+def test_get_rows_of_quantized_blocks(rng, batched):
+    from gguf import quants  # the reference dequantizer: gguf's own Python implementation
+    values = rand(rng, 2, 5, 64)
+    blocks = quants.quantize(values.reshape(10, 64), DType.Q8_0)          # (10 rows, bytes per row)
+    dense = quants.dequantize(blocks, DType.Q8_0).reshape(2, 5, 64)
+    if batched:
+        table = pg.from_numpy(blocks.reshape(2, 5, -1), dtype=DType.Q8_0)  # (2, 5, 64) in elements
+        idx = np.array([[4, 0], [1, 1]], np.int32)
+        want = np.stack([dense[b, idx[b]] for b in range(2)])
+    else:
+        table = pg.from_numpy(blocks, dtype=DType.Q8_0)                    # (10, 64) in elements
+        idx = np.array([9, 0, 3], np.int32)
+        want = dense.reshape(10, 64)[idx]
+    got = pg.compute(pg.get_rows(table, pg.from_numpy(idx)))
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("idx_type", [np.int32, np.int64])
 @pytest.mark.parametrize("dst_type", [DType.F32, DType.F16])
 def test_set_rows(rng, idx_type, dst_type):
