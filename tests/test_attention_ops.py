@@ -282,3 +282,12 @@ def test_flash_attn_equals_the_unfused_graph(rng):
     fused, unfused = pg.compute(pg.flash_attn_ext(tq, tk, tv, tm, 0.25), pg.cont(kqv))
     close(fused, unfused, tol=1e-5)
     close(fused, reference_attention(q, k, v, mask, 0.25), tol=1e-4)
+
+
+def test_flash_attn_ext_with_permuted_q_k_v(rng):
+    q_rows, k_rows, v_rows = rand(rng, 3, 4, 8), rand(rng, 5, 2, 8), rand(rng, 5, 2, 6)  # (tokens, heads, dim)
+    q, k, v = (pg.permute(pg.from_numpy(x), 1, 0, 2) for x in (q_rows, k_rows, v_rows))   # (heads, tokens, dim)
+    mask = np.triu(np.full((3, 5), -np.inf, np.float32), 3)
+    got = pg.compute(pg.flash_attn_ext(q, k, v, pg.from_numpy(mask), 0.4))
+    want = reference_attention(*(np.transpose(x, (1, 0, 2)) for x in (q_rows, k_rows, v_rows)), mask, 0.4)
+    close(got, want, tol=1e-4)
