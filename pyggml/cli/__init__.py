@@ -10,6 +10,10 @@ from pyggml.graph.errors import PyggmlError
 # sub-command name -> module under pyggml.cli (each defines HELP, add_arguments(parser) and run(args))
 COMMANDS: dict[str, str] = {
     "tokenize": "tokenize",
+    "generate": "generate",
+    "chat": "chat",
+    "bench": "bench",
+    "profile": "profile",
 }
 
 
