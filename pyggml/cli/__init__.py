@@ -14,6 +14,8 @@ COMMANDS: dict[str, str] = {
     "chat": "chat",
     "bench": "bench",
     "profile": "profile",
+    "pull": "pull",
+    "info": "info",
 }
 
 
