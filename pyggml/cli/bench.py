@@ -89,6 +89,11 @@ def study_markdown(model_name: str, doc: dict) -> str:
         n = s["tokens"]
         cached, uncached = (sum(curves[c]["step_ms"][:n]) / 1e3 for c in ("cached", "uncached"))
         lines.append(f"| {n} | {cached:.2f} | {uncached:.2f} | {s['speedup']:.1f}x |")
+    lines += ["", "| position p | ms per step with cache | ms per step without cache |", "|---|---|---|"]
+    n = doc["n_tokens"]
+    for k in sorted({1, *range(max(n // 8, 1), n, max(n // 8, 1)), n - 1}):
+        lines.append(f"| {doc['positions'][k - 1]} | {curves['cached']['step_ms'][k]:.2f} | "
+                     f"{curves['uncached']['step_ms'][k]:.2f} |")
     for curve, form in (("cached", "a + b·p"), ("uncached", "a + b·p + c·p²")):
         fit = curves[curve]["fit"]
         terms = ", ".join(f"{k} = {fit[k] * 1e3:.4g} ms" for k in "abc" if k in fit)
