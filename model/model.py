@@ -43,11 +43,13 @@ class Model:
     """A loaded GGUF model with its tokenizer, KV cache and a context to evaluate tokens."""
 
     def __init__(self, path_or_name: str | Path, n_ctx: int | None = None, n_batch: int = 512,
-                 kv_type: DType | str = DType.F32, backend: Backend | None = None, swa_full: bool = False):
+                 kv_type: DType | str = DType.F32, backend: Backend | None = None, swa_full: bool = False,
+                 kv_overrides: Mapping[str, object] | None = None):
         t0 = time.perf_counter()
         self.path = resolve_model(str(path_or_name))
         self.gguf = GGUFFile(self.path)
-        self.hparams: HParams = load_hparams(self.gguf.metadata)
+        metadata = {**self.gguf.metadata, **(kv_overrides or {})}  # llama.cpp's --override-kv
+        self.hparams: HParams = load_hparams(metadata, self.gguf.tensors)
         if self.hparams.arch not in ARCHITECTURES:
             raise PyggmlError(f"{self.path}: architecture {self.hparams.arch!r} is not supported "
                               f"(supported: {', '.join(ARCHITECTURES)})")

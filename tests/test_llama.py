@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import load_reference
+from conftest import assert_follows_references, load_reference
 from pyggml.graph.errors import PyggmlError
 from pyggml.model.model import Model
 from synthetic_llama import TinyLlama, make_weights, reference_logits, write_gguf
@@ -120,11 +120,7 @@ def test_smollm2_prefill_decode_and_uncached_agree(smollm2):
 def test_smollm2_greedy_generation_follows_references(smollm2, case):
     """Free-running greedy equals llama.cpp's up to where the float32 reference itself departs from it."""
     done = smollm2.generate(case["prompt"], max_tokens=len(case["greedy_ids"]), temperature=0)
-    departs = [i for i, (a, b) in enumerate(zip(case["tf_argmax"], case["greedy_ids"])) if a != b]
-    until = departs[0] if departs else len(case["greedy_ids"])
-    assert done.tokens[:until] == case["greedy_ids"][:until]
-    if departs:  # where the references part, we side with the float32 one
-        assert done.tokens[until] == case["tf_argmax"][until]
+    assert_follows_references(done.tokens, case)
     smollm2.reset()
     forced = smollm2.eval(case["prompt_ids"] + done.tokens, all_logits=True).argmax(-1)
     assert done.tokens == forced[len(case["prompt_ids"]) - 1:-1].tolist()
