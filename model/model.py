@@ -54,14 +54,21 @@ class Model:
             raise PyggmlError(f"{self.path}: architecture {self.hparams.arch!r} is not supported "
                               f"(supported: {', '.join(ARCHITECTURES)})")
         self.tokenizer = load_tokenizer(self.gguf.metadata)
-        self.n_ctx = min(n_ctx or DEFAULT_N_CTX, self.hparams.n_ctx_train or DEFAULT_N_CTX)
-        hp = self.hparams
-        windows = [hp.sliding_window if hp.is_swa(il) else None for il in range(hp.n_layer)]
-        self.cache = KVCache(hp.n_layer, self.n_ctx, hp.n_head_kv, hp.head_dim, as_dtype(kv_type), windows,
-                             min(n_batch, self.n_ctx), hp.head_dim_v, swa_full)
         self.weights = Weights(self.gguf)
-        self.context = Context(self.weights, hp, ARCHITECTURES[hp.arch], self.cache, backend or default_backend())
+        self.backend = backend or default_backend()
+        self.context = self.make_context(n_ctx, n_batch, kv_type, swa_full)
+        self.n_ctx, self.cache = self.context.cache.n_ctx, self.context.cache
         self.load_seconds = time.perf_counter() - t0
+
+    def make_context(self, n_ctx: int | None = None, n_batch: int = 512, kv_type: DType | str = DType.F32,
+                     swa_full: bool = False) -> Context:
+        """A new context (its own KV cache) over this model's weights, as llama_new_context_with_model."""
+        hp = self.hparams
+        n_ctx = min(n_ctx or DEFAULT_N_CTX, hp.n_ctx_train or DEFAULT_N_CTX)
+        windows = [hp.sliding_window if hp.is_swa(il) else None for il in range(hp.n_layer)]
+        cache = KVCache(hp.n_layer, n_ctx, hp.n_head_kv, hp.head_dim, as_dtype(kv_type), windows,
+                        min(n_batch, n_ctx), hp.head_dim_v, swa_full)
+        return Context(self.weights, hp, ARCHITECTURES[hp.arch], cache, self.backend)
 
     @classmethod
     def load(cls, path_or_name: str | Path, **options) -> Model:

@@ -62,7 +62,7 @@ def _long_prompt(model: Model, n: int) -> list[int]:
 def test_ring_cache_equals_full_caches(gemma3_path, window, n_prompt):
     overrides = {WINDOW_KEY: window} if window else {}
     ring = Model(gemma3_path, n_ctx=1024, n_batch=64, kv_overrides=overrides)
-    full = Model(gemma3_path, n_ctx=1024, n_batch=64, kv_overrides=overrides, swa_full=True)
+    full = ring.make_context(n_ctx=1024, n_batch=64, swa_full=True)
     hp = ring.hparams
     n_swa = sum(hp.is_swa(il) for il in range(hp.n_layer))
     per_row = 2 * hp.n_head_kv * hp.head_dim * 4
