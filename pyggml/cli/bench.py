@@ -50,8 +50,8 @@ def bench_markdown(model_name: str, rows: list, bounds) -> str:
     for r in rows:
         d = r.to_dict()
         lines.append(f"| {model_name} | numpy | {r.test} | {r.mean:.2f} ± {r.std:.2f} | "
-                     f"{_mb(r.weight_bytes_per_token)} | {r.gbps:.2f} | {d['ratio_matvec_bound']:.2f} | "
-                     f"{d['ratio_copy_bandwidth']:.2f} |")
+                     f"{_mb(r.weight_bytes_per_token)} | {r.gbps:.2f} | {d['ratio_matvec_bound']:.3g} | "
+                     f"{d['ratio_copy_bandwidth']:.3g} |")
     b = bounds
     lines.append(f"\nbare bounds: {b.n_matvecs} F32 mat-vecs of one token ({_mb(b.weight_bytes)} MB) take "
                  f"{b.matvec_seconds * 1e3:.1f} ms = {b.matvec_tps:.1f} tok/s ({b.matvec_gbps:.2f} GB/s); "
