@@ -12,13 +12,13 @@ import pytest
 import regex
 
 from pyggml.cli import main
+from conftest import load_reference
 from pyggml.graph.errors import PyggmlError
 from pyggml.model.gguf_file import GGUFFile
 from pyggml.model.pretokenizers import PRETOKENIZERS, pretokenizer
 from pyggml.model.tokenizer import StreamDecoder, Tokenizer, TokenType, load_tokenizer
 from pyggml.model.tokenizer_bpe import BYTE_TO_CHAR, merge
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 REFERENCES = {"smollm2": "smollm2-135m-q4_1.reference.json", "gemma3": "gemma3-270m-q4_k_m.reference.json"}
 
 
@@ -42,10 +42,7 @@ def tokenizers(smollm2_metadata: dict, gemma3_metadata: dict) -> dict[str, Token
 
 def reference(model: str) -> dict:
     """llama.cpp's output for one model."""
-    path = FIXTURES / REFERENCES[model]
-    if not path.exists():
-        pytest.skip(f"no fixture {path}")
-    return json.loads(path.read_text())
+    return load_reference(REFERENCES[model])
 
 
 # ---- llama.cpp's own results
