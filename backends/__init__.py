@@ -1,7 +1,7 @@
 """Backends: the Backend interface, the registry, the NumPy backend, plans and the scheduler."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -12,6 +12,10 @@ from .base import Backend
 from .numpy_backend import NumpyBackend
 from .plan import Plan
 from .registry import available, create
+from .scheduler import ScheduledPlan, Scheduler
+
+# what `compile` and Model(backend=...) accept: one backend, a scheduler, or backends in priority order
+BackendSpec = Backend | Scheduler | Sequence[Backend]
 
 _default: Backend | None = None
 
@@ -24,15 +28,21 @@ def default_backend() -> Backend:
     return _default
 
 
-def compile(outputs: Tensor | Iterable[Tensor], backend: Backend | None = None) -> Plan:  # noqa: A001
-    """Build the graph of the outputs and compile it into a reusable plan."""
-    return Plan(Graph.build(outputs), backend or default_backend())
+def compile(outputs: Tensor | Iterable[Tensor], backend: BackendSpec | None = None) -> Plan | ScheduledPlan:  # noqa: A001
+    """Build the graph of the outputs and compile it into a reusable plan (scheduled over several backends
+    when given a Scheduler or a list of backends)."""
+    graph = Graph.build(outputs)
+    if isinstance(backend, Sequence):
+        backend = Scheduler(backend)
+    if isinstance(backend, Scheduler):
+        return backend.compile(graph)
+    return Plan(graph, backend or default_backend())
 
 
-def compute(*outputs: Tensor, backend: Backend | None = None) -> np.ndarray | list[np.ndarray]:
+def compute(*outputs: Tensor, backend: BackendSpec | None = None) -> np.ndarray | list[np.ndarray]:
     """Compute tensors now and return their values (one array, or a list for several)."""
     values = compile(list(outputs), backend).run()
     return values[0] if len(outputs) == 1 else values
 
 
-__all__ = ["Backend", "NumpyBackend", "Plan", "available", "compile", "compute", "create", "default_backend"]
+__all__ = ["Backend", "BackendSpec", "NumpyBackend", "Plan", "ScheduledPlan", "Scheduler", "available", "compile", "compute", "create", "default_backend"]

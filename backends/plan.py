@@ -23,6 +23,32 @@ def needs_dense(graph: Graph) -> set[Tensor]:
             if src.is_leaf and not (node.op == "get_rows" and slot == 0)}
 
 
+def view_array(backend: Backend, base: Any, node: Tensor) -> Any:
+    """The array of a view (or write) node over its storage owner's array `base`."""
+    offset, strides = node.view_offset, node.strides
+    held, declared = np.dtype(base.dtype).itemsize, numpy_dtype(storage_owner(node).dtype).itemsize
+    if held != declared:  # a leaf placed in another dtype (an F16 weight held as F32): rescale byte steps
+        offset, strides = offset // declared * held, tuple(s // declared * held for s in strides)
+    return backend.strided_view(base, offset, node.shape, strides)
+
+
+class Arena:
+    """One backend's arena buffer and the array views of the intermediates planned into it."""
+
+    def __init__(self, backend: Backend, nbytes: int):
+        self.backend, self.nbytes = backend, nbytes
+        self.buffer = backend.empty((nbytes,), np.dtype(np.uint8))
+        self._views: dict[tuple[int, tuple[int, ...], np.dtype], Any] = {}
+
+    def view(self, offset: int, node: Tensor) -> Any:
+        """The array of node at offset; one object per (offset, shape, dtype): a node run in place gets its
+        source's very object, and NumPy skips its overlap analysis when a ufunc's input and output are one array."""
+        key = (offset, node.shape, numpy_dtype(node.dtype))
+        if key not in self._views:
+            self._views[key] = self.backend.arena_view(self.buffer, offset, node.shape, key[2])
+        return self._views[key]
+
+
 class Plan:
     """A compiled graph: run it many times with new input values; outputs come back as host arrays."""
 
@@ -30,9 +56,8 @@ class Plan:
         self.graph, self.backend = graph, backend
         keep = {storage_owner(t) for t in graph.outputs}
         self.slots, self.arena_bytes = plan_memory(graph.nodes, keep, graph.label)
-        self.arena = backend.empty((self.arena_bytes,), np.dtype(np.uint8))
+        self.arena = Arena(backend, self.arena_bytes)
         self.arrays: dict[Tensor, Any] = {}
-        self._arena_views: dict[tuple[int, tuple[int, ...], np.dtype], Any] = {}
         self.inputs: dict[Tensor, Any] = {}
         dense = needs_dense(graph)
         for leaf in graph.leafs:
@@ -52,19 +77,8 @@ class Plan:
 
     def _array_for(self, node: Tensor) -> Any:
         if owns_storage(node):
-            # one array object per (offset, shape, dtype): a node run in place gets its source's very object,
-            # and NumPy skips its overlap analysis when a ufunc's input and output are the same array
-            key = (self.slots[node].offset, node.shape, numpy_dtype(node.dtype))
-            if key not in self._arena_views:
-                self._arena_views[key] = self.backend.arena_view(self.arena, key[0], node.shape, key[2])
-            return self._arena_views[key]
-        owner = storage_owner(node)
-        base = self.arrays[owner]
-        offset, strides = node.view_offset, node.strides
-        held, declared = np.dtype(base.dtype).itemsize, numpy_dtype(owner.dtype).itemsize
-        if held != declared:  # a leaf placed in another dtype (an F16 weight held as F32): rescale byte steps
-            offset, strides = offset // declared * held, tuple(s // declared * held for s in strides)
-        return self.backend.strided_view(base, offset, node.shape, strides)
+            return self.arena.view(self.slots[node].offset, node)
+        return view_array(self.backend, self.arrays[storage_owner(node)], node)
 
     def set_inputs(self, values: Mapping[Tensor | str, Any]) -> None:
         """Copy input values into the plan's input buffers."""
