@@ -41,3 +41,15 @@ def create(name: str, **options) -> Backend:
     except ImportError as e:
         raise PyggmlError(f"backend {name!r} cannot be loaded: {e}") from None
     return factory(**options)
+
+
+def probe() -> dict[str, str | None]:
+    """Every known backend name -> None if it can be created here, else the reason it cannot."""
+    reasons: dict[str, str | None] = {}
+    for name in available():
+        try:
+            create(name)
+            reasons[name] = None
+        except PyggmlError as e:
+            reasons[name] = str(e)
+    return reasons

@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "profile": "profile",
     "pull": "pull",
     "info": "info",
+    "backends": "backends",
 }
 
 
