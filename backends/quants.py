@@ -18,7 +18,7 @@ import numpy as np
 from pyggml.graph.dtypes import DType, as_dtype, block_layout, is_quantized, nbytes, numpy_dtype
 from pyggml.graph.errors import PyggmlError
 
-CHUNK_ELEMENTS = 1 << 17  # output elements per chunk: ~512 KiB of float32, about one L2 cache
+CHUNK_ELEMENTS = 1 << 18  # output elements per chunk: 1 MiB of float32; temporaries stay in L2/L3
 
 _NIBBLES = np.uint64(0x0F0F0F0F0F0F0F0F)
 _PAIRS = np.uint64(0x0303030303030303)
@@ -40,12 +40,15 @@ def _field(blocks: np.ndarray, start: int, size: int) -> np.ndarray:
     return np.ascontiguousarray(items).view(np.uint8).reshape(len(blocks), size)
 
 
-def _planes(data: np.ndarray, shifts: slice, mask: np.uint64, width: int) -> np.ndarray:
-    """(len(shifts), n, runs) items of `width` bytes: (data >> shift) & mask over each block's bytes."""
-    # one long loop per shift over all blocks; callers then interleave the planes with one copy
+def _planes(data: np.ndarray, shifts: slice, mask: np.uint64, width: int, move_to: int = 0) -> np.ndarray:
+    """(len(shifts), n, runs) items of `width` bytes: ((data >> shift) & mask) << move_to, per block's bytes."""
+    # one long loop per shift over all blocks, in 64-bit lanes (NumPy's uint8 left shift is not
+    # vectorised); callers then interleave the planes with one copy per plane
     lanes = data.reshape(-1).view(np.uint64)
     planes = lanes[None, :] >> _SHIFTS[shifts]
     planes &= mask
+    if move_to:
+        planes <<= np.uint64(move_to)
     return planes.view(_VOID[width]).reshape(len(planes), len(data), -1)
 
 
@@ -80,9 +83,11 @@ def _nibbles16(blocks: np.ndarray, start: int) -> np.ndarray:
 
 def _five_bits(blocks: np.ndarray, qh_at: int) -> np.ndarray:
     """Q5_0/Q5_1: low nibbles from the 16 bytes after qh, bit i of the uint32 qh as bit 4 of value i."""
-    q = np.unpackbits(_field(blocks, qh_at, 4), axis=1, bitorder="little")
-    q <<= np.uint8(4)
-    q |= _nibbles16(blocks, qh_at + 4)
+    high = np.unpackbits(_field(blocks, qh_at, 4).reshape(-1), bitorder="little")
+    lanes = high.view(np.uint64)
+    lanes <<= np.uint64(4)
+    q = _nibbles16(blocks, qh_at + 4)
+    q |= high.reshape(q.shape)
     return q
 
 
@@ -98,9 +103,7 @@ def _four_bits(blocks: np.ndarray, start: int) -> np.ndarray:
 
 def _bit_planes(blocks: np.ndarray, start: int, shift: int) -> np.ndarray:
     """Q3_K/Q5_K: value g*32 + l is bit g of byte l of the 32 at `start`, moved to bit `shift`."""
-    bits = _interleave(len(blocks), 32, (8,), _planes(_field(blocks, start, 32), slice(0, 8), _BITS, 32))
-    bits <<= np.uint8(shift)
-    return bits
+    return _interleave(len(blocks), 32, (8,), _planes(_field(blocks, start, 32), slice(0, 8), _BITS, 32, shift))
 
 
 def _q3_k_values(blocks: np.ndarray) -> np.ndarray:
@@ -122,9 +125,7 @@ def _q6_k_values(blocks: np.ndarray) -> np.ndarray:
     # the low nibbles go in runs of 64 bytes: run j*2 + t//2 is nibble t//2 of ql[j*64 : j*64 + 64]
     n = len(blocks)
     q = _interleave(n, 64, (2, 2), _planes(_field(blocks, 0, 128), slice(0, 8, 4), _NIBBLES, 64))
-    high = _interleave(n, 32, (2, 4), _planes(_field(blocks, 128, 64), slice(0, 8, 2), _PAIRS, 32))
-    high <<= np.uint8(4)
-    q |= high
+    q |= _interleave(n, 32, (2, 4), _planes(_field(blocks, 128, 64), slice(0, 8, 2), _PAIRS, 32, 4))
     return _signed(q, 32)
 
 
@@ -141,19 +142,27 @@ def _d_m(blocks: np.ndarray) -> Scales:
     return _f16(blocks, 0), _f16(blocks, 2)
 
 
+def _times_d(blocks: np.ndarray, d_at: int, ints: np.ndarray) -> np.ndarray:
+    """d * ints as float32 (n, groups), given ints as (groups, n): the work runs along the blocks."""
+    # (n, groups) arrays with few groups would make every NumPy loop a short per-block one
+    scaled = ints.astype(np.float32, order="C")
+    scaled *= _f16(blocks, d_at).reshape(1, -1)
+    return scaled.T
+
+
 def _q2_k_scales(blocks: np.ndarray) -> Scales:
     sc = _field(blocks, 0, 16)
-    return (_f16(blocks, 80) * (sc & np.uint8(0x0F)).astype(np.float32),
-            _f16(blocks, 82) * (sc >> np.uint8(4)).astype(np.float32))
+    return _times_d(blocks, 80, (sc & np.uint8(0x0F)).T), _times_d(blocks, 82, (sc >> np.uint8(4)).T)
 
 
 def _q3_k_scales(blocks: np.ndarray) -> Scales:
     # 16 signed 6-bit scales: low nibbles in bytes 0-7 (scales 0-7 then 8-15), top 2 bits in bytes 8-11
-    sc = _field(blocks, 96, 12)
-    low = np.concatenate([sc[:, :8] & np.uint8(0x0F), sc[:, :8] >> np.uint8(4)], axis=1)
-    high = np.concatenate([(sc[:, 8:] >> np.uint8(2 * k)) & np.uint8(3) for k in range(4)], axis=1)
-    scales = (low | (high << np.uint8(4))).view(np.int8) - np.int8(32)
-    return _f16(blocks, 108) * scales.astype(np.float32), None
+    sc = np.ascontiguousarray(_field(blocks, 96, 12).T)
+    low = np.concatenate([sc[:8] & np.uint8(0x0F), sc[:8] >> np.uint8(4)])
+    high = np.concatenate([(sc[8:] >> np.uint8(2 * k)) & np.uint8(3) for k in range(4)])
+    high *= np.uint8(16)  # << 4, which NumPy does not vectorise for uint8
+    low |= high
+    return _times_d(blocks, 108, _signed(low, 32)), None
 
 
 def _k_scale_min(blocks: np.ndarray) -> Scales:
@@ -164,14 +173,17 @@ def _k_scale_min(blocks: np.ndarray) -> Scales:
     lanes = _field(blocks, 4, 12).view(np.uint32)
     d, m, md = lanes[:, 0], lanes[:, 1], lanes[:, 2]
     low6, nib, top2 = np.uint32(0x3F3F3F3F), np.uint32(0x0F0F0F0F), np.uint32(0x30303030)
-    scales = np.stack([d & low6, (md & nib) | ((d >> np.uint32(2)) & top2)], axis=1)
-    mins = np.stack([m & low6, ((md >> np.uint32(4)) & nib) | ((m >> np.uint32(2)) & top2)], axis=1)
-    return (_f16(blocks, 0) * scales.view(np.uint8).astype(np.float32),
-            _f16(blocks, 2) * mins.view(np.uint8).astype(np.float32))
+    scales = np.stack([d & low6, (md & nib) | ((d >> np.uint32(2)) & top2)])
+    mins = np.stack([m & low6, ((md >> np.uint32(4)) & nib) | ((m >> np.uint32(2)) & top2)])
+
+    def groups(packed: np.ndarray) -> np.ndarray:  # (2, n) lanes of 4 bytes -> (8, n) bytes
+        return packed.view(np.uint8).reshape(2, -1, 4).transpose(0, 2, 1).reshape(8, -1)
+
+    return _times_d(blocks, 0, groups(scales)), _times_d(blocks, 2, groups(mins))
 
 
 def _q6_k_scales(blocks: np.ndarray) -> Scales:
-    return _f16(blocks, 208) * _field(blocks, 192, 16).view(np.int8).astype(np.float32), None
+    return _times_d(blocks, 208, _field(blocks, 192, 16).view(np.int8).T), None
 
 
 @dataclass(frozen=True)
