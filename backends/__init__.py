@@ -12,7 +12,7 @@ from .base import Backend
 from .numpy_backend import NumpyBackend
 from .plan import Plan
 from .registry import available, create
-from .scheduler import ScheduledPlan, Scheduler
+from .scheduler import Scheduler
 
 # what `compile` and Model(backend=...) accept: one backend, a scheduler, or backends in priority order
 BackendSpec = Backend | Scheduler | Sequence[Backend]
@@ -28,15 +28,12 @@ def default_backend() -> Backend:
     return _default
 
 
-def compile(outputs: Tensor | Iterable[Tensor], backend: BackendSpec | None = None) -> Plan | ScheduledPlan:  # noqa: A001
+def compile(outputs: Tensor | Iterable[Tensor], backend: BackendSpec | None = None) -> Plan:  # noqa: A001
     """Build the graph of the outputs and compile it into a reusable plan (scheduled over several backends
     when given a Scheduler or a list of backends)."""
-    graph = Graph.build(outputs)
     if isinstance(backend, Sequence):
         backend = Scheduler(backend)
-    if isinstance(backend, Scheduler):
-        return backend.compile(graph)
-    return Plan(graph, backend or default_backend())
+    return Plan(Graph.build(outputs), backend or default_backend())
 
 
 def compute(*outputs: Tensor, backend: BackendSpec | None = None) -> np.ndarray | list[np.ndarray]:
@@ -45,4 +42,4 @@ def compute(*outputs: Tensor, backend: BackendSpec | None = None) -> np.ndarray 
     return values[0] if len(outputs) == 1 else values
 
 
-__all__ = ["Backend", "BackendSpec", "NumpyBackend", "Plan", "ScheduledPlan", "Scheduler", "available", "compile", "compute", "create", "default_backend"]
+__all__ = ["Backend", "BackendSpec", "NumpyBackend", "Plan", "Scheduler", "available", "compile", "compute", "create", "default_backend"]

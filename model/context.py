@@ -5,7 +5,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from pyggml.backends import Backend, Plan, compile as compile_plan
+from pyggml.backends import BackendSpec, Plan, compile as compile_plan
 from pyggml.graph.errors import PyggmlError
 from pyggml.graph.tensor import Tensor
 
@@ -21,7 +21,7 @@ GraphBuilder = Callable[[Weights, HParams, StepInputs, "KVCache | None"], Tensor
 class Context:
     """Evaluates token batches: prefill in chunks of n_batch, decode one token at a time, plans reused."""
 
-    def __init__(self, weights: Weights, hp: HParams, build: GraphBuilder, cache: KVCache, backend: Backend):
+    def __init__(self, weights: Weights, hp: HParams, build: GraphBuilder, cache: KVCache, backend: BackendSpec):
         self.weights, self.hp, self.build, self.cache, self.backend = weights, hp, build, cache, backend
         self._plans: dict[tuple, tuple[Plan, StepInputs]] = {}
         self.tokens: list[int] = []  # the sequence held in the cache

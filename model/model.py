@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pyggml.backends import Backend, default_backend
+from pyggml.backends import BackendSpec, default_backend
 from pyggml.graph.dtypes import DType, as_dtype
 from pyggml.graph.errors import PyggmlError
 
@@ -43,7 +43,7 @@ class Model:
     """A loaded GGUF model with its tokenizer, KV cache and a context to evaluate tokens."""
 
     def __init__(self, path_or_name: str | Path, n_ctx: int | None = None, n_batch: int = 512,
-                 kv_type: DType | str = DType.F32, backend: Backend | None = None, swa_full: bool = False,
+                 kv_type: DType | str = DType.F32, backend: BackendSpec | None = None, swa_full: bool = False,
                  kv_overrides: Mapping[str, object] | None = None):
         t0 = time.perf_counter()
         self.path = resolve_model(str(path_or_name))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import pyggml as pg
-from pyggml.backends import NumpyBackend, ScheduledPlan, Scheduler, compile as compile_plan
+from pyggml.backends import NumpyBackend, Plan, Scheduler, compile as compile_plan
 from pyggml.backends.test_device import DeviceArray, TestDevice
 from pyggml.graph.errors import PyggmlError
 from pyggml.model.model import Model
@@ -46,7 +46,7 @@ def test_results_match_numpy_with_fallbacks(unsupported):
     value = rng.standard_normal((3, 4)).astype(np.float32)
     want = compile_plan(y).run({x: value})[0]
     plan = compile_plan(y, [TestDevice(unsupported), NumpyBackend()])
-    assert isinstance(plan, ScheduledPlan)
+    assert isinstance(plan, Plan)
     np.testing.assert_allclose(plan.run({x: value})[0], want, rtol=1e-6)
     for node in plan.graph.nodes:
         assert (plan.where[node].name == "numpy") == (node.op in unsupported)
