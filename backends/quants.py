@@ -23,7 +23,7 @@ CHUNK_ELEMENTS = 1 << 18  # output elements per chunk: 1 MiB of float32; tempora
 _NIBBLES = np.uint64(0x0F0F0F0F0F0F0F0F)
 _PAIRS = np.uint64(0x0303030303030303)
 _BITS = np.uint64(0x0101010101010101)
-_VOID = {width: np.dtype((np.void, width)) for width in (2, 4, 12, 16, 32, 64, 128)}
+_VOID = {width: np.dtype((np.void, width)) for width in (4, 12, 16, 32, 64, 128)}
 _SHIFTS = np.arange(8, dtype=np.uint64)[:, None]
 
 # Byte offsets of the float16 fields (d, then dmin or m) inside one block of each type.
