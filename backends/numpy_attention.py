@@ -37,6 +37,9 @@ def mask_view(mask: np.ndarray, mask_dtype, scores_shape: tuple[int, ...], max_b
         m = as_f32(mask[..., :rows, :], mask_dtype)
         m = split_view(m, mask_lead_split + m.shape[-2:])
         return m if slopes is None else m * slopes
+    if slopes is None and mask.dtype == F32:  # a view of the mask buffer, made once: it sees new values
+        fixed = get()
+        return lead_split, lambda: fixed
     return lead_split, get
 
 
@@ -89,6 +92,20 @@ def rope_tables(p: dict, pos: np.ndarray, freq_factors: np.ndarray | None) -> tu
     return (np.cos(theta) * mscale).astype(F32)[:, None, :], (np.sin(theta) * mscale).astype(F32)[:, None, :]
 
 
+_ROPE_CACHE: dict[tuple, tuple[bytes, tuple[np.ndarray, np.ndarray]]] = {}
+
+
+def rope_tables_cached(settings: tuple, p: dict, pos: np.ndarray,
+                       freq_factors: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """rope_tables, computed once for every layer roping the same positions with the same settings."""
+    key = settings if freq_factors is None else (settings, freq_factors.tobytes())
+    positions = pos.tobytes()
+    hit = _ROPE_CACHE.get(key)
+    if hit is None or hit[0] != positions:
+        hit = _ROPE_CACHE[key] = (positions, rope_tables(p, pos, freq_factors))
+    return hit[1]
+
+
 @kernel("rope")
 @f32_compute
 def rope(node: Tensor, out, a, pos, freq_factors=None):
@@ -99,8 +116,10 @@ def rope(node: Tensor, out, a, pos, freq_factors=None):
     else:
         x0, x1, o0, o1 = a[..., 0:n:2], a[..., 1:n:2], out[..., 0:n:2], out[..., 1:n:2]
 
+    settings = tuple(sorted(p.items()))
+
     def run():
-        cos, sin = rope_tables(p, pos, freq_factors)
+        cos, sin = rope_tables_cached(settings, p, pos, freq_factors)
         r0 = x0 * cos - x1 * sin
         r1 = x0 * sin + x1 * cos
         o0[...], o1[...] = r0, r1
