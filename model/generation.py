@@ -27,9 +27,9 @@ class TextStream:
     """Iterates over the text pieces of one generation; afterwards holds tokens, finish reason, timings."""
 
     def __init__(self, model: Model, prompt_ids: list[int], max_tokens: int, params: SamplingParams,
-                 stop: Sequence[str] = (), kv_cache: bool = True):
+                 stop: Sequence[str] = (), kv_cache: bool = True, logprobs: bool = False):
         self.model, self.prompt_ids, self.max_tokens, self.params = model, prompt_ids, max_tokens, params
-        self.stop, self.kv_cache = [s for s in stop if s], kv_cache
+        self.stop, self.kv_cache, self.want_logprobs = [s for s in stop if s], kv_cache, logprobs
         self.tokens: list[int] = []
         self.logprobs: list[float] = []
         self.finish_reason = "length"
@@ -39,10 +39,13 @@ class TextStream:
         decoder, pending = StreamDecoder(self.model.tokenizer), ""
         t0 = time.perf_counter()
         t_first = None
-        for token, logprob in self.model.generate_ids(self.prompt_ids, self.max_tokens, self.params, self.kv_cache):
+        steps = self.model.generate_ids(self.prompt_ids, self.max_tokens, self.params, self.kv_cache,
+                                        self.want_logprobs)
+        for token, logprob in steps:
             t_first = t_first or time.perf_counter()
             self.tokens.append(token)
-            self.logprobs.append(logprob)
+            if logprob is not None:
+                self.logprobs.append(logprob)
             if self.model.tokenizer.is_eog(token):
                 self.finish_reason = "stop"
                 break

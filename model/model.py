@@ -101,13 +101,13 @@ class Model:
         return ids
 
     def generate_ids(self, prompt_ids: Sequence[int], max_tokens: int, sampling: SamplingParams,
-                     kv_cache: bool = True) -> Iterator[tuple[int, float]]:
-        """(token, log-probability) pairs as they are produced; the prompt is prefilled first."""
+                     kv_cache: bool = True, logprobs: bool = False) -> Iterator[tuple[int, float | None]]:
+        """(token, its log-probability if asked for) as they are produced; the prompt is prefilled first."""
         sampler, history = Sampler(sampling), list(prompt_ids)
         logits = self.context.eval_prompt(history) if kv_cache else self.context.eval_uncached(history)
         for _ in range(max_tokens):
             token = sampler.sample(logits[-1], history)
-            yield token, float(log_softmax(logits[-1])[token])
+            yield token, float(log_softmax(logits[-1])[token]) if logprobs else None
             history.append(token)
             if self.tokenizer.is_eog(token) or len(history) >= self.n_ctx:
                 return
@@ -119,12 +119,12 @@ class Model:
         """Generate a continuation: a Completion, or (stream=True) a TextStream iterating over text pieces
         (its tokens, finish_reason and timings are filled in as it runs)."""
         params = SamplingParams(**sampling)
-        text_stream = TextStream(self, self.prompt_ids(prompt), max_tokens, params, stop, kv_cache)
+        text_stream = TextStream(self, self.prompt_ids(prompt), max_tokens, params, stop, kv_cache, logprobs)
         if stream:
             return text_stream
         text = "".join(text_stream)
         return Completion(text, text_stream.tokens, text_stream.finish_reason,
-                          text_stream.logprobs if logprobs else None, text_stream.timings)
+                          text_stream.logprobs or None, text_stream.timings)
 
     def chat(self, messages: Sequence[Mapping[str, str]], **options) -> Completion | TextStream:
         """Reply to a conversation rendered through the chat template."""

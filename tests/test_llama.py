@@ -134,3 +134,12 @@ def test_smollm2_stop_string_and_chat_template(smollm2):
     prompt = smollm2.apply_chat_template([{"role": "user", "content": "What is a KV cache?"}])
     chat_case = next(c for c in REFERENCE["generate"] if c["prompt"].startswith("<|im_start|>"))
     assert smollm2.tokenize(prompt, parse_special=True)[-len(chat_case["prompt_ids"]):] == chat_case["prompt_ids"]
+
+
+def test_logprobs_are_log_softmax_of_the_logits(tiny):
+    model = Model(tiny[0], n_ctx=64)
+    done = model.generate([1, 2, 3], max_tokens=4, temperature=0, logprobs=True)
+    model.reset()
+    logits = model.eval([1, 2, 3] + done.tokens[:-1], all_logits=True)[2:].astype(np.float64)
+    want = logits[np.arange(4), done.tokens] - np.log(np.exp(logits).sum(-1))
+    np.testing.assert_allclose(done.logprobs, want, atol=1e-5)
