@@ -9,7 +9,7 @@ from pyggml.graph.tensor import Tensor
 
 from .hparams import HParams
 from .kv_cache import KVCache
-from .layers import AttentionSpec, StepInputs, attention, ffn_glu, named, rms_norm_w
+from .layers import AttentionSpec, StepInputs, attention, ffn_glu, named, qkv, rms_norm_w
 from .weights import Weights
 
 
@@ -24,12 +24,9 @@ def attention_spec(hp: HParams, il: int) -> AttentionSpec:
 def build_gemma3(w: Weights, hp: HParams, inp: StepInputs, cache: KVCache | None) -> Tensor:
     """Logits (n_out, n_vocab) for the step's tokens."""
     x = named(ops.scale(ops.get_rows(w.get(T.TOKEN_EMBD), inp.tokens), hp.embedding_scale), "inp_scaled")
-    n_tokens = x.shape[0]
     for il in range(hp.n_layer):
         cur = named(rms_norm_w(x, w.get(T.ATTN_NORM, il), hp.rms_eps), "attn_norm", il)
-        q = ops.reshape(ops.mul_mat(w.get(T.ATTN_Q, il), cur), (n_tokens, hp.n_head, hp.head_dim))
-        k = ops.reshape(ops.mul_mat(w.get(T.ATTN_K, il), cur), (n_tokens, hp.n_head_kv, hp.head_dim))
-        v = ops.reshape(ops.mul_mat(w.get(T.ATTN_V, il), cur), (n_tokens, hp.n_head_kv, hp.head_dim_v))
+        q, k, v = qkv(w, hp, cur, il)
         q = named(rms_norm_w(q, w.get(T.ATTN_Q_NORM, il), hp.rms_eps), "Qcur_normed", il)
         k = named(rms_norm_w(k, w.get(T.ATTN_K_NORM, il), hp.rms_eps), "Kcur_normed", il)
         cur = attention(q, k, v, attention_spec(hp, il), inp, cache, il)

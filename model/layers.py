@@ -4,11 +4,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from gguf import MODEL_TENSOR
+
 from pyggml import ops
 from pyggml.graph.dtypes import DType
 from pyggml.graph.tensor import Tensor, input_tensor
 
+from .hparams import HParams
 from .kv_cache import KVCache
+from .weights import Weights
 
 
 @dataclass
@@ -89,6 +93,15 @@ def _cache_views(k: Tensor, v: Tensor, cache: KVCache, inp: StepInputs, il: int,
         views.append(named(ops.view(written, (n_kv_head, n_kv, dim), (dim * elem, n_kv_head * dim * elem, elem)),
                            name, il))
     return views[0], views[1]
+
+
+def qkv(w: Weights, hp: HParams, x: Tensor, il: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Layer il's Q (T, H, D), K (T, Hkv, D) and V (T, Hkv, Dv) projections of x (T, n_embd)."""
+    n_tokens = x.shape[0]
+    q = ops.reshape(ops.mul_mat(w.get(MODEL_TENSOR.ATTN_Q, il), x), (n_tokens, hp.n_head, hp.head_dim))
+    k = ops.reshape(ops.mul_mat(w.get(MODEL_TENSOR.ATTN_K, il), x), (n_tokens, hp.n_head_kv, hp.head_dim))
+    v = ops.reshape(ops.mul_mat(w.get(MODEL_TENSOR.ATTN_V, il), x), (n_tokens, hp.n_head_kv, hp.head_dim_v))
+    return q, k, v
 
 
 def ffn_glu(x: Tensor, gate_w: Tensor, up_w: Tensor, down_w: Tensor, glu=ops.swiglu, il: int = 0) -> Tensor:
