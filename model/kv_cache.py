@@ -14,6 +14,20 @@ KV_PAD = 256  # the attended KV length is padded to a multiple of this, so decod
 KV_TYPES = (DType.F32, DType.F16)
 
 
+def layer_rows(window: int | None, n_ctx: int, n_batch: int, swa_full: bool = False) -> int:
+    """Cache rows of a layer: n_ctx, or for a sliding-window layer a ring of window + n_batch rows (enough for
+    a whole batch to see its window), as llama.cpp sizes its SWA cache."""
+    if window is None or swa_full or window + n_batch >= n_ctx:
+        return n_ctx
+    return window + n_batch
+
+
+def cache_bytes(windows: list[int | None], n_ctx: int, kv_width: int, element_bytes: int, n_batch: int = 512,
+                swa_full: bool = False) -> int:
+    """Bytes of K and V over all layers (kv_width = n_kv_head x (head_dim + head_dim_v))."""
+    return sum(layer_rows(w, n_ctx, n_batch, swa_full) for w in windows) * kv_width * element_bytes
+
+
 @dataclass
 class CacheKind:
     """Layers sharing one cell layout: a full cache or a ring; `window` limits what a query sees (SWA)."""
@@ -49,9 +63,8 @@ class KVCache:
         windows = windows or [None] * n_layer
         self.kinds: dict[int | None, CacheKind] = {}
         for w in dict.fromkeys(windows):
-            ring = w is not None and not swa_full and w + n_batch < n_ctx
-            rows = w + n_batch if ring else n_ctx
-            self.kinds[w] = CacheKind(rows, w, ring, np.full(rows, -1, np.int64))
+            rows = layer_rows(w, n_ctx, n_batch, swa_full)
+            self.kinds[w] = CacheKind(rows, w, rows < n_ctx, np.full(rows, -1, np.int64))
         self.layer_kind = [self.kinds[w] for w in windows]
         self.k = [self._tensor(f"cache_k_l{il}", kind.rows, self.head_dim) for il, kind in enumerate(self.layer_kind)]
         self.v = [self._tensor(f"cache_v_l{il}", kind.rows, self.head_dim_v)

@@ -127,7 +127,7 @@ def test_cli_info_text(smollm2_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(["info", str(smollm2_path)]) == 0
     out = capsys.readouterr().out
     assert "architecture  llama" in out and "gpt2 (pre smollm), 49152 tokens" in out
-    assert "chat template present" in out and "n_head_kv            3" in out
+    assert "chat template file" in out and "n_head_kv            3" in out
     assert "token_embd.weight" in out and "49152x576" in out and "30,081,024" in out
     assert "272 tensors" in out
 
@@ -144,8 +144,14 @@ def test_cli_info_json(gemma3_path: Path, capsys: pytest.CaptureFixture[str]) ->
                          "nbytes": 262144 * 640 // 32 * 34}
     assert info["total_bytes"] == sum(t["nbytes"] for t in info["tensors"]) < info["file_bytes"]
     assert info["f32_bytes"] == 4 * sum(math.prod(t["shape"]) for t in info["tensors"])
-    # 2 (K and V) x 18 layers x 1 KV head x 256 dims x bytes x 1000 tokens
-    assert info["kv_cache_bytes_per_1000_tokens"] == {"f16": 2 * 18 * 256 * 2 * 1000, "f32": 2 * 18 * 256 * 4 * 1000}
+    assert info["chat_template"] == "built-in gemma3"  # the file has none: chat() falls back, as llama.cpp
+    # 2 (K and V) x 1 KV head x 256 dims x bytes x rows; at 1000 tokens a ring (512 + 512 batch) is no smaller
+    kv, n_train = info["kv_cache_bytes"], info["hparams"]["n_ctx_train"]
+    assert kv["at 1000 tokens"] == {f"{t} {layout}": 2 * 256 * size * 18 * 1000
+                                    for t, size in (("f16", 2), ("f32", 4)) for layout in ("ring", "swa_full")}
+    # 15 sliding layers keep a ring of 512 + 512 rows, the 3 global layers (every sixth) the whole context
+    assert kv[f"at {n_train} tokens"]["f32 ring"] == 2 * 256 * 4 * (15 * 1024 + 3 * n_train)
+    assert kv[f"at {n_train} tokens"]["f32 swa_full"] == 2 * 256 * 4 * 18 * n_train
 
 
 def test_cli_info_missing_model_and_bad_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,19 +10,31 @@ import numpy as np
 from gguf import Keys
 
 from pyggml.graph.errors import PyggmlError
+from pyggml.model.chat_template import template_source
 from pyggml.model.gguf_file import GGUFFile
-from pyggml.model.hparams import load_hparams
+from pyggml.model.hparams import HParams, load_hparams
+from pyggml.model.kv_cache import cache_bytes
 from pyggml.model.pull import resolve_model
 
 HELP = "show a GGUF model's architecture, hyper-parameters, tokenizer, tensors and memory needs"
 KV_TOKENS = 1000
 KV_ELEMENT_BYTES = {"f16": 2, "f32": 4}
+KV_LAYOUTS = {"ring": False, "swa_full": True}  # sliding-window layers as a ring, or as full caches
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """MODEL and the output format."""
     parser.add_argument("model", help="GGUF file or known model name (see `pyggml pull`)")
     parser.add_argument("--json", action="store_true", help="print everything as one JSON object")
+
+
+def kv_cache_sizes(hp: HParams) -> dict[str, dict[str, dict[str, int]]]:
+    """KV-cache bytes per 1,000 tokens and at the trained context, per element type and layout."""
+    windows = [hp.sliding_window if hp.is_swa(il) else None for il in range(hp.n_layer)]
+    width = hp.n_head_kv * (hp.head_dim + hp.head_dim_v)
+    return {f"at {n_ctx} tokens": {f"{name} {layout}": cache_bytes(windows, n_ctx, width, size, swa_full=full)
+                                   for name, size in KV_ELEMENT_BYTES.items() for layout, full in KV_LAYOUTS.items()}
+            for n_ctx in dict.fromkeys((KV_TOKENS, hp.n_ctx_train))}
 
 
 def describe(model: GGUFFile) -> dict[str, Any]:
@@ -45,12 +57,11 @@ def describe(model: GGUFFile) -> dict[str, Any]:
         "hparams_error": hparams_error,
         "tokenizer": {"model": meta.get(Keys.Tokenizer.MODEL), "pre": meta.get(Keys.Tokenizer.PRE),
                       "n_vocab": len(tokens) if tokens is not None else None},
-        "chat_template": isinstance(meta.get(Keys.Tokenizer.CHAT_TEMPLATE), str),
+        "chat_template": template_source(meta, meta.get(Keys.General.ARCHITECTURE))[1],
         "tensors": tensors,
         "total_bytes": sum(t.nbytes for t in model.tensors.values()),
         "f32_bytes": sum(t.n_elements * np.dtype(np.float32).itemsize for t in model.tensors.values()),
-        "kv_cache_bytes_per_1000_tokens": {name: hparams.kv_bytes_per_token(size) * KV_TOKENS
-                                           for name, size in KV_ELEMENT_BYTES.items()} if hparams else None,
+        "kv_cache_bytes": kv_cache_sizes(hparams) if hparams else None,
     }
 
 
@@ -64,7 +75,7 @@ def _print_text(info: dict[str, Any]) -> None:
     print(f"architecture  {info['architecture']}" + (f"  ({info['name']})" if info["name"] else ""))
     tok = info["tokenizer"]
     print(f"tokenizer     {tok['model']} (pre {tok['pre']}), {tok['n_vocab']} tokens")
-    print(f"chat template {'present' if info['chat_template'] else 'absent'}")
+    print(f"chat template {info['chat_template']}")
     if info["hparams"] is None:
         print(f"hyper-parameters unavailable: {info['hparams_error']}")
     else:
@@ -78,9 +89,8 @@ def _print_text(info: dict[str, Any]) -> None:
         print(f"{row[0]:{widths[0]}}  {row[1]:{widths[1]}}  {row[2]:{widths[2]}}  {row[3]:>{widths[3]}}")
     print(f"\n{len(rows)} tensors, {info['total_bytes']:,} bytes ({_mb(info['total_bytes'])}); "
           f"dequantized to F32: {_mb(info['f32_bytes'])}")
-    if info["kv_cache_bytes_per_1000_tokens"]:
-        kv = info["kv_cache_bytes_per_1000_tokens"]
-        print(f"KV cache per {KV_TOKENS:,} tokens: " + ", ".join(f"{k} {_mb(v)}" for k, v in kv.items()))
+    for where, sizes in (info["kv_cache_bytes"] or {}).items():
+        print(f"KV cache {where}: " + ", ".join(f"{k} {_mb(v)}" for k, v in sizes.items()))
 
 
 def run(args: argparse.Namespace) -> int:
