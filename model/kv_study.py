@@ -21,29 +21,42 @@ CHECKPOINTS = (128, 256, 512)
 MIN_TOKENS = 4  # three decode steps at least, for the quadratic fit
 # curve -> degree of the polynomial in position fitted to its per-step times
 FIT_DEGREES = {"cached": 1, "uncached": 2}
+STALL_SPREADS, STALL_ROUNDS = 5.0, 3  # a step over 5 robust deviations above the fit is a stall, not growth
 Step = Callable[[list[int], list[int]], np.ndarray]  # (whole sequence, tokens new to this step) -> logits
 Progress = Callable[[str, int, int], None]
 
 
 @dataclass
 class Fit:
-    """Least-squares polynomial of per-step seconds in position: coefficients a, b, (c) and R²."""
+    """Least-squares polynomial of per-step seconds in position: coefficients a, b, (c), R², and how many steps
+    were left out as stalls (far slower than the fit: another process had the CPU)."""
     coefficients: list[float]
     r2: float
+    n_left_out: int = 0
 
     @classmethod
     def of(cls, x: np.ndarray, y: np.ndarray, degree: int) -> Fit:
-        coef = polynomial.polyfit(x, y, degree)
-        residual = y - polynomial.polyval(x, coef)
-        total = float(np.sum((y - y.mean()) ** 2))
-        return cls([float(c) for c in coef], 1.0 - float(np.sum(residual ** 2)) / total if total else 1.0)
+        """Fit, leave out the steps far above the fit, and fit the rest again (a few rounds)."""
+        keep = np.ones(len(x), bool)
+        for _ in range(STALL_ROUNDS):
+            coef = polynomial.polyfit(x[keep], y[keep], degree)
+            residual = y - polynomial.polyval(x, coef)
+            centre = np.median(residual[keep])
+            spread = 1.4826 * np.median(np.abs(residual[keep] - centre))  # a robust standard deviation
+            keep = residual <= centre + STALL_SPREADS * spread if spread > 0 else keep
+        coef = polynomial.polyfit(x[keep], y[keep], degree)
+        residual, kept = y[keep] - polynomial.polyval(x[keep], coef), y[keep]
+        total = float(np.sum((kept - kept.mean()) ** 2))
+        r2 = 1.0 - float(np.sum(residual ** 2)) / total if total else 1.0
+        return cls([float(c) for c in coef], r2, int(len(x) - keep.sum()))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return polynomial.polyval(x, self.coefficients)
 
     def to_dict(self) -> dict:
         return {"a": self.coefficients[0], "b": self.coefficients[1],
-                **({"c": self.coefficients[2]} if len(self.coefficients) > 2 else {}), "r2": self.r2}
+                **({"c": self.coefficients[2]} if len(self.coefficients) > 2 else {}), "r2": self.r2,
+                "n_left_out": self.n_left_out}
 
 
 @dataclass
@@ -138,7 +151,7 @@ def plot(study: KVStudy, path: str, title: str) -> bool:
         terms = " + ".join(f"{c * 1e3:.3g}" + ("", "·p", "·p²")[i] for i, c in enumerate(fit.coefficients))
         left.plot(x, np.asarray(study.seconds[curve][1:]) * 1e3, ".", ms=2, color=color,
                   label=f"{'with' if curve == 'cached' else 'without'} KV cache")
-        left.plot(x, fit(x) * 1e3, "-", lw=1, color=color, label=f"fit {terms} ms")
+        left.plot(x, fit(x) * 1e3, "-", lw=1, color=color, label=f"fit {terms} ms ({fit.n_left_out} stalls left out)")
         right.plot(np.arange(1, len(x) + 2), np.cumsum(study.seconds[curve]), color=color,
                    label=f"{'with' if curve == 'cached' else 'without'} cache: {study.total(curve):.1f} s")
     left.set(xlabel="position p", ylabel="ms per step", title="time of one step")

@@ -12,6 +12,7 @@ import pytest
 
 from chat_llama import CFG, write_chat_llama
 from pyggml.cli import main
+from pyggml.model.kv_study import Fit
 from pyggml.model.profile import profile_model
 from synthetic_llama import make_weights
 
@@ -33,7 +34,8 @@ BENCH_SCHEMA = obj(
                copy_gb_per_s=NUM),
     results=arr(obj(test=STR, n_prompt=INT, n_gen=INT, samples_ts=arr(NUM, 1), avg_ts=NUM, stddev_ts=NUM,
                     weight_bytes_per_token=NUM, gb_per_s=NUM, ratio_matvec_bound=NUM, ratio_copy_bandwidth=NUM), 1))
-FIT = {**obj(a=NUM, b=NUM, r2=NUM), "properties": {"a": NUM, "b": NUM, "c": NUM, "r2": NUM}}
+FIT = {**obj(a=NUM, b=NUM, r2=NUM, n_left_out=INT), "properties": {"a": NUM, "b": NUM, "c": NUM, "r2": NUM,
+                                                                  "n_left_out": INT}}
 CURVE = obj(step_ms=arr(NUM, 4), total_s=NUM, fit=FIT)
 STUDY_SCHEMA = obj(
     model=STR, n_prompt=INT, n_tokens=INT, identical=BOOL, tokens=obj(cached=arr(INT), uncached=arr(INT)),
@@ -175,3 +177,11 @@ def test_bad_flag_and_missing_model_give_one_line(command, tiny, capsys, tmp_pat
 def test_bench_rejects_bad_values(argv, tiny, capsys):
     code, _, err = cli(capsys, "bench", tiny, *argv)
     assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_kv_study_fit_leaves_out_stalls():
+    x = np.arange(100.0)
+    y = 0.01 + 1e-4 * x + 1e-6 * x ** 2
+    y[[10, 50, 51]] += 1.0  # another process had the CPU
+    fit = Fit.of(x, y, 2)
+    assert fit.n_left_out == 3 and np.allclose(fit.coefficients, [0.01, 1e-4, 1e-6]) and fit.r2 == pytest.approx(1)

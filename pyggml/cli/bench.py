@@ -13,6 +13,7 @@ from .options import add_model_options, load_model
 
 HELP = "measure prefill (pp) and decode (tg) tokens/s against the bare bounds, or run the KV-cache study"
 STUDY_PROMPT = "The history of the printing press begins"
+FIT_UNITS = {"a": "ms", "b": "ms per position", "c": "ms per position²"}
 PLOT_HINT = "plot: pip install 'pyggml[plot]' to draw it"
 
 
@@ -96,9 +97,9 @@ def study_markdown(model_name: str, doc: dict) -> str:
                      f"{curves['uncached']['step_ms'][k]:.2f} |")
     for curve, form in (("cached", "a + b·p"), ("uncached", "a + b·p + c·p²")):
         fit = curves[curve]["fit"]
-        terms = ", ".join(f"{k} = {fit[k] * 1e3:.4g} ms" for k in "abc" if k in fit)
+        terms = ", ".join(f"{k} = {fit[k] * 1e3:.4g} {unit}" for k, unit in FIT_UNITS.items() if k in fit)
         lines.append(f"\n{'with' if curve == 'cached' else 'without'} cache, ms per step at position p = {form}: "
-                     f"{terms} (R² {fit['r2']:.3f})")
+                     f"{terms} (R² {fit['r2']:.3f}; {fit['n_left_out']} stalled steps left out)")
     mem = doc["kv_bytes_per_token"]
     lines.append("\nKV cache per token (2 x n_layer x n_kv_head x head_dim x bytes, "
                  f"{doc['kv_type']}): " + " | ".join(f"{k} ({v['n_kv_head']} KV heads): {v['bytes']:,} B"
