@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 
 from .options import add_model_options, add_sampling_options, load_model, sampling_kwargs
@@ -18,9 +19,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stats", action="store_true", help="print load time, speeds and cache size at the end")
 
 
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def print_stats(model, timings: dict, load_seconds: float) -> None:
     """The run's figures, on stderr."""
-    sys.stderr.write(f"\nload: {load_seconds:.2f} s | prompt: {timings.get('prompt_tokens', 0)} tokens, "
+    first = load_seconds + timings.get("prompt_seconds", 0.0)
+    sys.stderr.write(f"\nload: {load_seconds:.2f} s | load to first token: {first:.2f} s | peak RSS: "
+                     f"{peak_rss_mib():.0f} MiB | prompt: {timings.get('prompt_tokens', 0)} tokens, "
                      f"{timings.get('prompt_tokens_per_second', 0):.1f} tok/s | generated: "
                      f"{timings.get('generated_tokens', 0)} tokens, {timings.get('decode_tokens_per_second', 0):.1f}"
                      f" tok/s | KV cache: {model.cache.nbytes / 2**20:.1f} MiB ({model.cache.dtype.name})\n")
