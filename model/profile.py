@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from itertools import islice
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -119,23 +120,43 @@ class OpStat:
 
 
 @dataclass
+class CopyStat:
+    """One copy of a tensor between backends in a profiled step."""
+    name: str
+    src: str
+    dst: str
+    nbytes: int
+    start: float
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "src": self.src, "dst": self.dst, "bytes": self.nbytes,
+                "start_ms": self.start * 1e3, "ms": self.seconds * 1e3}
+
+
+@dataclass
 class StepProfile:
-    """One profiled step: its nodes, the wall time of the same run, and copies between backends."""
+    """One profiled step: its nodes and copies between backends in run order, and the wall time of the run."""
     step: str
     n_tokens: int
     n_past: int
     wall_seconds: float
     nodes: list[NodeStat]
-    copies: list[dict] = field(default_factory=list)
+    copies: list[CopyStat] = field(default_factory=list)
     plan: Plan | None = field(default=None, repr=False)
 
     @property
     def node_seconds(self) -> float:
         return sum(n.seconds for n in self.nodes)
 
+    @property
+    def copy_seconds(self) -> float:
+        return sum(c.seconds for c in self.copies)
+
     def _total(self, name: str, op: str, backend: str, nodes: list[NodeStat]) -> OpStat:
         return OpStat(name, op, backend, len(nodes), sum(n.seconds for n in nodes), sum(n.bytes_read for n in nodes),
-                      sum(n.bytes_written for n in nodes), sum(n.flops for n in nodes), self.node_seconds)
+                      sum(n.bytes_written for n in nodes), sum(n.flops for n in nodes),
+                      self.node_seconds + self.copy_seconds)
 
     def by_op(self) -> list[OpStat]:
         """Per (op, backend) totals, slowest first."""
@@ -151,33 +172,39 @@ class StepProfile:
 
     def to_dict(self, top: int = 10) -> dict:
         return {"step": self.step, "n_tokens": self.n_tokens, "n_past": self.n_past,
-                "wall_ms": self.wall_seconds * 1e3, "nodes_ms": self.node_seconds * 1e3, "n_nodes": len(self.nodes),
-                "backends": sorted({n.backend for n in self.nodes}), "copies": self.copies,
+                "wall_ms": self.wall_seconds * 1e3, "nodes_ms": self.node_seconds * 1e3,
+                "copies_ms": self.copy_seconds * 1e3, "n_nodes": len(self.nodes),
+                "backends": sorted({n.backend for n in self.nodes}), "copies": [c.to_dict() for c in self.copies],
                 "ops": [o.to_dict() for o in self.by_op()], "slowest": [o.to_dict() for o in self.slowest(top)],
                 "nodes": [n.to_dict() for n in self.nodes]}
 
 
-def copies_of(plan: Plan) -> list[dict]:
-    """Copies between backends that the plan makes per run (a multi-backend plan lists them in `copies`)."""
-    return [{"name": str(getattr(c, "name", c)), "src": str(getattr(c, "src", "")),
-             "dst": str(getattr(c, "dst", "")), "bytes": int(getattr(c, "nbytes", 0))}
-            for c in getattr(plan, "copies", ())]
+def node_stat(plan: Plan, node: Tensor, backend: str, start: float, seconds: float) -> NodeStat:
+    """A node's time with the bytes it moved and its arithmetic."""
+    reads, written = NODE_BYTES.get(node.op, _dense_bytes)(plan, node)
+    label = plan.graph.label
+    return NodeStat(label(node), node.op, backend, start, seconds, [(label(s), b) for s, b in zip(node.srcs, reads)],
+                    written, node_flops(node))
 
 
 def profile_plan(plan: Plan, step: str, n_tokens: int, n_past: int) -> StepProfile:
     """Replay the plan's last run (same inputs, so the same cache writes) once to warm up, then with per-node
-    timing."""
+    timing; each split's copies ran just before its nodes."""
     plan.run()
     t0 = time.perf_counter()
     plan.run(profile=True)
     wall = time.perf_counter() - t0
-    label, backend, start, nodes = plan.graph.label, plan.backend.name, 0.0, []
-    for node, seconds in plan.last_profile:
-        reads, written = NODE_BYTES.get(node.op, _dense_bytes)(plan, node)
-        nodes.append(NodeStat(label(node), node.op, backend, start, seconds,
-                              [(label(s), b) for s, b in zip(node.srcs, reads)], written, node_flops(node)))
-        start += seconds
-    return StepProfile(step, n_tokens, n_past, wall, nodes, copies_of(plan), plan)
+    node_times, copy_times, start = iter(plan.last_profile), iter(plan.last_copy_profile), 0.0
+    nodes: list[NodeStat] = []
+    copies: list[CopyStat] = []
+    for split in plan.splits:
+        for copy, seconds in islice(copy_times, len(split.copies)):
+            copies.append(CopyStat(copy.label, copy.src, copy.dst, copy.nbytes, start, seconds))
+            start += seconds
+        for node, seconds in islice(node_times, len(split.nodes)):
+            nodes.append(node_stat(plan, node, split.backend.name, start, seconds))
+            start += seconds
+    return StepProfile(step, n_tokens, n_past, wall, nodes, copies, plan)
 
 
 def profile_model(model: Model, n_prompt: int = 64, seed: int = 0) -> list[StepProfile]:
@@ -200,23 +227,28 @@ def chrome_trace(profiles: Sequence[StepProfile]) -> dict:
     for pid, prof in enumerate(profiles, 1):
         events.append({"ph": "M", "name": "process_name", "pid": pid, "tid": 0,
                        "args": {"name": f"{prof.step} ({prof.n_tokens} tokens after {prof.n_past})"}})
-        tracks = {b: i for i, b in enumerate(dict.fromkeys(n.backend for n in prof.nodes), 1)}
+        tracks = {b: i for i, b in enumerate(dict.fromkeys([n.backend for n in prof.nodes] +
+                                                           [c.dst for c in prof.copies]), 1)}
         events += [{"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": b}}
                    for b, tid in tracks.items()]
         events += [{"name": n.name, "cat": n.op, "ph": "X", "ts": n.start * 1e6, "dur": n.seconds * 1e6,
                     "pid": pid, "tid": tracks[n.backend],
                     "args": {"bytes_read": n.bytes_read, "bytes_written": n.bytes_written, "flops": n.flops}}
                    for n in prof.nodes]
+        events += [{"name": f"copy {c.name}", "cat": "copy", "ph": "X", "ts": c.start * 1e6, "dur": c.seconds * 1e6,
+                    "pid": pid, "tid": tracks[c.dst], "args": {"src": c.src, "dst": c.dst, "bytes": c.nbytes}}
+                   for c in prof.copies]
     return {"traceEvents": events, "displayTimeUnit": "ms"}
 
 
 def memory_plan(plan: Plan) -> dict:
-    """The plan's buffers and, for every intermediate, its buffer, offset, size and first and last use."""
-    buffer = f"{plan.backend.name}:arena"
-    slots = [{"id": t.id, "name": plan.graph.label(t), "buffer": buffer, "offset": s.offset, "size": s.size,
-              "first": s.first, "last": s.last, "inplace_of": s.inplace_of or None} for t, s in plan.slots.items()]
-    return {"buffers": [{"name": buffer, "backend": plan.backend.name, "bytes": plan.arena_bytes}],
-            "slots": slots}
+    """The plan's arenas (one per backend) and, for every intermediate, its arena, offset, size and first and
+    last use (indices of the nodes on that backend)."""
+    slots = [{"id": t.id, "name": plan.graph.label(t), "buffer": f"{plan.where[t].name}:arena", "offset": s.offset,
+              "size": s.size, "first": s.first, "last": s.last, "inplace_of": s.inplace_of or None}
+             for t, s in plan.slots.items()]
+    return {"buffers": [{"name": f"{b.name}:arena", "backend": b.name, "bytes": a.nbytes}
+                        for b, a in plan.arenas.items()], "slots": slots}
 
 
 def graph_json(plan: Plan) -> str:
@@ -229,6 +261,8 @@ def graph_json(plan: Plan) -> str:
 def graph_dot(plan: Plan) -> str:
     """The plan's graph as DOT, each intermediate labelled with its arena slot and lifetime."""
     lines = plan.graph.to_dot().rstrip().removesuffix("}").splitlines()
-    lines.append(f'  label = "{plan.backend.name} arena: {plan.arena_bytes} bytes"; labelloc = t;')
-    lines += [f'  "t{t.id}" [xlabel = "@{s.offset}+{s.size} [{s.first}..{s.last}]"];' for t, s in plan.slots.items()]
+    arenas = ", ".join(f"{b.name} arena {a.nbytes} bytes" for b, a in plan.arenas.items())
+    lines.append(f'  label = "{arenas}"; labelloc = t;')
+    lines += [f'  "t{t.id}" [xlabel = "{plan.where[t].name} @{s.offset}+{s.size} [{s.first}..{s.last}]"];'
+              for t, s in plan.slots.items()]
     return "\n".join(lines + ["}"]) + "\n"

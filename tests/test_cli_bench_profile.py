@@ -13,7 +13,10 @@ import pytest
 from chat_llama import CFG, write_chat_llama
 from pyggml.cli import main
 from pyggml.model.kv_study import Fit
-from pyggml.model.profile import profile_model
+from pyggml.backends import NumpyBackend, Scheduler
+from pyggml.backends.test_device import TestDevice
+from pyggml.model.model import Model
+from pyggml.model.profile import chrome_trace, memory_plan, profile_model
 from synthetic_llama import make_weights
 
 NUM, INT, STR, BOOL = {"type": "number"}, {"type": "integer", "minimum": 0}, {"type": "string"}, {"type": "boolean"}
@@ -46,8 +49,9 @@ TOTAL = obj(name=STR, op=STR, backend=STR, count=INT, ms=NUM, share=NUM, bytes_r
             gb_per_s=NUM, gflop_per_s=NUM)
 NODE = obj(name=STR, op=STR, backend=STR, start_ms=NUM, ms=NUM, bytes_read=INT, bytes_written=INT, flops=INT,
            srcs=arr(obj(name=STR, bytes=INT)))
-STEP = obj(step={"enum": ["prefill", "decode"]}, n_tokens=INT, n_past=INT, wall_ms=NUM, nodes_ms=NUM, n_nodes=INT,
-           backends=arr(STR, 1), copies=arr(obj(name=STR, src=STR, dst=STR, bytes=INT)), ops=arr(TOTAL, 1),
+STEP = obj(step={"enum": ["prefill", "decode"]}, n_tokens=INT, n_past=INT, wall_ms=NUM, nodes_ms=NUM, copies_ms=NUM,
+           n_nodes=INT, backends=arr(STR, 1),
+           copies=arr(obj(name=STR, src=STR, dst=STR, bytes=INT, start_ms=NUM, ms=NUM)), ops=arr(TOTAL, 1),
            slowest=arr(TOTAL), nodes=arr(NODE, 1))
 PROFILE_SCHEMA = obj(model=STR, steps=arr(STEP, 2), files=arr(STR))
 TRACE_SCHEMA = {"type": "object", "required": ["traceEvents"], "properties": {"traceEvents": arr({"oneOf": [
@@ -127,7 +131,7 @@ def test_profile_json_trace_and_graph(tiny, capsys, tmp_path):
                    "--trace", str(trace), "--graph", str(graph))
     prefill, decode = doc["steps"]
     assert (prefill["n_tokens"], decode["n_tokens"], decode["n_past"]) == (64, 1, 64)
-    assert abs(prefill["nodes_ms"] - prefill["wall_ms"]) <= 0.1 * prefill["wall_ms"]
+    assert abs(prefill["nodes_ms"] + prefill["copies_ms"] - prefill["wall_ms"]) <= 0.1 * prefill["wall_ms"]
     for step in doc["steps"]:
         assert sum(o["count"] for o in step["ops"]) == step["n_nodes"] == len(step["nodes"])
         assert sum(n["ms"] for n in step["nodes"]) == pytest.approx(step["nodes_ms"])
@@ -156,7 +160,7 @@ def test_profile_text_tables(tiny, capsys):
 def test_profile_decode_of_a_real_model(smollm2):
     """SmolLM2's decode step: node times add up to the run's wall time; each mat-vec reads its F32 weight."""
     _, decode = profile_model(smollm2, 8)
-    assert abs(decode.node_seconds - decode.wall_seconds) <= 0.1 * decode.wall_seconds
+    assert abs(decode.node_seconds + decode.copy_seconds - decode.wall_seconds) <= 0.1 * decode.wall_seconds
     matvecs = [n for n in decode.nodes if n.op == "mul_mat" and n.reads[0][0] in smollm2.gguf.tensors]
     assert len(matvecs) == 1 + 7 * smollm2.hparams.n_layer
     for node in matvecs:
@@ -185,3 +189,18 @@ def test_kv_study_fit_leaves_out_stalls():
     y[[10, 50, 51]] += 1.0  # another process had the CPU
     fit = Fit.of(x, y, 2)
     assert fit.n_left_out == 3 and np.allclose(fit.coefficients, [0.01, 1e-4, 1e-6]) and fit.r2 == pytest.approx(1)
+
+
+def test_profile_over_two_backends_reports_copies(tiny):
+    model = Model(tiny, n_ctx=256, backend=Scheduler([TestDevice(unsupported={"rope"}), NumpyBackend()]))
+    profiles = profile_model(model, 8)
+    for prof in profiles:
+        step = prof.to_dict()
+        assert step["backends"] == ["numpy", "testdevice"] and {n["backend"] for n in step["nodes"]
+                                                                 if n["op"] == "rope"} == {"numpy"}
+        assert len(step["copies"]) == 4 * CFG.n_layer and {(c["src"], c["dst"]) for c in step["copies"]} == {
+            ("testdevice", "numpy"), ("numpy", "testdevice")}
+        assert all(c["bytes"] > 0 for c in step["copies"])
+    events = chrome_trace(profiles)["traceEvents"]
+    assert sum(e["ph"] == "X" and e["cat"] == "copy" for e in events) == 2 * 4 * CFG.n_layer
+    assert {b["backend"] for b in memory_plan(profiles[-1].plan)["buffers"]} == {"numpy", "testdevice"}

@@ -35,9 +35,11 @@ def table(title: str, rows: list[dict]) -> list[str]:
 
 def step_text(step: dict) -> str:
     """A step's header, its per-op table and its slowest nodes."""
-    copies = ", ".join(f"{c['name']} {c['src']}->{c['dst']} {c['bytes']} B" for c in step["copies"]) or "none"
+    copies = ", ".join(f"{c['name']} {c['src']}->{c['dst']} {c['bytes']} B {c['ms']:.3f} ms"
+                       for c in step["copies"]) or "none"
     lines = [(f"## {step['step']}: {step['n_tokens']} tokens after {step['n_past']}, {step['n_nodes']} nodes on "
-              f"{', '.join(step['backends'])}; wall {step['wall_ms']:.2f} ms, nodes {step['nodes_ms']:.2f} ms; "
+              f"{', '.join(step['backends'])}; wall {step['wall_ms']:.2f} ms, nodes {step['nodes_ms']:.2f} ms, "
+              f"copies {step['copies_ms']:.2f} ms; "
               f"copies between backends: {copies}")]
     lines += table("per op", step["ops"])
     if step["slowest"]:
