@@ -92,18 +92,27 @@ def rope_tables(p: dict, pos: np.ndarray, freq_factors: np.ndarray | None) -> tu
     return (np.cos(theta) * mscale).astype(F32)[:, None, :], (np.sin(theta) * mscale).astype(F32)[:, None, :]
 
 
-_ROPE_CACHE: dict[tuple, tuple[bytes, tuple[np.ndarray, np.ndarray]]] = {}
+_ROPE_CACHE: dict[tuple, tuple[bytes, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
 
 
 def rope_tables_cached(settings: tuple, p: dict, pos: np.ndarray,
-                       freq_factors: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """rope_tables, computed once for every layer roping the same positions with the same settings."""
+                       freq_factors: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cos, sin, cos + i sin as complex64), computed once for every layer roping the same positions with the
+    same settings."""
     key = settings if freq_factors is None else (settings, freq_factors.tobytes())
     positions = pos.tobytes()
     hit = _ROPE_CACHE.get(key)
     if hit is None or hit[0] != positions:
-        hit = _ROPE_CACHE[key] = (positions, rope_tables(p, pos, freq_factors))
+        cos, sin = rope_tables(p, pos, freq_factors)
+        hit = _ROPE_CACHE[key] = (positions, (cos, sin, (cos + 1j * sin).astype(np.complex64)))
     return hit[1]
+
+
+def _pairs_as_complex(x: np.ndarray, half: int) -> np.ndarray | None:
+    """Adjacent pairs (x[2i], x[2i+1]) of the first 2*half values as complex64, or None if the last dim is strided."""
+    if x.strides[-1] != x.itemsize or x.dtype != F32:
+        return None
+    return x.view(np.complex64)[..., :half]
 
 
 @kernel("rope")
@@ -111,20 +120,25 @@ def rope_tables_cached(settings: tuple, p: dict, pos: np.ndarray,
 def rope(node: Tensor, out, a, pos, freq_factors=None):
     p, n = node.params, node.params["n_dims"]
     half = n // 2
+    settings = tuple(sorted(p.items()))
+    tail = (lambda: np.copyto(out[..., n:], a[..., n:])) if n < a.shape[-1] and out is not a else (lambda: None)
+    a_c, out_c = _pairs_as_complex(a, half), _pairs_as_complex(out, half)
+    if p["mode"] != ROPE_NEOX and a_c is not None and out_c is not None:
+        def run_complex():  # NORMAL mode is a complex product per pair: one ufunc call
+            np.multiply(a_c, rope_tables_cached(settings, p, pos, freq_factors)[2], out=out_c)
+            tail()
+        return run_complex
     if p["mode"] == ROPE_NEOX:
         x0, x1, o0, o1 = a[..., :half], a[..., half:n], out[..., :half], out[..., half:n]
     else:
         x0, x1, o0, o1 = a[..., 0:n:2], a[..., 1:n:2], out[..., 0:n:2], out[..., 1:n:2]
 
-    settings = tuple(sorted(p.items()))
-
     def run():
-        cos, sin = rope_tables_cached(settings, p, pos, freq_factors)
+        cos, sin, _ = rope_tables_cached(settings, p, pos, freq_factors)
         r0 = x0 * cos - x1 * sin
         r1 = x0 * sin + x1 * cos
         o0[...], o1[...] = r0, r1
-        if n < a.shape[-1] and out is not a:
-            out[..., n:] = a[..., n:]
+        tail()
     return run
 
 

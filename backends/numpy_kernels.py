@@ -303,6 +303,10 @@ def matmul_views(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> tuple[np.ndar
     for x, y in zip(lead_a, lead_b):
         a_shape += [x, 1]
         b_shape += [x, y // x]
+    if b.shape[-2] == 1 and b_shape and b_shape[-1] > 1:
+        # one row per head (decode): a group's heads become the rows of one product, not r products of one row
+        a_t = np.swapaxes(split_view(a, tuple(a_shape[:-1]) + a.shape[-2:]), -1, -2)
+        return a_t, split_view(b, tuple(b_shape) + b.shape[-1:]), split_view(out, tuple(b_shape) + out.shape[-1:])
     a_t = np.swapaxes(split_view(a, tuple(a_shape) + a.shape[-2:]), -1, -2)
     return a_t, split_view(b, tuple(b_shape) + b.shape[-2:]), split_view(out, tuple(b_shape) + out.shape[-2:])
 
