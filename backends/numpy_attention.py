@@ -60,9 +60,9 @@ def soft_max_ext(node: Tensor, out, a, mask=None):
     a_v, out_v = split_view(a, lead_split + a.shape[-2:]), split_view(out, lead_split + a.shape[-2:])
 
     def run():
-        x = np.multiply(a_v, scale)
-        x += get_mask()
-        softmax_into(x, out_v)
+        np.multiply(a_v, scale, out=out_v)
+        np.add(out_v, get_mask(), out=out_v)
+        softmax_into(out_v, out_v)
     return run
 
 

@@ -171,23 +171,34 @@ def clamp(node: Tensor, out, a):
     return functools.partial(np.clip, a, lo, hi, out)
 
 
-GLU_GATES = {"swiglu": silu_into, "geglu": gelu_into}
+def swiglu_into(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> None:
+    """out = silu(gate) * up = gate * up / (1 + exp(-gate)), with one temporary."""
+    t = np.negative(gate)
+    np.exp(t, out=t)
+    t += 1
+    np.multiply(gate, up, out=out)
+    out /= t
+
+
+def geglu_into(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> None:
+    """out = gelu(gate) * up."""
+    gelu_into(gate, out)
+    out *= up
+
+
+GLU_GATES = {"swiglu": swiglu_into, "geglu": geglu_into}
 
 
 @kernel(*GLU_GATES)
 @f32_compute
 def glu(node: Tensor, out, a, b=None):
-    gate_fn = GLU_GATES[node.op]
+    gate_fn = GLU_GATES[node.op]  # (gate, up, out): out = act(gate) * up; out aliases neither (not in place)
     if b is None:
         n = out.shape[-1]
         a, b = a[..., :n], a[..., n:]
     gate, up = (b, a) if node.params["swapped"] else (a, b)
 
-    def run():
-        g = np.empty(out.shape, F32)
-        gate_fn(gate, g)
-        np.multiply(g, up, out=out)
-    return run
+    return lambda: gate_fn(gate, up, out)
 
 
 @kernel("rms_norm")
