@@ -25,6 +25,7 @@ class Context:
         self.weights, self.hp, self.build, self.cache, self.backend = weights, hp, build, cache, backend
         self._plans: dict[tuple, tuple[Plan, StepInputs]] = {}
         self.tokens: list[int] = []  # the sequence held in the cache
+        self.last_plan: Plan | None = None  # the plan of the latest step (for profiling and benchmarks)
 
     @property
     def n_past(self) -> int:
@@ -68,6 +69,7 @@ class Context:
             inp = StepInputs.create(len(tokens), n_out, {w: mask.shape[1] for w, (_, mask) in kinds.items()})
             self._plans[key] = (compile_plan(self.build(self.weights, self.hp, inp, self.cache), self.backend), inp)
         plan, inp = self._plans[key]
+        self.last_plan = plan
         values = {inp.tokens: tokens, inp.pos: positions.astype(np.int32),
                   inp.out_ids: np.arange(len(tokens) - n_out, len(tokens), dtype=np.int32)}
         for w, (rows, mask) in kinds.items():

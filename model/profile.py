@@ -24,11 +24,9 @@ MOVE_OPS = frozenset({"get_rows", "set_rows", "cpy", "cont", "concat"})  # data 
 
 
 def step_plan(context: Context, tokens: Sequence[int]) -> Plan:
-    """Evaluate tokens (at most n_batch) as one step on a plan compiled for it, and return that plan."""
-    context._plans.clear()  # the context compiles exactly one plan for this step
+    """Evaluate tokens (at most n_batch) as one step and return the plan that ran it."""
     context.eval(tokens)
-    (plan, _), = context._plans.values()
-    return plan
+    return context.last_plan
 
 
 def dense_weights(plan: Plan) -> dict[Tensor, Any]:
