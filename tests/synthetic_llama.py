@@ -41,25 +41,20 @@ def make_weights(cfg: TinyLlama, seed: int = 0) -> dict[str, np.ndarray]:
     return w
 
 
-def write_gguf(path: Path, cfg: TinyLlama, weights: dict[str, np.ndarray]) -> Path:
-    """Write the model with gguf's writer (llama arch, a byte-level BPE vocabulary of single characters)."""
+def write_gguf(path: Path, cfg: TinyLlama, weights: dict[str, np.ndarray], tokens: list[str] | None = None,
+               token_types: list[int] | None = None, eos_id: int | None = None, n_ctx: int = 256) -> Path:
+    """Write the model with gguf's writer (llama arch, a byte-level BPE vocabulary: by default single letters)."""
+    tokens = tokens or [chr(ord("a") + i % 26) * (1 + i // 26) for i in range(cfg.n_vocab)]
     w = gguf.GGUFWriter(str(path), "llama")
-    w.add_context_length(256)
-    w.add_embedding_length(cfg.n_embd)
-    w.add_block_count(cfg.n_layer)
-    w.add_feed_forward_length(cfg.n_ff)
-    w.add_head_count(cfg.n_head)
-    w.add_head_count_kv(cfg.n_head_kv)
-    w.add_rope_dimension_count(cfg.head_dim)
-    w.add_rope_freq_base(cfg.rope_base)
-    w.add_layer_norm_rms_eps(cfg.eps)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt-2")
-    tokens = [chr(ord("a") + i % 26) * (1 + i // 26) for i in range(cfg.n_vocab)]
-    w.add_token_list(tokens)
-    w.add_token_types([gguf.TokenType.NORMAL] * cfg.n_vocab)
-    w.add_token_merges([])
-    w.add_eos_token_id(cfg.n_vocab - 1)
+    for add, value in ((w.add_context_length, n_ctx), (w.add_embedding_length, cfg.n_embd),
+                       (w.add_block_count, cfg.n_layer), (w.add_feed_forward_length, cfg.n_ff),
+                       (w.add_head_count, cfg.n_head), (w.add_head_count_kv, cfg.n_head_kv),
+                       (w.add_rope_dimension_count, cfg.head_dim), (w.add_rope_freq_base, cfg.rope_base),
+                       (w.add_layer_norm_rms_eps, cfg.eps), (w.add_tokenizer_model, "gpt2"),
+                       (w.add_tokenizer_pre, "gpt-2"), (w.add_token_list, tokens),
+                       (w.add_token_types, token_types or [gguf.TokenType.NORMAL] * len(tokens)),
+                       (w.add_token_merges, []), (w.add_eos_token_id, len(tokens) - 1 if eos_id is None else eos_id)):
+        add(value)
     for name, value in weights.items():
         w.add_tensor(name, value)
     w.write_header_to_file()

@@ -11,18 +11,8 @@ import pytest
 import pyggml as pg
 from pyggml import DType, Graph, PyggmlError
 from pyggml.graph import dump
+from test_graph import small_graph
 
-
-def small_graph() -> tuple[Graph, dict[str, pg.Tensor]]:
-    """out = silu(mul_mat(w, x) + bias) * (mul_mat(w, x) + bias), as in test_graph."""
-    w = pg.from_numpy(np.zeros((4, 3), np.float32))
-    x = pg.input_tensor((2, 3), name="x")
-    b = pg.from_numpy(np.zeros((4,), np.float32)).set_name("bias")
-    mm = pg.mul_mat(w, x)
-    h = pg.add(mm, b)
-    s = pg.silu(h)
-    out = pg.mul(s, h).set_name("out")
-    return Graph.build(out), dict(w=w, x=x, b=b, mm=mm, h=h, s=s, out=out)
 
 GOLDEN_TEXT = """\
 kind  #  name    op       shape   dtype  sources
