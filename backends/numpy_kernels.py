@@ -204,12 +204,18 @@ def glu(node: Tensor, out, a, b=None):
 @kernel("rms_norm")
 @f32_compute
 def rms_norm(node: Tensor, out, a):
-    eps = node.params["eps"]
+    eps, inv_n = F32(node.params["eps"]), F32(1.0 / a.shape[-1])
+    if a.size == a.shape[-1] and a.strides[-1] == a.itemsize:  # one row (a decode step): a BLAS dot, scalars
+        row = a.reshape(-1)
+
+        def run_row():
+            np.multiply(a, F32(1.0) / np.sqrt(np.dot(row, row) * inv_n + eps), out=out)
+        return run_row
 
     def run():
         ms = np.einsum("...i,...i->...", a, a)[..., None]
-        ms *= F32(1.0 / a.shape[-1])
-        ms += F32(eps)
+        ms *= inv_n
+        ms += eps
         np.sqrt(ms, out=ms)
         np.divide(a, ms, out=out)
     return run
@@ -251,6 +257,9 @@ def copy(node: Tensor, out, a, b=None):
     if is_quantized(src_dtype):
         raise NotImplementedError("cpy from a quantized tensor: dequantize through get_rows instead")
     if node.dtype == src_dtype and a.dtype == out.dtype:  # a plain copy (also of BF16 bits): no float round trip
+        if out.flags.c_contiguous:  # read a's elements in order straight into out, no temporary
+            dst = out.reshape(a.shape)
+            return lambda: np.copyto(dst, a)
         return lambda: np.copyto(out, np.reshape(a, out.shape))
     return lambda: store(out, np.reshape(as_f32(a, src_dtype), out.shape), node.dtype)
 
@@ -300,6 +309,13 @@ def set_rows(node: Tensor, out, dst, src, idx):
         def run_bf16():
             out[idx] = to_bf16(as_f32(src, src_dtype))
         return run_bf16
+
+    if len(idx) == 1 and src.dtype == out.dtype:  # one row (a decode step): basic indexing, no fancy scatter
+        row = src[0]
+
+        def run_one():
+            out[idx[0]] = row
+        return run_one
 
     def run():
         out[idx] = as_f32(src, src_dtype)
