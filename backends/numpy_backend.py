@@ -1,7 +1,7 @@
 """The NumPy backend: the reference CPU backend implementing every op."""
 from __future__ import annotations
 
-from typing import Any
+from weakref import WeakKeyDictionary
 
 import numpy as np
 
@@ -26,13 +26,15 @@ class NumpyBackend(Backend):
         if weight_dtype not in WEIGHT_DTYPES:
             raise ValueError(f"weight_dtype must be one of {[t.name for t in WEIGHT_DTYPES]}")
         self.weight_dtype = weight_dtype
-        self._placed: dict[tuple[Tensor, bool], np.ndarray] = {}
+        # dense or raw form -> leaf -> its array; weak keys: a leaf no graph holds any more is forgotten
+        self._placed: dict[bool, WeakKeyDictionary[Tensor, np.ndarray]] = {True: WeakKeyDictionary(),
+                                                                           False: WeakKeyDictionary()}
 
     def place(self, leaf: Tensor, dense: bool) -> np.ndarray:
-        key = (leaf, dense or not is_quantized(leaf.dtype))
-        if key not in self._placed:
-            self._placed[key] = self._make(leaf, key[1])
-        return self._placed[key]
+        held = self._placed[dense or not is_quantized(leaf.dtype)]
+        if leaf not in held:
+            held[leaf] = self._make(leaf, dense)
+        return held[leaf]
 
     def _make(self, leaf: Tensor, dense: bool) -> np.ndarray:
         if leaf.data is None:
@@ -46,19 +48,6 @@ class NumpyBackend(Backend):
             return np.asarray(leaf.data).reshape(-1, leaf.data.shape[-1])
         values = dequantize(np.asarray(leaf.data), leaf.dtype, leaf.shape)
         return values.astype(np.float16) if self.weight_dtype == DType.F16 else values
-
-    def placed(self, leaf: Tensor) -> np.ndarray | None:
-        """The array a leaf was placed as (dense form first), or None."""
-        return self._placed.get((leaf, True), self._placed.get((leaf, False)))
-
-    def placed_bytes(self) -> int:
-        """Bytes held by placed tensors that are not memory-mapped file data."""
-        return sum(a.nbytes for a in self._placed.values() if a.flags.owndata)
-
-    def release(self, leaf: Tensor) -> None:
-        """Forget a placed tensor (its next use places it again)."""
-        for dense in (True, False):
-            self._placed.pop((leaf, dense), None)
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         return np.empty(shape, dtype)

@@ -1,6 +1,7 @@
 """Plans: compiled once and run many times, outputs copied out, memory reused but never overwritten too early."""
 from __future__ import annotations
 
+import gc
 import math
 import random
 
@@ -274,3 +275,15 @@ def test_a_fresh_backend_starts_with_a_fresh_cache():
                            pg.from_numpy(np.array([0], np.int32))), backend=b1)
     np.testing.assert_array_equal(pg.compute(pg.cont(cache), backend=b1), [[1, 1], [0, 0]])
     np.testing.assert_array_equal(pg.compute(pg.cont(cache), backend=b2), [[0, 0], [0, 0]])
+
+
+def test_backend_forgets_leafs_no_graph_holds():
+    """One-off graphs on a long-lived backend do not accumulate placed arrays."""
+    backend = pg.NumpyBackend()
+    for _ in range(3):
+        pg.compute(pg.neg(pg.from_numpy(np.ones((64, 64), np.float32))), backend=backend)
+    gc.collect()
+    assert len(backend._placed[True]) == 0
+    kept = pg.from_numpy(np.ones(4, np.float32))
+    np.testing.assert_array_equal(pg.compute(pg.neg(kept), backend=backend), -np.ones(4))
+    assert list(backend._placed[True]) == [kept]
