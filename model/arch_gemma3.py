@@ -16,7 +16,7 @@ from .weights import Weights
 def attention_spec(hp: HParams, il: int) -> AttentionSpec:
     """Sliding layers: the local rope base, no rope scaling, the window; global layers: the file's rope."""
     swa = hp.is_swa(il)
-    return AttentionSpec(hp.n_head, hp.n_head_kv, hp.head_dim, hp.rope_dim, ops.ROPE_NEOX, hp.rope_base(il),
+    return AttentionSpec(hp.rope_dim, ops.ROPE_NEOX, hp.rope_base(il),
                          1.0 if swa else hp.rope_freq_scale, scale=hp.attention_scale,
                          window=hp.sliding_window if swa else None)
 

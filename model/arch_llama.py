@@ -14,7 +14,7 @@ from .weights import Weights
 
 def attention_spec(hp: HParams, il: int) -> AttentionSpec:
     """Llama layers: NORMAL rope over rope_dim dims with the file's base and linear scale."""
-    return AttentionSpec(hp.n_head, hp.n_head_kv, hp.head_dim, hp.rope_dim, ops.ROPE_NORMAL, hp.rope_freq_base,
+    return AttentionSpec(hp.rope_dim, ops.ROPE_NORMAL, hp.rope_freq_base,
                          hp.rope_freq_scale, scale=hp.attention_scale)
 
 

@@ -73,9 +73,10 @@ class HParams:
             return self.rope_freq_base_swa
         return self.rope_freq_base
 
-    def kv_bytes_per_token(self, bytes_per_element: int) -> int:
-        """Bytes of K and V cache per token over all layers."""
-        return self.n_layer * self.n_head_kv * (self.head_dim + self.head_dim_v) * bytes_per_element
+    def kv_bytes_per_token(self, bytes_per_element: int, n_kv_head: int | None = None) -> int:
+        """Bytes of K and V cache per token over all layers (with the model's KV heads, or n_kv_head of them)."""
+        heads = self.n_head_kv if n_kv_head is None else n_kv_head
+        return self.n_layer * heads * (self.head_dim + self.head_dim_v) * bytes_per_element
 
 
 class _Keys:

@@ -133,7 +133,7 @@ def kv_bytes_per_token(hp: HParams, itemsize: int) -> dict[str, tuple[int, int]]
     """KV-cache bytes per token, 2 x n_layer x n_kv_head x head_dim x bytes, under MHA, GQA (the model's) and
     MQA: name -> (n_kv_head, bytes)."""
     heads = {"MHA": hp.n_head, "GQA": hp.n_head_kv, "MQA": 1}
-    return {name: (h, 2 * hp.n_layer * h * hp.head_dim * itemsize) for name, h in heads.items()}
+    return {name: (h, hp.kv_bytes_per_token(itemsize, h)) for name, h in heads.items()}
 
 
 def plot(study: KVStudy, path: str, title: str) -> bool:

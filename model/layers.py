@@ -45,23 +45,20 @@ def rms_norm_w(x: Tensor, weight: Tensor, eps: float) -> Tensor:
 
 @dataclass
 class AttentionSpec:
-    """How a layer attends: head counts, rope settings, scale, and the cache kind (window) it reads."""
-    n_head: int
-    n_head_kv: int
-    head_dim: int
+    """How a layer attends: rope settings, Q·K scale (default 1/sqrt(head_dim)), the cache kind (window) it reads;
+    head counts and sizes come from the shapes of q, k and v."""
     rope_dims: int
     rope_mode: int
     rope_base: float
     rope_scale: float = 1.0
     scale: float | None = None
     window: int | None = None
-    softcap: float = 0.0
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, inp: StepInputs, cache: KVCache | None,
               il: int) -> Tensor:
     """Rope q and k, write k and v into the cache (if any), attend over it; (T, H, D) in, (T, H*D) out."""
-    n_tokens = q.shape[0]
+    n_tokens, n_head, head_dim = q.shape
     rope = dict(n_dims=spec.rope_dims, mode=spec.rope_mode, freq_base=spec.rope_base, freq_scale=spec.rope_scale)
     q = named(ops.rope(q, inp.pos, **rope), "Qcur", il)
     k = named(ops.rope(k, inp.pos, **rope), "Kcur", il)
@@ -70,14 +67,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, inp: StepInp
     else:
         keys, values = _cache_views(k, v, cache, inp, il, spec.window)
     mask = inp.kq_mask[spec.window]
-    scale = spec.scale if spec.scale is not None else 1.0 / math.sqrt(spec.head_dim)
+    scale = spec.scale if spec.scale is not None else 1.0 / math.sqrt(head_dim)
     kq = named(ops.mul_mat(keys, ops.permute(q, 1, 0, 2)), "kq", il)  # (H, T, n_kv)
-    if spec.softcap:
-        kq = ops.scale(ops.tanh(ops.scale(kq, scale / spec.softcap)), spec.softcap)
-        scale = 1.0
     kq = named(ops.soft_max_ext(kq, mask, scale), "kq_soft_max", il)
     kqv = named(ops.mul_mat(ops.transpose(values), kq), "kqv", il)  # (H, T, Dv)
-    return named(ops.cont(ops.permute(kqv, 1, 0, 2), (n_tokens, spec.n_head * values.shape[-1])), "kqv_out", il)
+    return named(ops.cont(ops.permute(kqv, 1, 0, 2), (n_tokens, n_head * values.shape[-1])), "kqv_out", il)
 
 
 def _cache_views(k: Tensor, v: Tensor, cache: KVCache, inp: StepInputs, il: int,
