@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # the reference fixtures, kept in the repository
 
 
 def _pulled(name: str) -> Path:
@@ -42,7 +42,7 @@ def gemma3(gemma3_path):
 
 
 def load_reference(name: str) -> dict:
-    """A llama.cpp / float32 reference fixture from shared/fixtures."""
+    """A llama.cpp / float32 reference fixture from tests/fixtures."""
     return json.loads((FIXTURES / name).read_text())
 
 
