@@ -4,9 +4,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import numpy as np
 
+from pyggml.graph.dtypes import is_quantized
 from pyggml.graph.tensor import Tensor
 from pyggml.ops import VIEW_OPS
 
@@ -21,13 +23,31 @@ class Backend(ABC):
     name: str = "?"
     kernels: dict[str, KernelFactory] = {}
 
+    def __init__(self) -> None:
+        # dense or raw form -> leaf -> its device array; weak keys: a leaf no graph holds any more is forgotten,
+        # and no other leaf can ever be handed its array (as an id() key would once the id is reused)
+        self._placed: dict[bool, WeakKeyDictionary[Tensor, Any]] = {True: WeakKeyDictionary(),
+                                                                    False: WeakKeyDictionary()}
+
     def supports(self, node: Tensor) -> bool:
         """True if this backend can compute the node (views are always supported)."""
         return node.op in self.kernels or node.op in VIEW_OPS
 
-    @abstractmethod
+    def reads_blocks(self, node: Tensor, slot: int) -> bool:
+        """True if node's kernel reads its source `slot` as raw quantized blocks (no dense copy is needed)."""
+        return node.op == "get_rows" and slot == 0
+
     def place(self, leaf: Tensor, dense: bool) -> Any:
-        """The device array of a weight, constant or persistent buffer, made once and kept (dense: dequantized)."""
+        """The device array of a weight, constant or persistent buffer, made once per form and kept while the
+        leaf lives (dense: a quantized leaf dequantized; otherwise its raw blocks as (rows, bytes per row))."""
+        held = self._placed[dense or not is_quantized(leaf.dtype)]
+        if leaf not in held:
+            held[leaf] = self.make_placed(leaf, dense)
+        return held[leaf]
+
+    @abstractmethod
+    def make_placed(self, leaf: Tensor, dense: bool) -> Any:
+        """A new device array holding the leaf's values (zeros for a leaf without data)."""
 
     @abstractmethod
     def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> Any:

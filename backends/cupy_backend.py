@@ -42,13 +42,9 @@ class CupyBackend(NumpyBackend):
         self.cp = import_cupy()
         self.device = self.cp.cuda.Device(device)
         self.device.use()
-        self._device_placed: dict[int, Any] = {}
 
-    def place(self, leaf: Tensor, dense: bool) -> Any:
-        host = super().place(leaf, dense)  # dequantized / converted on the host once, then uploaded once
-        if id(host) not in self._device_placed:
-            self._device_placed[id(host)] = self.cp.asarray(host)
-        return self._device_placed[id(host)]
+    def make_placed(self, leaf: Tensor, dense: bool) -> Any:
+        return self.cp.asarray(super().make_placed(leaf, dense))  # made on the host, uploaded once
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> Any:
         return self.cp.empty(shape, dtype)

@@ -1,8 +1,6 @@
 """The NumPy backend: the reference CPU backend implementing every op."""
 from __future__ import annotations
 
-from weakref import WeakKeyDictionary
-
 import numpy as np
 
 from pyggml.graph.dtypes import DType, is_quantized, numpy_dtype
@@ -25,18 +23,10 @@ class NumpyBackend(Backend):
     def __init__(self, weight_dtype: DType = DType.F32):
         if weight_dtype not in WEIGHT_DTYPES:
             raise ValueError(f"weight_dtype must be one of {[t.name for t in WEIGHT_DTYPES]}")
+        super().__init__()
         self.weight_dtype = weight_dtype
-        # dense or raw form -> leaf -> its array; weak keys: a leaf no graph holds any more is forgotten
-        self._placed: dict[bool, WeakKeyDictionary[Tensor, np.ndarray]] = {True: WeakKeyDictionary(),
-                                                                           False: WeakKeyDictionary()}
 
-    def place(self, leaf: Tensor, dense: bool) -> np.ndarray:
-        held = self._placed[dense or not is_quantized(leaf.dtype)]
-        if leaf not in held:
-            held[leaf] = self._make(leaf, dense)
-        return held[leaf]
-
-    def _make(self, leaf: Tensor, dense: bool) -> np.ndarray:
+    def make_placed(self, leaf: Tensor, dense: bool) -> np.ndarray:
         if leaf.data is None:
             return np.zeros(leaf.shape, numpy_dtype(leaf.dtype))
         if not is_quantized(leaf.dtype):

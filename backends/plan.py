@@ -21,10 +21,11 @@ from .memory_plan import Slot, owns_storage, plan_memory, storage_owner
 from .scheduler import Scheduler, readers
 
 
-def needs_dense(graph: Graph) -> set[Tensor]:
-    """Leafs read by some op other than get_rows: a backend must hold them dequantized."""
-    return {src for node in graph.nodes for slot, src in enumerate(node.srcs)
-            if src.is_leaf and not (node.op == "get_rows" and slot == 0)}
+def needs_dense(graph: Graph, where: Mapping[Tensor, Backend]) -> set[tuple[Backend, Tensor]]:
+    """(backend, leaf) pairs where a node on that backend reads the leaf other than as raw blocks: the backend
+    must hold it dequantized."""
+    return {(where[node], src) for node in graph.nodes for slot, src in enumerate(node.srcs)
+            if src.is_leaf and not where[node].reads_blocks(node, slot)}
 
 
 def view_array(backend: Backend, base: Any, node: Tensor) -> Any:
@@ -111,7 +112,7 @@ class Plan:
 
     def _place_leafs(self) -> None:
         """Constants on every backend reading them; written leafs (a KV cache) at home; inputs per reader backend."""
-        dense, read_by = needs_dense(self.graph), readers(self.graph)
+        dense, read_by = needs_dense(self.graph, self.where), readers(self.graph)
         written = {storage_owner(n) for n in self.graph.nodes if n.op in WRITE_OPS}
         for leaf in self.graph.leafs:
             homes = {self.where[leaf]} if leaf in written else \
@@ -121,7 +122,7 @@ class Plan:
                     array = backend.empty(leaf.shape, numpy_dtype(leaf.dtype))
                     self.inputs[leaf].append((backend, array))
                 else:
-                    array = backend.place(leaf, leaf in dense)
+                    array = backend.place(leaf, (backend, leaf) in dense)
                 self._arrays[backend, leaf] = array
 
     def _plan_memory(self) -> None:

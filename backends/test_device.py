@@ -46,7 +46,6 @@ class TestDevice(NumpyBackend):
     def __init__(self, unsupported: Iterable[str] = (), name: str = "testdevice", **options):
         super().__init__(**options)
         self.name, self.unsupported = name, frozenset(unsupported)
-        self._wrapped: dict[int, DeviceArray] = {}
         self.reset_counts()
 
     def reset_counts(self) -> None:
@@ -65,12 +64,10 @@ class TestDevice(NumpyBackend):
     def supports(self, node: Tensor) -> bool:
         return node.op not in self.unsupported and super().supports(node)
 
-    def place(self, leaf: Tensor, dense: bool) -> DeviceArray:
-        array = super().place(leaf, dense)
-        if id(array) not in self._wrapped:  # placed for the first time: one upload
-            self._wrapped[id(array)] = DeviceArray(array)
-            self.uploads.append(array.nbytes)
-        return self._wrapped[id(array)]
+    def make_placed(self, leaf: Tensor, dense: bool) -> DeviceArray:
+        array = super().make_placed(leaf, dense)  # placed once (the base caches it): one upload
+        self.uploads.append(array.nbytes)
+        return DeviceArray(array)
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> DeviceArray:
         return DeviceArray(np.empty(shape, dtype))
