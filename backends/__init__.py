@@ -1,6 +1,7 @@
 """Backends: the Backend interface, the registry, the NumPy backend, plans and the scheduler."""
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -21,10 +22,17 @@ _default: Backend | None = None
 
 
 def default_backend() -> Backend:
-    """The process-wide NumPy backend used when none is given."""
+    """The process-wide backend used when none is given: the numba backend (quantized weights read as blocks),
+    or the NumPy backend, said in one line, where numba does not import."""
     global _default
     if _default is None:
-        _default = NumpyBackend()
+        try:
+            from .numba_backend import NumbaBackend
+            _default = NumbaBackend()
+        except ImportError as e:
+            print(f"pyggml: numba is not available ({e}); using the NumPy backend (dense F32 weights)",
+                  file=sys.stderr)
+            _default = NumpyBackend()
     return _default
 
 

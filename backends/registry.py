@@ -11,6 +11,7 @@ from .base import Backend
 ENTRY_POINT_GROUP = "pyggml.backends"
 # name -> "module:factory"; imported only when asked for, so optional backends cost nothing to list
 BUILTIN: dict[str, str] = {
+    "numba": "pyggml.backends.numba_backend:NumbaBackend",
     "numpy": "pyggml.backends.numpy_backend:NumpyBackend",
     "testdevice": "pyggml.backends.test_device:TestDevice",
     "cupy": "pyggml.backends.cupy_backend:CupyBackend",

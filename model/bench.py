@@ -10,34 +10,42 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .profile import dense_weights, step_plan
+from pyggml.backends.quants import dequantize
+from pyggml.graph.tensor import Tensor
+
+from .profile import placed_weights, step_plan
 
 if TYPE_CHECKING:
     from .model import Model
 
 COPY_BYTES = 128 * 2**20  # the array np.copyto copies for the memory-bandwidth figure
+MAX_DENSE_BOUND_BYTES = 4 * 2**30  # F32 copies beyond this are not made for the mat-vec bound (an 8B model)
 
 
 @dataclass
 class Bounds:
-    """What bare NumPy reaches here: one token's F32 weight mat-vecs, and a large memory copy."""
-    weight_bytes: int      # F32 bytes of the dense weights one decode token's mul_mats read
+    """What the machine reaches bare: one token's weight mat-vecs in NumPy on F32 copies, and a memory copy."""
+    weight_bytes: int      # bytes of the weights one decode token's mul_mats read, as the backend holds them
+    dense_bytes: int       # F32 bytes of the same weights
     n_matvecs: int
-    matvec_seconds: float  # all of one token's mat-vecs, best of the repetitions
+    matvec_seconds: float | None  # all of one token's F32 mat-vecs, best of the repetitions (None: not made)
     copy_gbps: float       # np.copyto, bytes read plus bytes written per second
 
     @property
-    def matvec_gbps(self) -> float:
-        return self.weight_bytes / self.matvec_seconds / 1e9
+    def matvec_tps(self) -> float | None:
+        return None if self.matvec_seconds is None else 1.0 / self.matvec_seconds
 
     @property
-    def matvec_tps(self) -> float:
-        return 1.0 / self.matvec_seconds
+    def bandwidth_tps(self) -> float:
+        """Tokens/s if reading the weights once per token ran at the copy bandwidth."""
+        return self.copy_gbps * 1e9 / self.weight_bytes
 
     def to_dict(self) -> dict:
-        return {"weight_bytes": self.weight_bytes, "n_matvecs": self.n_matvecs,
-                "matvec_ms": self.matvec_seconds * 1e3, "matvec_tokens_per_second": self.matvec_tps,
-                "matvec_gb_per_s": self.matvec_gbps, "copy_gb_per_s": self.copy_gbps}
+        seconds = self.matvec_seconds
+        return {"weight_bytes": self.weight_bytes, "dense_bytes": self.dense_bytes, "n_matvecs": self.n_matvecs,
+                "matvec_ms": None if seconds is None else seconds * 1e3, "matvec_tokens_per_second": self.matvec_tps,
+                "matvec_gb_per_s": None if seconds is None else self.dense_bytes / seconds / 1e9,
+                "copy_gb_per_s": self.copy_gbps, "bandwidth_tokens_per_second": self.bandwidth_tps}
 
 
 @dataclass
@@ -63,9 +71,13 @@ class BenchRow:
         return self.weight_bytes_per_token * self.mean / 1e9
 
     def to_dict(self) -> dict:
+        """Figures of the row; ratio_matvec_bound: tokens/s over the bare F32 mat-vecs' (per decode token of
+        weights read; None when no F32 copies were made)."""
+        matvec_tps, per_token = self.bounds.matvec_tps, self.weight_bytes_per_token / self.bounds.weight_bytes
         return {"test": self.test, "n_prompt": self.n_prompt, "n_gen": self.n_gen, "samples_ts": self.samples,
                 "avg_ts": self.mean, "stddev_ts": self.std, "weight_bytes_per_token": self.weight_bytes_per_token,
-                "gb_per_s": self.gbps, "ratio_matvec_bound": self.gbps / self.bounds.matvec_gbps,
+                "gb_per_s": self.gbps,
+                "ratio_matvec_bound": None if matvec_tps is None else self.mean * per_token / matvec_tps,
                 "ratio_copy_bandwidth": self.gbps / self.bounds.copy_gbps}
 
 
@@ -79,8 +91,13 @@ def best_seconds(fn: Callable[[], object], repetitions: int) -> float:
     return best
 
 
+def f32_weights(weights: list[Tensor]) -> list[np.ndarray]:
+    """Dense F32 copies of weights (dequantized from their blocks)."""
+    return [dequantize(np.asarray(w.data), w.dtype, w.shape) for w in weights]
+
+
 def matvec_seconds(weights: list[np.ndarray], repetitions: int) -> float:
-    """Time of one (1, K) vector times every weight, as the plan's mul_mat does it (np.matmul into out)."""
+    """Time of one (1, K) vector times every F32 weight, as the NumPy backend's mul_mat does it."""
     work = [(np.ones((1, w.shape[-1]), np.float32), w.T, np.empty((1, w.shape[0]), np.float32)) for w in weights]
 
     def run() -> None:
@@ -99,9 +116,12 @@ def copy_gbps(repetitions: int, nbytes: int = COPY_BYTES) -> float:
 def measure_bounds(model: Model, repetitions: int) -> Bounds:
     """Compile a fresh decode step and measure the bare bounds of its weights on this machine."""
     model.reset()
-    weights = list(dense_weights(step_plan(model.context, [0])).values())
-    return Bounds(sum(w.nbytes for w in weights), len(weights), matvec_seconds(weights, repetitions),
-                  copy_gbps(repetitions))
+    placed = placed_weights(step_plan(model.context, [0]))
+    dense_bytes = sum(4 * w.nelements for w in placed)
+    seconds = None
+    if dense_bytes <= MAX_DENSE_BOUND_BYTES:
+        seconds = matvec_seconds(f32_weights(list(placed)), repetitions)
+    return Bounds(sum(a.nbytes for a in placed.values()), dense_bytes, len(placed), seconds, copy_gbps(repetitions))
 
 
 def prefill_tps(model: Model, ids: list[int]) -> float:

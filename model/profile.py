@@ -29,8 +29,8 @@ def step_plan(context: Context, tokens: Sequence[int]) -> Plan:
     return context.last_plan
 
 
-def dense_weights(plan: Plan) -> dict[Tensor, Any]:
-    """The weights the plan's mul_mats read, each once, as the backend holds them (dense)."""
+def placed_weights(plan: Plan) -> dict[Tensor, Any]:
+    """The weights the plan's mul_mats read, each once, as the backend holds them (blocks or dense)."""
     return {node.srcs[0]: plan.array(node.srcs[0]) for node in plan.graph.nodes
             if node.op == "mul_mat" and node.srcs[0].is_leaf and node.srcs[0].flags & Flag.WEIGHT}
 

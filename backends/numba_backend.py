@@ -1,0 +1,87 @@
+"""The compiled CPU backend: quantized weights stay GGUF blocks and mul_mat reads them with numba kernels.
+
+A weight read by mul_mat keeps its memory-mapped blocks (F16 weights stay F16); a step with a few activation
+rows (decode, batched decode) runs the block mat-vec, a longer one (prefill) dequantizes a panel of weight rows
+at a time into a reused scratch and multiplies it with BLAS. Every other op is the NumPy backend's kernel.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from pyggml.graph.dtypes import DType
+from pyggml.graph.tensor import Tensor
+
+from .numpy_backend import NumpyBackend
+from .numpy_kernels import KERNELS, mul_mat as numpy_mul_mat
+from .numba_quants import BLOCK_TYPES, quantized_matvec
+from .quants import dequantize
+
+MATVEC_MAX_ROWS = 8  # activation rows up to which the block mat-vec beats dequantize + BLAS
+PANEL_ELEMENTS = 1 << 20  # weight elements dequantized at a time on the prefill path (4 MiB of F32)
+
+
+def reads_blocks(weight: Tensor) -> bool:
+    """Whether mul_mat can read this weight's blocks directly: a 2-D tensor of a type with a block kernel."""
+    block = BLOCK_TYPES.get(weight.dtype, (0, 0))[0]
+    return weight.ndim == 2 and block > 0 and weight.shape[-1] % block == 0
+
+
+def _rows_of(b: np.ndarray, n_rows: int, k: int) -> tuple[np.ndarray, Callable[[], None] | None]:
+    """b as contiguous (n_rows, K) float32: a view, or a scratch array and the step that refreshes it."""
+    if b.dtype == np.float32 and b.flags.c_contiguous:
+        return b.reshape(n_rows, k), None
+    scratch = np.empty((n_rows, k), np.float32)
+    return scratch, lambda: np.copyto(scratch, np.reshape(b, (n_rows, k)), casting="same_kind")
+
+
+def _panel_product(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray) -> Callable[[], None]:
+    """out = x @ W.T, W dequantized PANEL_ELEMENTS at a time from its blocks w."""
+    n_out, k = out.shape[1], x.shape[1]
+    step = max(1, PANEL_ELEMENTS // k)
+
+    def run() -> None:
+        for start in range(0, n_out, step):
+            panel = dequantize(w[start:start + step], dtype, (min(step, n_out - start), k))
+            np.matmul(x, panel.T, out=out[:, start:start + step])
+    return run
+
+
+def mul_mat(node: Tensor, out: np.ndarray, a: np.ndarray, b: np.ndarray) -> Callable[[], None]:
+    """ggml's mul_mat; a weight held as blocks (uint8 rows) or F16 goes through the block kernels."""
+    w_type = node.srcs[0].dtype
+    if not reads_blocks(node.srcs[0]) or a.dtype not in (np.uint8, np.float16):
+        return numpy_mul_mat(node, out, a, b)
+    k, n_out = node.srcs[0].shape[-1], node.shape[-1]
+    n_rows = out.size // n_out
+    x, refresh = _rows_of(b, n_rows, k)
+    w, o = a.reshape(n_out, -1).view(np.uint8), out.reshape(n_rows, n_out)
+    if n_rows <= MATVEC_MAX_ROWS:
+        def product() -> None:
+            quantized_matvec(w_type, w, x, o)
+    else:
+        product = _panel_product(w_type, w, x, o)
+    if refresh is None:
+        return product
+    return lambda: (refresh(), product())
+
+
+class NumbaBackend(NumpyBackend):
+    """CPU backend whose mul_mat reads quantized (and F16) weights as they are stored; the default where numba
+    imports."""
+
+    name = "numba"
+    kernels = {**KERNELS, "mul_mat": mul_mat}
+
+    def __init__(self) -> None:
+        super().__init__(DType.F32)
+
+    def reads_blocks(self, node: Tensor, slot: int) -> bool:
+        return super().reads_blocks(node, slot) or (node.op == "mul_mat" and slot == 0 and reads_blocks(node.srcs[0]))
+
+    def make_placed(self, leaf: Tensor, dense: bool) -> np.ndarray:
+        if leaf.dtype == DType.F16 and leaf.data is not None and not dense:  # read only by mul_mat: stays F16
+            return np.asarray(leaf.data).reshape(leaf.shape)
+        return super().make_placed(leaf, dense)
+
