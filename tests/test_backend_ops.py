@@ -13,7 +13,9 @@ from pyggml import DType
 from pyggml.backends import registry
 from pyggml.backends.numpy_backend import NumpyBackend
 from pyggml.graph.errors import PyggmlError
+from pyggml.backends.numba_quants import BLOCK_TYPES
 from pyggml.ops import ALL_OPS
+from blocks import random_blocks
 
 MAX_NMSE = 1e-7
 Case = Callable[[np.random.Generator], pg.Tensor]
@@ -34,6 +36,20 @@ def mask(rng: np.random.Generator, rows: int, cols: int) -> pg.Tensor:
     return pg.from_numpy(m)
 
 
+def weight(rng: np.random.Generator, dtype: DType, rows: int = 7) -> pg.Tensor:
+    """A (rows, two blocks) weight of random blocks of dtype (F16: random halves)."""
+    block = BLOCK_TYPES[dtype][0]
+    if dtype == DType.F16:
+        return pg.from_numpy(rng.standard_normal((rows, 2 * block)).astype(np.float16))
+    return pg.from_numpy(random_blocks(dtype, rows, 2, rng), dtype=dtype)
+
+
+def quantized_product(rng: np.random.Generator, dtype: DType, n: int) -> pg.Tensor:
+    """mul_mat of a 7-row weight of dtype (a partial group of four rows) with n activation rows."""
+    w = weight(rng, dtype)
+    return pg.mul_mat(w, r(rng, n, w.shape[-1]))
+
+
 def q8_rows(rng: np.random.Generator) -> pg.Tensor:
     return pg.from_numpy(quants.quantize(rng.standard_normal((6, 64)).astype(np.float32), DType.Q8_0), dtype=DType.Q8_0)
 
@@ -43,7 +59,10 @@ CASES: dict[str, list[Case]] = {
     "mul_mat": [lambda g: pg.mul_mat(r(g, 5, 8), r(g, 3, 8)),
                 lambda g: pg.mul_mat(r(g, 2, 5, 8), r(g, 4, 3, 8)),
                 lambda g: pg.mul_mat(pg.from_numpy(np.random.default_rng(1).standard_normal((5, 8)).astype(np.float16)),
-                                     r(g, 3, 8))],
+                                     r(g, 3, 8)),
+                # every type the block kernels read, against the NumPy backend's dense weights: 1 and 3 rows
+                # (the mat-vec), 12 rows (dequantized panels and BLAS)
+                *[lambda g, t=t, n=n: quantized_product(g, t, n) for t in BLOCK_TYPES for n in (1, 3, 12)]],
     **{op: [lambda g, op=op: getattr(pg, op)(r(g, 4, 6, 8), r(g, 6, 8)),
             lambda g, op=op: getattr(pg, op)(pg.permute(r(g, 8, 6, 4), 2, 1, 0), r(g, 1, 8))]
        for op in ("add", "sub", "mul")},

@@ -1,0 +1,62 @@
+"""The numba backend: weights stay GGUF blocks, it is the default, and both reference models give the NumPy
+backend's logits (the per-op kernels are compared in test_backend_ops)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import pyggml as pg
+from blocks import random_blocks
+from pyggml.backends import NumpyBackend, default_backend
+from pyggml.backends.numba_backend import NumbaBackend
+from pyggml.graph.dtypes import DType
+from pyggml.model.model import Model
+
+
+def test_default_backend_is_numba():
+    assert isinstance(default_backend(), NumbaBackend)
+
+
+def test_without_numba_the_numpy_backend_is_used_and_said_in_one_line():
+    code = ("import sys; sys.modules['numba'] = None\n"
+            "from pyggml.backends import default_backend; print(default_backend().name)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "numpy"
+    assert len(done.stderr.strip().splitlines()) == 1 and "numba" in done.stderr
+
+
+def test_a_weight_read_by_mul_mat_keeps_its_blocks():
+    rng = np.random.default_rng(0)
+    raw = random_blocks(DType.Q4_K, 8, 1, rng)
+    w = pg.from_numpy(raw, dtype=DType.Q4_K)
+    backend = NumbaBackend()
+    plan = pg.compile(pg.mul_mat(w, pg.from_numpy(rng.standard_normal((1, 256)).astype(np.float32))), backend)
+    plan.run()
+    held = plan.array(w)
+    assert held.dtype == np.uint8 and np.shares_memory(held, raw) and w not in backend._placed[True]
+
+
+def test_a_weight_without_a_block_kernel_is_dequantized_once():
+    """A 3-D quantized weight (broadcast over b's batches) goes the NumPy way: held dense."""
+    rng = np.random.default_rng(1)
+    w = pg.from_numpy(random_blocks(DType.Q8_0, 8, 1, rng).reshape(2, 4, 34), dtype=DType.Q8_0)
+    out = pg.mul_mat(w, pg.from_numpy(rng.standard_normal((2, 3, 32)).astype(np.float32)))
+    backend = NumbaBackend()
+    np.testing.assert_allclose(pg.compute(out, backend=backend), pg.compute(out, backend=NumpyBackend()), rtol=1e-6)
+    assert backend._placed[True][w].dtype == np.float32
+
+
+@pytest.mark.parametrize("name", ["smollm2_path", "gemma3_path"])
+def test_reference_models_match_the_numpy_backend(name, request):
+    """Prefill and a few decode steps: the block kernels' logits equal the dense F32 ones within 1e-3."""
+    path = request.getfixturevalue(name)
+    prompt = list(range(2, 40))
+    logits = []
+    for backend in (NumbaBackend(), NumpyBackend()):
+        model = Model(path, n_ctx=256, backend=backend)
+        steps = [model.eval(prompt)] + [model.eval([t]) for t in (100, 200, 300)]
+        logits.append(np.concatenate(steps))
+    np.testing.assert_allclose(logits[0], logits[1], atol=1e-3, rtol=0)
