@@ -22,6 +22,7 @@ class Backend(ABC):
 
     name: str = "?"
     kernels: dict[str, KernelFactory] = {}
+    fusions: tuple[str, ...] = ()  # graph rewrites (backends/fusion.py) applied when this backend runs a graph
 
     def __init__(self) -> None:
         # dense or raw form -> leaf -> its device array; weak keys: a leaf no graph holds any more is forgotten,

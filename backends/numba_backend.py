@@ -13,6 +13,7 @@ import numpy as np
 from pyggml.graph.dtypes import DType
 from pyggml.graph.tensor import Tensor
 
+from .fusion import FUSIONS
 from .numpy_backend import NumpyBackend
 from .numpy_kernels import KERNELS, mul_mat as numpy_mul_mat
 from .numba_quants import BLOCK_TYPES, quantized_matvec
@@ -23,9 +24,14 @@ PANEL_ELEMENTS = 1 << 20  # weight elements dequantized at a time on the prefill
 
 
 def reads_blocks(weight: Tensor) -> bool:
-    """Whether mul_mat can read this weight's blocks directly: a 2-D tensor of a type with a block kernel."""
-    block = BLOCK_TYPES.get(weight.dtype, (0, 0))[0]
-    return weight.ndim == 2 and block > 0 and weight.shape[-1] % block == 0
+    """Whether mul_mat can read this weight's blocks directly: a 2-D leaf of a type with a block kernel."""
+    return weight.is_leaf and readable(weight.shape, weight.dtype)
+
+
+def readable(shape: tuple[int, ...], dtype: DType) -> bool:
+    """Whether a weight of this shape and type stays as stored on this backend (a block kernel reads it)."""
+    block = BLOCK_TYPES.get(dtype, (0, 0))[0]
+    return len(shape) == 2 and block > 0 and shape[-1] % block == 0
 
 
 def _rows_of(b: np.ndarray, n_rows: int, k: int) -> tuple[np.ndarray, Callable[[], None] | None]:
@@ -73,6 +79,7 @@ class NumbaBackend(NumpyBackend):
 
     name = "numba"
     kernels = {**KERNELS, "mul_mat": mul_mat}
+    fusions = tuple(FUSIONS)
 
     def __init__(self) -> None:
         super().__init__(DType.F32)

@@ -6,7 +6,7 @@ import numpy as np
 from pyggml.graph.dtypes import DType, is_quantized, numpy_dtype
 from pyggml.graph.tensor import Tensor
 
-from . import numpy_attention  # noqa: F401  (registers the attention kernels)
+from . import fusion, numpy_attention  # noqa: F401  (register the attention and fused kernels)
 from .base import Backend
 from .numpy_kernels import KERNELS, as_f32
 from .quants import dequantize

@@ -17,6 +17,7 @@ from pyggml.graph.tensor import Flag, Tensor
 from pyggml.ops import VIEW_OPS, WRITE_OPS
 
 from .base import Backend, Step
+from .fusion import fuse
 from .memory_plan import Slot, owns_storage, plan_memory, storage_owner
 from .scheduler import Scheduler, readers
 
@@ -76,9 +77,9 @@ class Plan:
     def __init__(self, graph: Graph, scheduler: Scheduler | Backend):
         if isinstance(scheduler, Backend):
             scheduler = Scheduler([scheduler])
-        self.graph, self.scheduler = graph, scheduler
+        self.graph, self.scheduler = fuse(graph, scheduler.fusions), scheduler
         self.backend = scheduler.backends[0]
-        self.where = scheduler.assign(graph)
+        self.where = scheduler.assign(self.graph)
         self.splits = self._split()
         self._arrays: dict[tuple[Backend, Tensor], Any] = {}
         self._copy_buffers: dict[tuple[Backend, Tensor], Any] = {}
@@ -91,7 +92,9 @@ class Plan:
         for split in self.splits:
             self._compile_split(split)
         self._calls = [step for _, step, _ in self._timed]
-        self._by_name = {graph.label(t): t for t in self.inputs}
+        self._by_name = {self.graph.label(t): t for t in self.inputs}
+        # inputs a fusion made unnecessary (a one-row gather's indices) are still accepted, and ignored
+        self._fused_away = {graph.label(t): t for t in graph.inputs if t not in self.inputs}
         self.last_profile: list[tuple[Tensor, float]] = []
         self.last_copy_profile: list[tuple[Copy, float]] = []
 
@@ -187,6 +190,8 @@ class Plan:
         """Copy input values into every backend buffer of each input."""
         for key, value in values.items():
             tensor = self._by_name.get(key) if isinstance(key, str) else key
+            if key in self._fused_away or tensor in self._fused_away.values():
+                continue
             if tensor not in self.inputs:
                 raise PyggmlError(f"plan has no input {key!r}; inputs: {sorted(self._by_name)}")
             value = np.asarray(value)

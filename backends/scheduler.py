@@ -46,6 +46,11 @@ class Scheduler:
             raise PyggmlError(f"pins name unknown backends {unknown}; backends: {list(self.by_name)}")
 
     @property
+    def fusions(self) -> list[str]:
+        """The graph rewrites every backend here wants (a fused node must run wherever it lands)."""
+        return [name for name in self.backends[0].fusions if all(name in b.fusions for b in self.backends)]
+
+    @property
     def fallback(self) -> Backend:
         """The last backend: the CPU one that supports every op."""
         return self.backends[-1]

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from gguf import Keys
 
+from pyggml.graph.dtypes import DType
 from pyggml.graph.errors import PyggmlError
 from pyggml.model.chat_template import template_source
 from pyggml.model.gguf_file import GGUFFile
@@ -37,6 +38,15 @@ def kv_cache_sizes(hp: HParams) -> dict[str, dict[str, dict[str, int]]]:
             for n_ctx in dict.fromkeys((KV_TOKENS, hp.n_ctx_train))}
 
 
+def weight_memory(model: GGUFFile) -> dict[str, int]:
+    """Bytes of the weights as each CPU backend holds them: the numba backend keeps what its block kernels read
+    as stored and dequantizes the rest to F32; the NumPy backend holds everything as F32."""
+    from pyggml.backends.numba_backend import readable
+    return {"numba": sum(t.nbytes if readable(t.shape, t.dtype) or t.dtype == DType.F32 else 4 * t.n_elements
+                         for t in model.tensors.values()),
+            "numpy": sum(4 * t.n_elements for t in model.tensors.values())}
+
+
 def describe(model: GGUFFile) -> dict[str, Any]:
     """Everything `info` reports, as JSON-ready values."""
     meta = model.metadata
@@ -61,6 +71,7 @@ def describe(model: GGUFFile) -> dict[str, Any]:
         "tensors": tensors,
         "total_bytes": sum(t.nbytes for t in model.tensors.values()),
         "f32_bytes": sum(t.n_elements * np.dtype(np.float32).itemsize for t in model.tensors.values()),
+        "weight_memory": weight_memory(model),
         "kv_cache_bytes": kv_cache_sizes(hparams) if hparams else None,
     }
 
@@ -89,6 +100,8 @@ def _print_text(info: dict[str, Any]) -> None:
         print(f"{row[0]:{widths[0]}}  {row[1]:{widths[1]}}  {row[2]:{widths[2]}}  {row[3]:>{widths[3]}}")
     print(f"\n{len(rows)} tensors, {info['total_bytes']:,} bytes ({_mb(info['total_bytes'])}); "
           f"dequantized to F32: {_mb(info['f32_bytes'])}")
+    print("weights in memory: " + ", ".join(f"{_mb(n)} on the {name} backend"
+                                            for name, n in info["weight_memory"].items()))
     for where, sizes in (info["kv_cache_bytes"] or {}).items():
         print(f"KV cache {where}: " + ", ".join(f"{k} {_mb(v)}" for k, v in sizes.items()))
 
