@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from pyggml.graph.tensor import Tensor
-from pyggml.ops import VIEW_OPS
+from pyggml.ops import is_view
 
 # A kernel factory builds, once per plan, the closure that computes `node` into `out` from its sources' arrays.
 Step = Callable[[], None]
@@ -23,7 +23,7 @@ class Backend(ABC):
 
     def supports(self, node: Tensor) -> bool:
         """True if this backend can compute the node (views are always supported)."""
-        return node.op in self.kernels or node.op in VIEW_OPS
+        return node.op in self.kernels or is_view(node.op)
 
     @abstractmethod
     def place(self, leaf: Tensor, dense: bool) -> Any:

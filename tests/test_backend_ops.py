@@ -13,7 +13,7 @@ from pyggml import DType
 from pyggml.backends import registry
 from pyggml.backends.numpy_backend import NumpyBackend
 from pyggml.graph.errors import PyggmlError
-from pyggml.ops import ALL_OPS
+from pyggml.ops import OPS
 
 MAX_NMSE = 1e-7
 Case = Callable[[np.random.Generator], pg.Tensor]
@@ -94,7 +94,17 @@ def nmse(got: np.ndarray, want: np.ndarray) -> float:
 
 
 def test_every_op_has_a_case():
-    assert [op for op in ALL_OPS if op not in CASES] == []
+    assert [op for op in OPS if op not in CASES] == []
+
+
+@pytest.mark.parametrize("op,i", CASE_IDS, ids=[f"{op}-{i}" for op, i in CASE_IDS])
+def test_op_table_tells_the_truth(op, i):
+    nodes = pg.Graph.build(CASES[op][i](np.random.default_rng(7))).nodes
+    for node in nodes:
+        spec = OPS[node.op]
+        assert spec.arity[0] <= len(node.srcs) <= spec.arity[1], node.op
+        assert (node.view_src is not None) == (spec.view or spec.write), node.op
+        assert all(slot < spec.arity[0] for slot in spec.block_srcs), node.op
 
 
 @pytest.fixture(scope="module", params=sorted(registry.BUILTIN))
