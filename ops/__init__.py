@@ -1,7 +1,7 @@
 """The op vocabulary: each op records a node after checking shapes; no op computes anything. `OPS` is the one
 table of the ops and their properties."""
 from .attention import ROPE_NEOX, ROPE_NORMAL, diag_mask_inf, flash_attn_ext, rope, soft_max_ext
-from .core import OPS, OpSpec, is_view, is_write, ops_of_kind
+from .core import OPS, OpSpec, is_view, is_write
 from .elementwise import add, clamp, div, exp, geglu, gelu, mul, neg, relu, scale, silu, sqr, sqrt, sub, swiglu, tanh
 from .layout import concat, cont, cpy, permute, reshape, transpose, view
 from .matmul import mul_mat
@@ -9,4 +9,4 @@ from .norm import norm, rms_norm
 from .reduce import argmax, mean, sum_rows
 from .rows import get_rows, set_rows
 
-__all__ = ["OPS", "OpSpec", "ROPE_NEOX", "ROPE_NORMAL", "is_view", "is_write", "ops_of_kind", *OPS]
+__all__ = ["OPS", "OpSpec", "ROPE_NEOX", "ROPE_NORMAL", "is_view", "is_write", *OPS]

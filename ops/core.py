@@ -70,10 +70,6 @@ def is_write(op: str | None) -> bool:
     return op is not None and OPS[op].write
 
 
-def ops_of_kind(kind: str) -> tuple[str, ...]:
-    """The names of the ops of one kind (unary, binary, glu, view, write, move, other), in table order."""
-    return tuple(name for name, spec in OPS.items() if spec.kind == kind)
-
 def make(op: str, shape: tuple[int, ...], srcs: tuple[Tensor, ...], dtype: DType = DType.F32,
          **params: Any) -> Tensor:
     """A new node computed by `op` from `srcs`."""
