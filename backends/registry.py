@@ -12,7 +12,6 @@ ENTRY_POINT_GROUP = "pyggml.backends"
 # name -> "module:factory"; imported only when asked for, so optional backends cost nothing to list
 BUILTIN: dict[str, str] = {
     "numpy": "pyggml.backends.numpy_backend:NumpyBackend",
-    "testdevice": "pyggml.backends.test_device:TestDevice",
     "cupy": "pyggml.backends.cupy_backend:CupyBackend",
 }
 

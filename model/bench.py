@@ -97,9 +97,12 @@ def copy_gbps(repetitions: int, nbytes: int = COPY_BYTES) -> float:
 
 
 def measure_bounds(model: Model, repetitions: int) -> Bounds:
-    """Compile a fresh decode step and measure the bare bounds of its weights on this machine."""
+    """Compile a fresh decode step and measure the bare bounds of its weights on this machine's CPU (weights held
+    on a device are measured on host copies)."""
     model.reset()
-    weights = list(dense_weights(step_plan(model.context, [0])).values())
+    plan = step_plan(model.context, [0])
+    weights = [a if isinstance(a, np.ndarray) else plan.where[leaf].download(a)
+               for leaf, a in dense_weights(plan).items()]
     return Bounds(sum(w.nbytes for w in weights), len(weights), matvec_seconds(weights, repetitions),
                   copy_gbps(repetitions))
 

@@ -14,6 +14,7 @@ from pyggml.backends import registry
 from pyggml.backends.numpy_backend import NumpyBackend
 from pyggml.graph.errors import PyggmlError
 from pyggml.ops import OPS
+from fake_device import TestDevice
 
 MAX_NMSE = 1e-7
 Case = Callable[[np.random.Generator], pg.Tensor]
@@ -107,9 +108,12 @@ def test_op_table_tells_the_truth(op, i):
         assert all(slot < spec.arity[0] for slot in spec.block_srcs), node.op
 
 
-@pytest.fixture(scope="module", params=sorted(registry.BUILTIN))
+@pytest.fixture(scope="module", params=[*sorted(registry.BUILTIN), "testdevice"])
 def backend(request):
-    """Each built-in backend that can be created here (cupy needs a GPU: the one allowed skip)."""
+    """Each built-in backend that can be created here (cupy needs a GPU: the one allowed skip), and the test
+    device."""
+    if request.param == "testdevice":
+        return TestDevice()
     try:
         return registry.create(request.param)
     except PyggmlError as e:

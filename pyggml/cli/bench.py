@@ -44,13 +44,18 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.1f}"
 
 
-def bench_markdown(model_name: str, rows: list, bounds) -> str:
+def used_backends(model) -> str:
+    """The backends the model's latest step actually ran on, in priority order, comma-separated."""
+    return ",".join(dict.fromkeys(split.backend.name for split in model.context.last_plan.splits))
+
+
+def bench_markdown(model_name: str, backend: str, rows: list, bounds) -> str:
     """llama-bench's table with the weight traffic and the ratios to the bounds, then the bounds."""
     head = ("model", "backend", "test", "t/s", "weight MB/token", "GB/s", "x mat-vec bound", "x copy bandwidth")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         d = r.to_dict()
-        lines.append(f"| {model_name} | numpy | {r.test} | {r.mean:.2f} ± {r.std:.2f} | "
+        lines.append(f"| {model_name} | {backend} | {r.test} | {r.mean:.2f} ± {r.std:.2f} | "
                      f"{_mb(r.weight_bytes_per_token)} | {r.gbps:.2f} | {d['ratio_matvec_bound']:.3g} | "
                      f"{d['ratio_copy_bandwidth']:.3g} |")
     b = bounds
@@ -60,10 +65,10 @@ def bench_markdown(model_name: str, rows: list, bounds) -> str:
     return "\n".join(lines)
 
 
-def bench_csv(model_name: str, rows: list) -> str:
+def bench_csv(model_name: str, backend: str, rows: list) -> str:
     """One line per test with every figure of the JSON row."""
     out = io.StringIO()
-    dicts = [{"model": model_name, **{k: v for k, v in r.to_dict().items() if k != "samples_ts"}} for r in rows]
+    dicts = [{"model": model_name, "backend": backend, **{k: v for k, v in r.to_dict().items() if k != "samples_ts"}} for r in rows]
     writer = csv.DictWriter(out, fieldnames=list(dicts[0]) if dicts else ["model"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(dicts)
@@ -73,8 +78,10 @@ def bench_csv(model_name: str, rows: list) -> str:
 def run_bench(args: argparse.Namespace, model) -> str:
     from pyggml.model.bench import bench
     rows, bounds = bench(model, args.n_prompt, args.n_gen, args.repetitions, args.seed)
-    formats = {"md": lambda: bench_markdown(args.model, rows, bounds), "csv": lambda: bench_csv(args.model, rows),
-               "json": lambda: json.dumps({"model": args.model, "backend": "numpy", "repetitions": args.repetitions,
+    backend = used_backends(model)
+    formats = {"md": lambda: bench_markdown(args.model, backend, rows, bounds),
+               "csv": lambda: bench_csv(args.model, backend, rows),
+               "json": lambda: json.dumps({"model": args.model, "backend": backend, "repetitions": args.repetitions,
                                            "bounds": bounds.to_dict(), "results": [r.to_dict() for r in rows]},
                                           indent=1)}
     return formats[args.output]()
