@@ -81,21 +81,23 @@ class ExampleBackend(Backend):
         return self._placed[leaf]
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        return np.empty(shape, dtype)
+        """Its memory: a bytearray per buffer, seen as an array."""
+        raw = bytearray(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
+        return np.frombuffer(raw, dtype).reshape(shape)
 
     def arena_view(self, arena: np.ndarray, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        return arena[offset:offset + n].view(dtype).reshape(shape)
+        return np.frombuffer(arena, dtype, int(np.prod(shape, dtype=np.int64)), offset).reshape(shape)
 
     def strided_view(self, base: np.ndarray, offset: int, shape: tuple[int, ...],
                      strides: tuple[int, ...]) -> np.ndarray:
-        return np.ndarray(shape, base.dtype, buffer=base, offset=offset, strides=strides)
+        flat = np.frombuffer(base, base.dtype, offset=offset)
+        return np.lib.stride_tricks.as_strided(flat, shape, strides, writeable=True)
 
     def upload(self, dst: np.ndarray, host: np.ndarray) -> None:
-        np.copyto(dst, np.reshape(host, dst.shape), casting="same_kind")
+        dst[...] = np.reshape(host, dst.shape)
 
     def download(self, src: np.ndarray) -> np.ndarray:
-        return np.array(src, copy=True)
+        return src.copy()
 
     def compile_node(self, node: Tensor, out: Any, srcs: list[Any]) -> Step:
         step, counts, op = super().compile_node(node, out, srcs), self.counts, node.op
