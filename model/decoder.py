@@ -19,7 +19,7 @@ def attention_spec(w: Weights, hp: HParams, arch: Arch, il: int) -> AttentionSpe
     """Layer il's rope (base and scale per layer kind, Llama 3's frequency factors), Q·K scale, window, soft-cap."""
     return AttentionSpec(hp.rope_dim, arch.rope_mode, hp.rope_base(il), hp.rope_scale(il), scale=hp.attention_scale,
                          window=hp.sliding_window if hp.is_swa(il) else None, softcap=hp.attn_logit_softcap,
-                         freq_factors=w.get_optional(T.ROPE_FREQS))
+                         freq_factors=w.get_optional(T.ROPE_FREQS), yarn=hp.yarn)
 
 
 def _post_norm(w: Weights, hp: HParams, arch: Arch, x: Tensor, kind: T, il: int) -> Tensor:

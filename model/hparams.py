@@ -24,11 +24,27 @@ UNSUPPORTED_KEYS: dict[str, tuple[str, float]] = {
     Keys.LLM.EXPERT_COUNT: ("mixture of experts", 0), Keys.LLM.LOGIT_SCALE: ("logit scaling", 1.0),
     Keys.LLM.RESIDUAL_SCALE: ("residual scaling", 1.0), Keys.LLM.EMBEDDING_SCALE: ("embedding scaling", 1.0),
     Keys.Attention.CLAMP_KQV: ("clamped Q/K/V", 0), Keys.Rope.DIMENSION_SECTIONS: ("multi-section rope", 0),
+    Keys.Rope.SCALING_ATTN_FACTOR: ("rope attention factor", 1.0),
+    Keys.Rope.SCALING_YARN_ATTN_FACTOR: ("YaRN attention factor", 1.0),
+    Keys.Rope.SCALING_YARN_EXT_FACTOR: ("YaRN extrapolation mix", 1.0),
+    Keys.Rope.SCALING_YARN_LOG_MUL: ("YaRN log multiplier", 0),
 }
 # Tensors whose maths no architecture here implements (tensor name -> what it is).
 UNSUPPORTED_TENSORS: dict[str, str] = {f"{TENSOR_NAMES[kind]}.weight": "longrope rope scaling"
                                        for kind in (MODEL_TENSOR.ROPE_FACTORS_LONG, MODEL_TENSOR.ROPE_FACTORS_SHORT)}
-SUPPORTED_ROPE_SCALING = (RopeScalingType.NONE.value, RopeScalingType.LINEAR.value)
+SUPPORTED_ROPE_SCALING = (RopeScalingType.NONE.value, RopeScalingType.LINEAR.value, RopeScalingType.YARN.value)
+
+
+@dataclass(frozen=True)
+class YarnParams:
+    """YaRN rope scaling, named as ops.rope's arguments (llama.cpp: ext_factor 1, its attention factor leaving
+    ggml's own magnitude scale 1 + 0.1 ln(factor))."""
+
+    n_ctx_orig: int
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    ext_factor: float = 1.0
+    attn_factor: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +72,7 @@ class HParams:
     swa_pattern: int = 0
     rope_freq_base_swa: float | None = None
     rope_freq_scale_swa: float | None = None
+    yarn: YarnParams | None = None  # YaRN rope scaling (with rope_freq_scale)
     attn_logit_softcap: float | None = None
     final_logit_softcap: float | None = None
 
@@ -135,6 +152,7 @@ def load_hparams(metadata: Mapping[str, Any], tensor_names: Collection[str] | No
     keys.refuse_unsupported()
     for name in set(tensor_names or ()) & UNSUPPORTED_TENSORS.keys():
         raise PyggmlError(f"{arch} model: tensor {name} ({UNSUPPORTED_TENSORS[name]}) is not supported")
+    n_ctx_train = keys.integer(Keys.LLM.CONTEXT_LENGTH)
     n_embd, n_layer = keys.integer(Keys.LLM.EMBEDDING_LENGTH), keys.integer(Keys.LLM.BLOCK_COUNT)
     n_head = keys.integer(Keys.Attention.HEAD_COUNT)
     if n_head == 0 or (keys.get(Keys.Attention.KEY_LENGTH) is None and n_embd % n_head):
@@ -151,7 +169,7 @@ def load_hparams(metadata: Mapping[str, Any], tensor_names: Collection[str] | No
     return HParams(
         arch=arch,
         n_vocab=keys.integer(Keys.LLM.VOCAB_SIZE, len(tokens) if tokens is not None else 0),
-        n_ctx_train=keys.integer(Keys.LLM.CONTEXT_LENGTH),
+        n_ctx_train=n_ctx_train,
         n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv,
         head_dim=head_dim, head_dim_v=keys.integer(Keys.Attention.VALUE_LENGTH, head_dim),
         n_ff=keys.integer(Keys.LLM.FEED_FORWARD_LENGTH, 0),
@@ -166,6 +184,14 @@ def load_hparams(metadata: Mapping[str, Any], tensor_names: Collection[str] | No
         swa_pattern=row.swa_pattern,
         rope_freq_base_swa=row.rope_freq_base_swa,
         rope_freq_scale_swa=row.rope_freq_scale_swa,
+        yarn=_yarn(keys, n_ctx_train) if keys.get(Keys.Rope.SCALING_TYPE) == RopeScalingType.YARN.value else None,
         attn_logit_softcap=keys.number(Keys.LLM.ATTN_LOGIT_SOFTCAPPING, row.attn_softcap) or None,
         final_logit_softcap=keys.number(Keys.LLM.FINAL_LOGIT_SOFTCAPPING, row.final_softcap) or None,
     )
+
+
+def _yarn(keys: _Keys, n_ctx_train: int) -> YarnParams:
+    """YaRN's settings: the original context (default the trained one) and the ramp's betas."""
+    return YarnParams(keys.integer(Keys.Rope.SCALING_ORIG_CTX_LEN, n_ctx_train),
+                      keys.number(Keys.Rope.SCALING_YARN_BETA_FAST, 32.0),
+                      keys.number(Keys.Rope.SCALING_YARN_BETA_SLOW, 1.0))

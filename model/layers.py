@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from gguf import MODEL_TENSOR
 
@@ -10,7 +10,7 @@ from pyggml import ops
 from pyggml.graph.dtypes import DType
 from pyggml.graph.tensor import Tensor, input_tensor
 
-from .hparams import HParams
+from .hparams import HParams, YarnParams
 from .kv_cache import KVCache
 from .weights import Weights
 
@@ -55,6 +55,7 @@ class AttentionSpec:
     window: int | None = None
     softcap: float | None = None         # c in c * tanh(scaled Q·K / c) (gemma2's attention logit soft-cap)
     freq_factors: Tensor | None = None   # rope frequency divisors (Llama 3's rope_freqs)
+    yarn: YarnParams | None = None       # YaRN rope scaling
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, inp: StepInputs, cache: KVCache | None,
@@ -62,7 +63,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, inp: StepInp
     """Rope q and k, write k and v into the cache (if any), attend over it; (T, H, D) in, (T, H*D) out."""
     n_tokens, n_head, head_dim = q.shape
     rope = dict(n_dims=spec.rope_dims, mode=spec.rope_mode, freq_base=spec.rope_base, freq_scale=spec.rope_scale,
-                freq_factors=spec.freq_factors)
+                freq_factors=spec.freq_factors, **(asdict(spec.yarn) if spec.yarn else {}))
     q = named(ops.rope(q, inp.pos, **rope), "Qcur", il)
     k = named(ops.rope(k, inp.pos, **rope), "Kcur", il)
     if cache is None:  # no cache: attend over this step's own keys and values

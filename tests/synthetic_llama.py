@@ -25,6 +25,7 @@ class TinyLlama:
     arch: str = "llama"
     key_length: int | None = None      # a head size other than n_embd / n_head (Mistral Nemo, Qwen3)
     rope_freqs: bool = False           # Llama 3's rope frequency factors (rope_freqs.weight)
+    yarn: tuple[float, int] | None = None  # YaRN rope scaling: (factor, original context length)
     untied: bool = False               # an output.weight of its own
     sliding_window: int = 0            # gemma2: the window of the even layers
     attn_softcap: float | None = None  # gemma2
@@ -81,6 +82,10 @@ def _metadata(w: gguf.GGUFWriter, cfg: TinyLlama, n_ctx: int) -> None:
                        (w.add_final_logit_softcapping, cfg.final_softcap)):
         if value is not None:
             add(value)
+    if cfg.yarn:
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(cfg.yarn[0])
+        w.add_rope_scaling_orig_ctx_len(cfg.yarn[1])
 
 
 def write_gguf(path: Path, cfg: TinyLlama, weights: dict[str, np.ndarray], tokens: list[str] | None = None,
@@ -116,14 +121,27 @@ def _rope(cfg: TinyLlama, t: dict[str, np.ndarray], x: np.ndarray, pos: np.ndarr
     inv_freq = cfg.rope_base ** (-np.arange(0, hd, 2) / hd)
     if cfg.rope_freqs:
         inv_freq = inv_freq / t["rope_freqs.weight"]
-    theta = pos[:, None] * inv_freq
-    c, s = np.cos(theta)[:, None], np.sin(theta)[:, None]
+    theta, mscale = pos[:, None] * inv_freq, 1.0
+    if cfg.yarn:
+        theta, mscale = _yarn(cfg, theta)
+    c, s = mscale * np.cos(theta)[:, None], mscale * np.sin(theta)[:, None]
     first, second = (slice(0, hd // 2), slice(hd // 2, hd)) if cfg.arch in NEOX_ARCHS else (slice(0, hd, 2),
                                                                                              slice(1, hd, 2))
     out = np.empty_like(x)
     out[..., first] = x[..., first] * c - x[..., second] * s
     out[..., second] = x[..., first] * s + x[..., second] * c
     return out
+
+
+def _yarn(cfg: TinyLlama, theta: np.ndarray) -> tuple[np.ndarray, float]:
+    """ggml's YaRN: pairs below the ramp extrapolate, above it interpolate (theta / factor), the ramp between
+    the dims whose wavelengths fit 32 and 1 times in the original context; magnitudes times 1 + 0.1 ln(factor)."""
+    factor, n_orig = cfg.yarn
+    hd, base = cfg.head_dim, cfg.rope_base
+    corr = lambda n_rot: hd * np.log(n_orig / (n_rot * 2 * np.pi)) / (2 * np.log(base))  # noqa: E731
+    low, high = max(0.0, np.floor(corr(32.0))), min(hd - 1.0, np.ceil(corr(1.0)))
+    extrapolate = 1 - np.clip((np.arange(hd // 2) - low) / max(0.001, high - low), 0, 1)
+    return theta / factor * (1 - extrapolate) + theta * extrapolate, 1 + 0.1 * np.log(factor)
 
 
 def _qkv(cfg: TinyLlama, g, h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

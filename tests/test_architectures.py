@@ -35,6 +35,9 @@ CASES = {  # name -> (config, the conversation as the file's template renders it
     "qwen2": (TinyLlama(arch="qwen2", untied=True, rope_base=1e6, chat_template=CHATML),
               "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n<|im_start|>user\nSum?"
               "<|im_end|>\n<|im_start|>assistant\n"),
+    "qwen2-yarn": (TinyLlama(arch="qwen2", yarn=(4.0, 8), chat_template=CHATML),
+                   "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n<|im_start|>user\nSum?"
+                   "<|im_end|>\n<|im_start|>assistant\n"),
     "qwen3": (TinyLlama(arch="qwen3", key_length=16, chat_template=CHATML),
               "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n<|im_start|>user\nSum?"
               "<|im_end|>\n<|im_start|>assistant\n"),

@@ -9,7 +9,7 @@ import pytest
 
 from pyggml.graph.errors import PyggmlError
 from pyggml.model.gguf_file import GGUFFile
-from pyggml.model.hparams import load_hparams
+from pyggml.model.hparams import YarnParams, load_hparams
 
 
 def llama_metadata(**extra) -> dict:
@@ -59,13 +59,18 @@ def test_rope_scaling() -> None:
     hp = load_hparams(llama_metadata(**{"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 4.0}))
     assert hp.rope_freq_scale == 0.25
     assert load_hparams(llama_metadata(**{"llama.rope.scale_linear": 2.0})).rope_freq_scale == 0.5
+    yarn = load_hparams(llama_metadata(**{"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4.0,
+                                          "llama.rope.scaling.original_context_length": 512}))
+    assert yarn.rope_freq_scale == 0.25 and yarn.yarn == YarnParams(512)
+    assert load_hparams(llama_metadata(**{"llama.rope.scaling.type": "yarn"})).yarn.n_ctx_orig == 2048
+    assert load_hparams(llama_metadata()).yarn is None
     none = load_hparams(llama_metadata(**{"llama.rope.scaling.type": "none", "llama.rope.scaling.factor": 4.0}))
     assert none.rope_freq_scale == 1.0  # llama.cpp never scales when the type says none
 
 
 @pytest.mark.parametrize("key,value,what", [
     ("llama.rope.scaling.type", "wobbly", "llama.rope.scaling.type = 'wobbly'"),
-    ("llama.rope.scaling.type", "yarn", "llama.rope.scaling.type = 'yarn'"),
+    ("llama.rope.scaling.yarn_log_multiplier", 0.1, "yarn_log_multiplier .YaRN log multiplier."),
     ("llama.rope.scaling.type", "longrope", "llama.rope.scaling.type = 'longrope'"),
     ("llama.expert_count", 8, "llama.expert_count .mixture of experts."),
     ("llama.logit_scale", 0.5, "llama.logit_scale .logit scaling."),
