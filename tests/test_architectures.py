@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pyggml.graph.errors import PyggmlError
 from pyggml.model.model import Model
 from synthetic_llama import TinyLlama, make_weights, reference_logits, write_gguf
 
@@ -88,3 +89,11 @@ def test_uncached_matches_numpy_forward(case, tokens):
 
 def test_chat_template_renders_through_jinja2(case):
     assert Model(case[2], n_ctx=64).apply_chat_template(MESSAGES) == case[3]
+
+
+def test_a_file_with_maths_nothing_implements_is_refused_naming_file_and_tensor(tmp_path):
+    cfg = TinyLlama(arch="phi3", n_head_kv=4)
+    weights = {**make_weights(cfg), "rope_factors_long.weight": np.ones(cfg.head_dim // 2, np.float32)}
+    path = write_gguf(tmp_path / "phi3-128k.gguf", cfg, weights)
+    with pytest.raises(PyggmlError, match=f"{path}: phi3 model: tensor rope_factors_long.weight .longrope"):
+        Model(path, n_ctx=64)
