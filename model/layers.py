@@ -72,10 +72,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, inp: StepInp
         keys, values = _cache_views(k, v, cache, inp, il, spec.window)
     mask = inp.kq_mask[spec.window]
     scale = spec.scale if spec.scale is not None else 1.0 / math.sqrt(head_dim)
+    if spec.softcap:  # in llama.cpp's order: Q scaled, Q·K soft-capped, then a softmax without further scale
+        q, scale = named(ops.scale(q, scale), "Qcur_scaled", il), 1.0
     kq = named(ops.mul_mat(keys, ops.permute(q, 1, 0, 2)), "kq", il)  # (H, T, n_kv)
-    if spec.softcap:  # as llama.cpp: the scaled logits soft-capped, then a softmax without further scale
-        kq = named(softcap(ops.scale(kq, scale), spec.softcap), "kq_softcapped", il)
-        scale = 1.0
+    if spec.softcap:
+        kq = named(softcap(kq, spec.softcap), "kq_softcapped", il)
     kq = named(ops.soft_max_ext(kq, mask, scale), "kq_soft_max", il)
     kqv = named(ops.mul_mat(ops.transpose(values), kq), "kqv", il)  # (H, T, Dv)
     return named(ops.cont(ops.permute(kqv, 1, 0, 2), (n_tokens, n_head * values.shape[-1])), "kqv_out", il)
