@@ -10,7 +10,7 @@ import numpy as np
 
 from pyggml.graph.dtypes import is_quantized
 from pyggml.graph.tensor import Tensor
-from pyggml.ops import VIEW_OPS
+from pyggml.ops import is_view, spec
 
 # A kernel factory builds, once per plan, the closure that computes `node` into `out` from its sources' arrays.
 Step = Callable[[], None]
@@ -32,11 +32,11 @@ class Backend(ABC):
 
     def supports(self, node: Tensor) -> bool:
         """True if this backend can compute the node (views are always supported)."""
-        return node.op in self.kernels or node.op in VIEW_OPS
+        return node.op in self.kernels or is_view(node.op)
 
     def reads_blocks(self, node: Tensor, slot: int) -> bool:
         """True if node's kernel reads its source `slot` as raw quantized blocks (no dense copy is needed)."""
-        return node.op == "get_rows" and slot == 0
+        return slot in spec(node.op).block_srcs
 
     def place(self, leaf: Tensor, dense: bool) -> Any:
         """The device array of a weight, constant or persistent buffer, made once per form and kept while the

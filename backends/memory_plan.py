@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pyggml.graph.tensor import Tensor
-from pyggml.ops import INPLACE_OPS, VIEW_OPS, WRITE_OPS
+from pyggml.ops import is_view, is_write, spec
 
 ALIGNMENT = 64
 
@@ -16,7 +16,7 @@ def storage_owner(t: Tensor) -> Tensor:
 
 def owns_storage(node: Tensor) -> bool:
     """True for nodes that need storage of their own (not views, not writes into another tensor)."""
-    return node.op not in VIEW_OPS and node.op not in WRITE_OPS
+    return not is_view(node.op) and not is_write(node.op)
 
 
 @dataclass
@@ -81,7 +81,7 @@ def plan_memory(nodes: list[Tensor], keep: set[Tensor], labels=str) -> tuple[dic
     for i, node in enumerate(nodes):
         if owns_storage(node):
             src = storage_owner(node.srcs[0]) if node.srcs else None
-            if node.op in INPLACE_OPS and src in live and src not in keep and last[src] == i \
+            if spec(node.op).inplace and src in live and src not in keep and last[src] == i \
                     and slots[src].size == node.nbytes and src.shape == node.shape and node.srcs[0].is_contiguous:
                 live.remove(src)
                 slots[node] = Slot(slots[src].offset, node.nbytes, i, last[node], labels(src))

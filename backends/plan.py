@@ -14,7 +14,7 @@ from pyggml.graph.dtypes import numpy_dtype
 from pyggml.graph.errors import PyggmlError
 from pyggml.graph.graph import Graph
 from pyggml.graph.tensor import Flag, Tensor
-from pyggml.ops import VIEW_OPS, WRITE_OPS
+from pyggml.ops import is_view, is_write
 
 from .base import Backend, Step
 from .fusion import fuse
@@ -106,7 +106,7 @@ class Plan:
     def _split(self) -> list[Split]:
         splits: list[Split] = []
         for node in self.graph.nodes:
-            if node.op in VIEW_OPS:
+            if is_view(node.op):
                 continue
             if not splits or splits[-1].backend is not self.where[node]:
                 splits.append(Split(self.where[node]))
@@ -116,7 +116,7 @@ class Plan:
     def _place_leafs(self) -> None:
         """Constants on every backend reading them; written leafs (a KV cache) at home; inputs per reader backend."""
         dense, read_by = needs_dense(self.graph, self.where), readers(self.graph)
-        written = {storage_owner(n) for n in self.graph.nodes if n.op in WRITE_OPS}
+        written = {storage_owner(n) for n in self.graph.nodes if is_write(n.op)}
         for leaf in self.graph.leafs:
             homes = {self.where[leaf]} if leaf in written else \
                 {self.where[leaf]} | {self.where[r] for r in read_by[leaf]}
@@ -130,7 +130,7 @@ class Plan:
 
     def _plan_memory(self) -> None:
         """One memory plan per backend; tensors read on another backend stay alive until the end of the run."""
-        crossing = {storage_owner(s) for node in self.graph.nodes if node.op not in VIEW_OPS for s in node.srcs
+        crossing = {storage_owner(s) for node in self.graph.nodes if not is_view(node.op) for s in node.srcs
                     if self.where[storage_owner(s)] is not self.where[node]}
         keep = {storage_owner(t) for t in self.graph.outputs} | crossing
         self.slots: dict[Tensor, Slot] = {}

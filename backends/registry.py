@@ -13,7 +13,6 @@ ENTRY_POINT_GROUP = "pyggml.backends"
 BUILTIN: dict[str, str] = {
     "numba": "pyggml.backends.numba_backend:NumbaBackend",
     "numpy": "pyggml.backends.numpy_backend:NumpyBackend",
-    "testdevice": "pyggml.backends.test_device:TestDevice",
     "cupy": "pyggml.backends.cupy_backend:CupyBackend",
 }
 

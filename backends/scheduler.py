@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pyggml.graph.errors import PyggmlError
 from pyggml.graph.graph import Graph
 from pyggml.graph.tensor import Flag, Tensor
-from pyggml.ops import VIEW_OPS, WRITE_OPS
+from pyggml.ops import is_view, is_write
 
 from .base import Backend
 from .memory_plan import storage_owner
@@ -24,7 +24,7 @@ def readers(graph: Graph) -> dict[Tensor, list[Tensor]]:
     """Storage owner -> the computing nodes that read it or write into it (through any view)."""
     found: dict[Tensor, list[Tensor]] = defaultdict(list)
     for node in graph.nodes:
-        if node.op not in VIEW_OPS:
+        if not is_view(node.op):
             for src in node.srcs:
                 found[storage_owner(src)].append(node)
     return found
@@ -68,7 +68,7 @@ class Scheduler:
         read_by = readers(graph)
         where: dict[Tensor, Backend] = {leaf: self.pinned(leaf) or self.first_supporting(read_by[leaf])
                                         for leaf in graph.leafs if not leaf.flags & Flag.INPUT}
-        work = [n for n in graph.nodes if n.op not in VIEW_OPS]
+        work = [n for n in graph.nodes if not is_view(n.op)]
         for node in work:
             backend = self.pinned(node) or self._weight_home(node, where)
             if backend is not None:
@@ -77,13 +77,13 @@ class Scheduler:
         self._expand(work, where, with_fallback=True)
         for node in work:
             where.setdefault(node, self.first_supporting([node]))
-            if node.op in WRITE_OPS:  # a write runs where the storage it writes lives
+            if is_write(node.op):  # a write runs where the storage it writes lives
                 where[node] = self._checked(where[storage_owner(node)], node, graph)
         for leaf in graph.leafs:
             if leaf.flags & Flag.INPUT:
                 where[leaf] = where[read_by[leaf][0]] if read_by[leaf] else self.backends[0]
         for node in graph.nodes:
-            if node.op in VIEW_OPS:
+            if is_view(node.op):
                 where[node] = where[storage_owner(node)]
         return where
 

@@ -114,7 +114,8 @@ def copy_gbps(repetitions: int, nbytes: int = COPY_BYTES) -> float:
 
 
 def measure_bounds(model: Model, repetitions: int) -> Bounds:
-    """Compile a fresh decode step and measure the bare bounds of its weights on this machine."""
+    """Compile a fresh decode step and measure the bare bounds of its weights on this machine's CPU (F32 copies
+    made from the weights' host data, wherever the plan holds them)."""
     model.reset()
     placed = placed_weights(step_plan(model.context, [0]))
     dense_bytes = sum(4 * w.nelements for w in placed)

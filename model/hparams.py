@@ -11,27 +11,40 @@ from gguf import MODEL_TENSOR, TENSOR_NAMES, Keys, RopeScalingType
 
 from pyggml.graph.errors import PyggmlError
 
+from .arch import ARCHITECTURES
+
 OUTPUT_WEIGHT = f"{TENSOR_NAMES[MODEL_TENSOR.OUTPUT]}.weight"
 ROPE_SCALE_LINEAR = "{arch}.rope.scale_linear"  # the old name of rope.scaling.factor, still read by llama.cpp
 DEFAULT_ROPE_FREQ_BASE = 10000.0
 
 
-@dataclass(frozen=True)
-class ArchDefaults:
-    """What an architecture fixes or defaults that the metadata does not say (llama.cpp's load_hparams)."""
-
-    swa_pattern: int = 0                    # with a sliding window: every n-th layer is global; 0: no SWA
-    rope_freq_base_swa: float | None = None  # rope base of the sliding-window layers
-    scale_embeddings: bool = False           # multiply token embeddings by sqrt(n_embd)
-    # llama.cpp gives gemma3-27B (62 layers) a query scale of 1/sqrt(n_embd/n_head) instead of 1/sqrt(head_dim)
-    attn_scale_by_embd_layers: frozenset[int] = frozenset()
-
-
-ARCHITECTURES: dict[str, ArchDefaults] = {
-    "llama": ArchDefaults(),
-    "gemma3": ArchDefaults(swa_pattern=6, rope_freq_base_swa=10000.0, scale_embeddings=True,
-                           attn_scale_by_embd_layers=frozenset({62})),
+# Keys that change the maths and that no architecture here implements: refused unless neutral (key -> what it is,
+# its neutral value).
+UNSUPPORTED_KEYS: dict[str, tuple[str, float]] = {
+    Keys.LLM.EXPERT_COUNT: ("mixture of experts", 0), Keys.LLM.LOGIT_SCALE: ("logit scaling", 1.0),
+    Keys.LLM.RESIDUAL_SCALE: ("residual scaling", 1.0), Keys.LLM.EMBEDDING_SCALE: ("embedding scaling", 1.0),
+    Keys.Attention.CLAMP_KQV: ("clamped Q/K/V", 0), Keys.Rope.DIMENSION_SECTIONS: ("multi-section rope", 0),
+    Keys.Rope.SCALING_ATTN_FACTOR: ("rope attention factor", 1.0),
+    Keys.Rope.SCALING_YARN_ATTN_FACTOR: ("YaRN attention factor", 1.0),
+    Keys.Rope.SCALING_YARN_EXT_FACTOR: ("YaRN extrapolation mix", 1.0),
+    Keys.Rope.SCALING_YARN_LOG_MUL: ("YaRN log multiplier", 0),
 }
+# Tensors whose maths no architecture here implements (tensor name -> what it is).
+UNSUPPORTED_TENSORS: dict[str, str] = {f"{TENSOR_NAMES[kind]}.weight": "longrope rope scaling"
+                                       for kind in (MODEL_TENSOR.ROPE_FACTORS_LONG, MODEL_TENSOR.ROPE_FACTORS_SHORT)}
+SUPPORTED_ROPE_SCALING = (RopeScalingType.NONE.value, RopeScalingType.LINEAR.value, RopeScalingType.YARN.value)
+
+
+@dataclass(frozen=True)
+class YarnParams:
+    """YaRN rope scaling, named as ops.rope's arguments (llama.cpp: ext_factor 1, its attention factor leaving
+    ggml's own magnitude scale 1 + 0.1 ln(factor))."""
+
+    n_ctx_orig: int
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    ext_factor: float = 1.0
+    attn_factor: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -51,15 +64,15 @@ class HParams:
     rms_eps: float
     rope_dim: int          # rope.dimension_count
     rope_freq_base: float
-    rope_freq_scale: float  # 1 / rope.scaling.factor
-    rope_scaling_type: str  # a RopeScalingType value: none, linear, yarn, longrope
-    rope_scaling_factor: float
+    rope_freq_scale: float  # 1 / rope.scaling.factor (linear scaling), 1 without scaling
     attention_scale: float  # the factor applied to Q·K
     embedding_scale: float  # the factor applied to token embeddings
     tie_embeddings: bool    # no output.weight: the output projection is the token embedding
     sliding_window: int = 0  # 0: no sliding-window attention
     swa_pattern: int = 0
     rope_freq_base_swa: float | None = None
+    rope_freq_scale_swa: float | None = None
+    yarn: YarnParams | None = None  # YaRN rope scaling (with rope_freq_scale)
     attn_logit_softcap: float | None = None
     final_logit_softcap: float | None = None
 
@@ -72,6 +85,12 @@ class HParams:
         if self.is_swa(layer) and self.rope_freq_base_swa is not None:
             return self.rope_freq_base_swa
         return self.rope_freq_base
+
+    def rope_scale(self, layer: int) -> float:
+        """The rope frequency scale of a layer (sliding-window layers may have their own)."""
+        if self.is_swa(layer) and self.rope_freq_scale_swa is not None:
+            return self.rope_freq_scale_swa
+        return self.rope_freq_scale
 
     def kv_bytes_per_token(self, bytes_per_element: int, n_kv_head: int | None = None) -> int:
         """Bytes of K and V cache per token over all layers (with the model's KV heads, or n_kv_head of them)."""
@@ -102,6 +121,18 @@ class _Keys:
             raise PyggmlError(f"{key.format(arch=self.arch)} must be a non-negative integer, got {value!r}")
         return int(value)
 
+    def refuse_unsupported(self) -> None:
+        """An error naming the first key that changes the maths in a way no architecture here implements."""
+        for key, (what, neutral) in UNSUPPORTED_KEYS.items():
+            value = self.get(key)
+            if value is not None and np.any(np.asarray(value) != neutral):
+                raise PyggmlError(f"{self.arch} model: metadata key {key.format(arch=self.arch)} ({what}) "
+                                  f"is not supported")
+        scaling = self.get(Keys.Rope.SCALING_TYPE, RopeScalingType.LINEAR.value)
+        if scaling not in SUPPORTED_ROPE_SCALING:
+            raise PyggmlError(f"{self.arch} model: metadata key {Keys.Rope.SCALING_TYPE.format(arch=self.arch)} = "
+                              f"{scaling!r}: only {' and '.join(SUPPORTED_ROPE_SCALING)} rope scaling are supported")
+
     def number(self, key: str, default: float | None = None, required: bool = False) -> float | None:
         """A float value, or default (an error when required and absent)."""
         value = self.get(key, default)
@@ -117,7 +148,11 @@ def load_hparams(metadata: Mapping[str, Any], tensor_names: Collection[str] | No
     arch = metadata.get(Keys.General.ARCHITECTURE)
     if arch not in ARCHITECTURES:
         raise PyggmlError(f"architecture {arch!r} is not supported (supported: {', '.join(ARCHITECTURES)})")
-    defaults, keys = ARCHITECTURES[arch], _Keys(metadata, arch)
+    row, keys = ARCHITECTURES[arch], _Keys(metadata, arch)
+    keys.refuse_unsupported()
+    for name in set(tensor_names or ()) & UNSUPPORTED_TENSORS.keys():
+        raise PyggmlError(f"{arch} model: tensor {name} ({UNSUPPORTED_TENSORS[name]}) is not supported")
+    n_ctx_train = keys.integer(Keys.LLM.CONTEXT_LENGTH)
     n_embd, n_layer = keys.integer(Keys.LLM.EMBEDDING_LENGTH), keys.integer(Keys.LLM.BLOCK_COUNT)
     n_head = keys.integer(Keys.Attention.HEAD_COUNT)
     if n_head == 0 or (keys.get(Keys.Attention.KEY_LENGTH) is None and n_embd % n_head):
@@ -127,15 +162,14 @@ def load_hparams(metadata: Mapping[str, Any], tensor_names: Collection[str] | No
     if n_head_kv == 0 or n_head % n_head_kv:
         raise PyggmlError(f"{arch} model: {n_head_kv} KV heads do not divide {n_head} heads")
     scaling_factor = keys.number(Keys.Rope.SCALING_FACTOR) or keys.number(ROPE_SCALE_LINEAR) or 0.0
-    scaling_type = keys.get(Keys.Rope.SCALING_TYPE, RopeScalingType.LINEAR.value)
-    if scaling_type not in {t.value for t in RopeScalingType}:
-        raise PyggmlError(f"{arch} model: unknown rope scaling type {scaling_type!r}")
+    if keys.get(Keys.Rope.SCALING_TYPE) == RopeScalingType.NONE.value:
+        scaling_factor = 0.0  # llama.cpp never scales when the type says none
     tokens = metadata.get(Keys.Tokenizer.LIST)
-    attn_scale_dim = n_embd // n_head if n_layer in defaults.attn_scale_by_embd_layers else head_dim
+    attn_scale_dim = n_embd // n_head if n_layer in row.attn_scale_by_embd_layers else head_dim
     return HParams(
         arch=arch,
         n_vocab=keys.integer(Keys.LLM.VOCAB_SIZE, len(tokens) if tokens is not None else 0),
-        n_ctx_train=keys.integer(Keys.LLM.CONTEXT_LENGTH),
+        n_ctx_train=n_ctx_train,
         n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv,
         head_dim=head_dim, head_dim_v=keys.integer(Keys.Attention.VALUE_LENGTH, head_dim),
         n_ff=keys.integer(Keys.LLM.FEED_FORWARD_LENGTH, 0),
@@ -143,15 +177,21 @@ def load_hparams(metadata: Mapping[str, Any], tensor_names: Collection[str] | No
         rope_dim=keys.integer(Keys.Rope.DIMENSION_COUNT, head_dim),
         rope_freq_base=keys.number(Keys.Rope.FREQ_BASE, DEFAULT_ROPE_FREQ_BASE),
         rope_freq_scale=1.0 / scaling_factor if scaling_factor else 1.0,
-        rope_scaling_type=scaling_type,
-        rope_scaling_factor=scaling_factor or 1.0,
         attention_scale=keys.number(Keys.Attention.SCALE) or 1.0 / math.sqrt(attn_scale_dim),
-        embedding_scale=math.sqrt(n_embd) if defaults.scale_embeddings else 1.0,
+        embedding_scale=math.sqrt(n_embd) if row.scale_embeddings else 1.0,
         tie_embeddings=tensor_names is not None and OUTPUT_WEIGHT not in tensor_names,
-        sliding_window=keys.integer(Keys.Attention.SLIDING_WINDOW, 0) if defaults.swa_pattern else 0,
-        swa_pattern=defaults.swa_pattern,
-        rope_freq_base_swa=defaults.rope_freq_base_swa,
-        attn_logit_softcap=keys.number(Keys.LLM.ATTN_LOGIT_SOFTCAPPING),
-        final_logit_softcap=keys.number(Keys.LLM.FINAL_LOGIT_SOFTCAPPING),
+        sliding_window=keys.integer(Keys.Attention.SLIDING_WINDOW, 0) if row.swa_pattern else 0,
+        swa_pattern=row.swa_pattern,
+        rope_freq_base_swa=row.rope_freq_base_swa,
+        rope_freq_scale_swa=row.rope_freq_scale_swa,
+        yarn=_yarn(keys, n_ctx_train) if keys.get(Keys.Rope.SCALING_TYPE) == RopeScalingType.YARN.value else None,
+        attn_logit_softcap=keys.number(Keys.LLM.ATTN_LOGIT_SOFTCAPPING, row.attn_softcap) or None,
+        final_logit_softcap=keys.number(Keys.LLM.FINAL_LOGIT_SOFTCAPPING, row.final_softcap) or None,
     )
 
+
+def _yarn(keys: _Keys, n_ctx_train: int) -> YarnParams:
+    """YaRN's settings: the original context (default the trained one) and the ramp's betas."""
+    return YarnParams(keys.integer(Keys.Rope.SCALING_ORIG_CTX_LEN, n_ctx_train),
+                      keys.number(Keys.Rope.SCALING_YARN_BETA_FAST, 32.0),
+                      keys.number(Keys.Rope.SCALING_YARN_BETA_SLOW, 1.0))

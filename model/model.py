@@ -12,10 +12,9 @@ from pyggml.backends import BackendSpec, default_backend
 from pyggml.graph.dtypes import DType, as_dtype
 from pyggml.graph.errors import PyggmlError
 
-from .arch_gemma3 import build_gemma3
-from .arch_llama import build_llama
 from .chat_template import render_chat, template_source
-from .context import Context, GraphBuilder
+from .context import Context
+from .decoder import build_decoder
 from .generation import TextStream
 from .gguf_file import GGUFFile
 from .hparams import HParams, load_hparams
@@ -26,7 +25,6 @@ from .tokenizer import load_tokenizer
 from .weights import Weights
 
 DEFAULT_N_CTX = 4096
-ARCHITECTURES: dict[str, GraphBuilder] = {"llama": build_llama, "gemma3": build_gemma3}
 
 
 @dataclass
@@ -49,10 +47,10 @@ class Model:
         self.path = resolve_model(str(path_or_name))
         self.gguf = GGUFFile(self.path)
         metadata = {**self.gguf.metadata, **(kv_overrides or {})}  # llama.cpp's --override-kv
-        self.hparams: HParams = load_hparams(metadata, self.gguf.tensors)
-        if self.hparams.arch not in ARCHITECTURES:
-            raise PyggmlError(f"{self.path}: architecture {self.hparams.arch!r} is not supported "
-                              f"(supported: {', '.join(ARCHITECTURES)})")
+        try:
+            self.hparams: HParams = load_hparams(metadata, self.gguf.tensors)
+        except PyggmlError as e:
+            raise PyggmlError(f"{self.path}: {e}") from None
         self.tokenizer = load_tokenizer(self.gguf.metadata)
         self.weights = Weights(self.gguf)
         self.backend = backend or default_backend()
@@ -68,7 +66,7 @@ class Model:
         windows = [hp.sliding_window if hp.is_swa(il) else None for il in range(hp.n_layer)]
         cache = KVCache(hp.n_layer, n_ctx, hp.n_head_kv, hp.head_dim, as_dtype(kv_type), windows,
                         min(n_batch, n_ctx), hp.head_dim_v, swa_full)
-        return Context(self.weights, hp, ARCHITECTURES[hp.arch], cache, self.backend)
+        return Context(self.weights, hp, build_decoder, cache, self.backend)
 
     @classmethod
     def load(cls, path_or_name: str | Path, **options) -> Model:

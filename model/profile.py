@@ -14,13 +14,13 @@ import numpy as np
 from pyggml.backends import Plan
 from pyggml.graph.errors import PyggmlError
 from pyggml.graph.tensor import Flag, Tensor
+from pyggml.ops import spec
 
 from .context import Context
 
 if TYPE_CHECKING:
     from .model import Model
 
-MOVE_OPS = frozenset({"get_rows", "set_rows", "cpy", "cont", "concat"})  # data movement: no arithmetic
 
 
 def step_plan(context: Context, tokens: Sequence[int]) -> Plan:
@@ -71,7 +71,7 @@ def node_flops(node: Tensor) -> int:
     """Arithmetic of a node: 2*M*N*K for mul_mat, none for data movement, one per result element otherwise."""
     if node.op == "mul_mat":
         return 2 * node.nelements * node.srcs[0].shape[-1]
-    return 0 if node.op in MOVE_OPS else node.nelements
+    return node.nelements if spec(node.op).arithmetic else 0
 
 
 @dataclass

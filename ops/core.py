@@ -1,21 +1,86 @@
 """What every op definition shares: node creation, validation helpers and the op property table."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pyggml.graph.dtypes import FLOAT_TYPES, INDEX_TYPES, DType
 from pyggml.graph.errors import ShapeError
 from pyggml.graph.tensor import Tensor
 
-# Ops whose kernel may write its result over its first source (ggml_op_can_inplace).
-INPLACE_OPS = frozenset({
-    "add", "sub", "mul", "div", "scale", "sqr", "sqrt", "neg", "exp", "tanh", "silu", "gelu", "relu",
-    "clamp", "rms_norm", "norm", "soft_max_ext", "rope", "diag_mask_inf",
-})
-# Ops whose result shares its source's storage: no computation, no allocation.
-VIEW_OPS = frozenset({"view", "reshape", "permute", "transpose"})
-# Ops whose result is written into the storage of an existing tensor (returned as a view of it).
-WRITE_OPS = frozenset({"cpy", "set_rows"})
+UNARY, BINARY, GLU, VIEW, WRITE, MOVE, OTHER = "unary", "binary", "glu", "view", "write", "move", "other"
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One op's properties: what the memory planner, the scheduler and every backend need to know of it."""
+
+    name: str
+    arity: tuple[int, int]  # the least and most sources
+    kind: str = OTHER       # unary, binary, glu, view (shares storage), write (into a source), move (copies only)
+    inplace: bool = False   # the kernel may write its result over its first source (ggml_op_can_inplace)
+    block_srcs: tuple[int, ...] = ()  # source slots read as stored (quantized blocks); the others dense
+
+    @property
+    def view(self) -> bool:
+        """The result shares its source's storage: no computation, no allocation."""
+        return self.kind == VIEW
+
+    @property
+    def write(self) -> bool:
+        """The result is written into an existing tensor's storage (and returned as a view of it)."""
+        return self.kind == WRITE
+
+    @property
+    def arithmetic(self) -> bool:
+        """The op computes values (views, writes and copies only move data)."""
+        return self.kind not in (VIEW, WRITE, MOVE)
+
+
+def _specs(*specs: OpSpec) -> dict[str, OpSpec]:
+    return {s.name: s for s in specs}
+
+
+# The op vocabulary, one row per op (ggml's op enum with ggml_op_can_inplace and friends folded in).
+OPS: dict[str, OpSpec] = _specs(
+    OpSpec("mul_mat", (2, 2)),
+    *(OpSpec(op, (2, 2), BINARY, inplace=True) for op in ("add", "sub", "mul", "div")),
+    OpSpec("scale", (1, 1), inplace=True),
+    *(OpSpec(op, (1, 1), UNARY, inplace=True) for op in ("sqr", "sqrt", "neg", "exp", "tanh", "silu", "gelu", "relu")),
+    OpSpec("swiglu", (1, 2), GLU), OpSpec("geglu", (1, 2), GLU),
+    OpSpec("rms_norm", (1, 1), inplace=True), OpSpec("norm", (1, 1), inplace=True),
+    OpSpec("soft_max_ext", (1, 2), inplace=True), OpSpec("rope", (2, 3), inplace=True),
+    OpSpec("get_rows", (2, 2), MOVE, block_srcs=(0,)), OpSpec("set_rows", (3, 3), WRITE),
+    OpSpec("cpy", (2, 2), WRITE), OpSpec("cont", (1, 1), MOVE),
+    *(OpSpec(op, (1, 1), VIEW) for op in ("view", "reshape", "permute", "transpose")),
+    OpSpec("concat", (2, 2), MOVE),
+    OpSpec("sum_rows", (1, 1)), OpSpec("mean", (1, 1)), OpSpec("argmax", (1, 1)),
+    OpSpec("clamp", (1, 1), inplace=True), OpSpec("diag_mask_inf", (1, 1), inplace=True),
+    OpSpec("flash_attn_ext", (3, 4)),
+)
+
+
+# Ops that only a backend's graph rewrites make (backends/fusion.py: passes and kernels), never model code; not
+# part of the vocabulary, but the planner and the profiler need their properties too.
+FUSED_OPS: dict[str, OpSpec] = _specs(
+    OpSpec("rms_norm_mul", (2, 2), inplace=True),  # rms_norm(x) * w
+    OpSpec("mul_mat_permuted", (2, 2)),              # mul_mat written in a permuted layout
+)
+
+
+def spec(op: str) -> OpSpec:
+    """The properties of an op of the vocabulary or of a fused op."""
+    return OPS.get(op) or FUSED_OPS[op]
+
+
+def is_view(op: str | None) -> bool:
+    """True for ops whose result shares its source's storage (False for a leaf's op, None)."""
+    return op is not None and spec(op).view
+
+
+def is_write(op: str | None) -> bool:
+    """True for ops that write into an existing tensor's storage (False for a leaf's op, None)."""
+    return op is not None and spec(op).write
 
 
 def make(op: str, shape: tuple[int, ...], srcs: tuple[Tensor, ...], dtype: DType = DType.F32,

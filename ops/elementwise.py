@@ -5,9 +5,6 @@ from pyggml.graph.tensor import Tensor
 
 from .core import can_repeat, fail, make, need_float
 
-BINARY_OPS = ("add", "sub", "mul", "div")
-UNARY_OPS = ("sqr", "sqrt", "neg", "exp", "tanh", "silu", "gelu", "relu")
-
 
 def _binary(op: str, a: Tensor, b: Tensor) -> Tensor:
     need_float(op, a, b)

@@ -8,10 +8,11 @@ from pyggml.graph.errors import PyggmlError, ShapeError
 from pyggml.graph.graph import Graph
 from pyggml.graph.tensor import Flag, Tensor, from_numpy, input_tensor, new_tensor
 from pyggml.ops import *  # noqa: F401,F403  (the op vocabulary: mul_mat, rms_norm, rope, ...)
-from pyggml.ops import ALL_OPS
+from pyggml.ops import OPS
 
 __all__ = ["Backend", "DType", "Flag", "Graph", "NumpyBackend", "Plan", "PyggmlError", "ShapeError", "Tensor",
-           "compile", "compute", "create_backend", "from_numpy", "input_tensor", "load", "new_tensor", *ALL_OPS]
+           "compile", "compute", "create_backend", "from_numpy", "input_tensor", "load", "new_tensor", "OPS",
+           *OPS]
 
 
 def load(path_or_name, **options):

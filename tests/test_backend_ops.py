@@ -14,8 +14,9 @@ from pyggml.backends import registry
 from pyggml.backends.numpy_backend import NumpyBackend
 from pyggml.graph.errors import PyggmlError
 from pyggml.backends.numba_quants import BLOCK_TYPES
-from pyggml.ops import ALL_OPS
+from pyggml.ops import OPS
 from blocks import random_blocks
+from fake_device import TestDevice
 
 MAX_NMSE = 1e-7
 Case = Callable[[np.random.Generator], pg.Tensor]
@@ -113,12 +114,25 @@ def nmse(got: np.ndarray, want: np.ndarray) -> float:
 
 
 def test_every_op_has_a_case():
-    assert [op for op in ALL_OPS if op not in CASES] == []
+    assert [op for op in OPS if op not in CASES] == []
 
 
-@pytest.fixture(scope="module", params=sorted(registry.BUILTIN))
+@pytest.mark.parametrize("op,i", CASE_IDS, ids=[f"{op}-{i}" for op, i in CASE_IDS])
+def test_op_table_tells_the_truth(op, i):
+    nodes = pg.Graph.build(CASES[op][i](np.random.default_rng(7))).nodes
+    for node in nodes:
+        spec = OPS[node.op]
+        assert spec.arity[0] <= len(node.srcs) <= spec.arity[1], node.op
+        assert (node.view_src is not None) == (spec.view or spec.write), node.op
+        assert all(slot < spec.arity[0] for slot in spec.block_srcs), node.op
+
+
+@pytest.fixture(scope="module", params=[*sorted(registry.BUILTIN), "testdevice"])
 def backend(request):
-    """Each built-in backend that can be created here (cupy needs a GPU: the one allowed skip)."""
+    """Each built-in backend that can be created here (cupy needs a GPU: the one allowed skip), and the test
+    device."""
+    if request.param == "testdevice":
+        return TestDevice()
     try:
         return registry.create(request.param)
     except PyggmlError as e:

@@ -13,10 +13,10 @@ import pytest
 from chat_llama import CFG, write_chat_llama
 from pyggml.cli import main
 from pyggml.model.kv_study import Fit
-from pyggml.backends import NumpyBackend, Scheduler, default_backend
+from pyggml.backends import NumpyBackend, Scheduler, default_backend, registry
 from pyggml.backends.numba_backend import NumbaBackend
 from pyggml.graph.dtypes import nbytes as tensor_nbytes
-from pyggml.backends.test_device import TestDevice
+from fake_device import TestDevice
 from pyggml.model.model import Model
 from pyggml.model.profile import chrome_trace, memory_plan, profile_model
 from synthetic_llama import make_weights
@@ -210,3 +210,16 @@ def test_profile_over_two_backends_reports_copies(tiny):
     events = chrome_trace(profiles)["traceEvents"]
     assert sum(e["ph"] == "X" and e["cat"] == "copy" for e in events) == 2 * 4 * CFG.n_layer
     assert {b["backend"] for b in memory_plan(profiles[-1].plan)["buffers"]} == {"numpy", "testdevice"}
+
+
+def test_backend_option_picks_backends_and_bench_reports_those_used(tiny, capsys, monkeypatch):
+    monkeypatch.setitem(registry.BUILTIN, "testdevice", "fake_device:TestDevice")  # the fixture, for this test
+    doc = cli_json(capsys, BENCH_SCHEMA, "bench", tiny, "-p", "4", "-n", "2", "-r", "1", "-o", "json",
+                   "--backend", "testdevice,numpy")
+    assert doc["backend"] == "testdevice"  # it supports every op: the fallback is never used
+    code, out, _ = cli(capsys, "bench", tiny, "-p", "4", "-n", "1", "-r", "1", "--backend", "numpy")
+    assert code == 0 and f"| {tiny} | numpy | pp4 |" in out
+    steps = cli_json(capsys, PROFILE_SCHEMA, "profile", tiny, "-p", "4", "--json", "--backend", "testdevice")["steps"]
+    assert all(step["backends"] == ["testdevice"] for step in steps)
+    code, _, err = cli(capsys, "generate", tiny, "ab", "-n", "2", "--backend", "numpy,nope")
+    assert code == 2 and "unknown backend nope; available: numpy" in err

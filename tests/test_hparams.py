@@ -9,7 +9,7 @@ import pytest
 
 from pyggml.graph.errors import PyggmlError
 from pyggml.model.gguf_file import GGUFFile
-from pyggml.model.hparams import load_hparams
+from pyggml.model.hparams import YarnParams, load_hparams
 
 
 def llama_metadata(**extra) -> dict:
@@ -57,10 +57,46 @@ def test_llama_defaults() -> None:
 
 def test_rope_scaling() -> None:
     hp = load_hparams(llama_metadata(**{"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 4.0}))
-    assert hp.rope_freq_scale == 0.25 and hp.rope_scaling_factor == 4.0
+    assert hp.rope_freq_scale == 0.25
     assert load_hparams(llama_metadata(**{"llama.rope.scale_linear": 2.0})).rope_freq_scale == 0.5
-    with pytest.raises(PyggmlError, match="rope scaling type 'wobbly'"):
-        load_hparams(llama_metadata(**{"llama.rope.scaling.type": "wobbly"}))
+    yarn = load_hparams(llama_metadata(**{"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4.0,
+                                          "llama.rope.scaling.original_context_length": 512}))
+    assert yarn.rope_freq_scale == 0.25 and yarn.yarn == YarnParams(512)
+    assert load_hparams(llama_metadata(**{"llama.rope.scaling.type": "yarn"})).yarn.n_ctx_orig == 2048
+    assert load_hparams(llama_metadata()).yarn is None
+    none = load_hparams(llama_metadata(**{"llama.rope.scaling.type": "none", "llama.rope.scaling.factor": 4.0}))
+    assert none.rope_freq_scale == 1.0  # llama.cpp never scales when the type says none
+
+
+@pytest.mark.parametrize("key,value,what", [
+    ("llama.rope.scaling.type", "wobbly", "llama.rope.scaling.type = 'wobbly'"),
+    ("llama.rope.scaling.yarn_log_multiplier", 0.1, "yarn_log_multiplier .YaRN log multiplier."),
+    ("llama.rope.scaling.type", "longrope", "llama.rope.scaling.type = 'longrope'"),
+    ("llama.expert_count", 8, "llama.expert_count .mixture of experts."),
+    ("llama.logit_scale", 0.5, "llama.logit_scale .logit scaling."),
+    ("llama.rope.dimension_sections", np.array([16, 24, 24, 0]), "llama.rope.dimension_sections"),
+])
+def test_keys_that_change_the_maths_are_refused_by_name(key, value, what) -> None:
+    with pytest.raises(PyggmlError, match=what):
+        load_hparams(llama_metadata(**{key: value}))
+
+
+def test_neutral_values_and_longrope_tensors() -> None:
+    assert load_hparams(llama_metadata(**{"llama.expert_count": 0, "llama.logit_scale": 1.0})).n_layer == 4
+    with pytest.raises(PyggmlError, match="tensor rope_factors_long.weight .longrope"):
+        load_hparams(llama_metadata(), ["token_embd.weight", "rope_factors_long.weight"])
+
+
+def test_gemma2_softcaps_and_alternating_window() -> None:
+    meta = {k.replace("llama.", "gemma2."): v for k, v in llama_metadata().items()}
+    meta.update({"general.architecture": "gemma2", "gemma2.attention.sliding_window": 16})
+    hp = load_hparams(meta)
+    assert (hp.attn_logit_softcap, hp.final_logit_softcap) == (50.0, 30.0)  # llama.cpp's defaults
+    assert [hp.is_swa(il) for il in range(4)] == [True, False, True, False]  # il % 2 == 0 slides
+    assert hp.embedding_scale == math.sqrt(512) and hp.attention_scale == 1 / math.sqrt(64)
+    hp = load_hparams({**meta, "gemma2.final_logit_softcapping": 10.0, "gemma2.block_count": 46,
+                       "gemma2.attention.key_length": 128})
+    assert hp.final_logit_softcap == 10.0 and hp.attention_scale == 1 / math.sqrt(512 / 8)
 
 
 def test_explicit_keys_override_defaults() -> None:

@@ -7,7 +7,7 @@ import pytest
 
 import pyggml as pg
 from pyggml.backends import NumpyBackend, Plan, Scheduler, compile as compile_plan
-from pyggml.backends.test_device import DeviceArray, TestDevice
+from fake_device import DeviceArray, TestDevice
 from pyggml.graph.errors import PyggmlError
 from pyggml.model.model import Model
 from synthetic_llama import TinyLlama, make_weights, write_gguf

@@ -7,7 +7,6 @@ import io
 import json
 import sys
 
-from pyggml.backends import Plan
 from pyggml.graph.dtypes import numpy_dtype
 
 from .options import add_model_options, load_model
@@ -41,18 +40,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", default="kv_study.png", help="the study's PNG plot")
 
 
-def backend_names(plan: Plan) -> str:
-    """The backends a plan's nodes ran on, in priority order, comma-separated."""
-    used = set(plan.where[n] for n in plan.graph.nodes)
-    return ",".join(b.name for b in plan.scheduler.backends if b in used)
-
-
 def _mb(n: float) -> str:
     return f"{n / 1e6:.1f}"
 
 
 def _ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3g}"
+
+
+def used_backends(model) -> str:
+    """The backends the model's latest step actually ran on, in priority order, comma-separated."""
+    return ",".join(dict.fromkeys(split.backend.name for split in model.context.last_plan.splits))
 
 
 def bench_markdown(model_name: str, backend: str, rows: list, bounds) -> str:
@@ -74,10 +72,10 @@ def bench_markdown(model_name: str, backend: str, rows: list, bounds) -> str:
     return "\n".join(lines)
 
 
-def bench_csv(model_name: str, rows: list) -> str:
+def bench_csv(model_name: str, backend: str, rows: list) -> str:
     """One line per test with every figure of the JSON row."""
     out = io.StringIO()
-    dicts = [{"model": model_name, **{k: v for k, v in r.to_dict().items() if k != "samples_ts"}} for r in rows]
+    dicts = [{"model": model_name, "backend": backend, **{k: v for k, v in r.to_dict().items() if k != "samples_ts"}} for r in rows]
     writer = csv.DictWriter(out, fieldnames=list(dicts[0]) if dicts else ["model"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(dicts)
@@ -87,9 +85,9 @@ def bench_csv(model_name: str, rows: list) -> str:
 def run_bench(args: argparse.Namespace, model) -> str:
     from pyggml.model.bench import bench
     rows, bounds = bench(model, args.n_prompt, args.n_gen, args.repetitions, args.seed)
-    backend = backend_names(model.context.last_plan)
+    backend = used_backends(model)
     formats = {"md": lambda: bench_markdown(args.model, backend, rows, bounds),
-               "csv": lambda: bench_csv(args.model, rows),
+               "csv": lambda: bench_csv(args.model, backend, rows),
                "json": lambda: json.dumps({"model": args.model, "backend": backend, "repetitions": args.repetitions,
                                            "bounds": bounds.to_dict(), "results": [r.to_dict() for r in rows]},
                                           indent=1)}

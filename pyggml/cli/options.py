@@ -13,6 +13,20 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-b", "--batch-size", type=int, default=512, help="prefill chunk size")
     p.add_argument("--cache-type", choices=("f32", "f16"), default="f32", help="KV cache element type")
     p.add_argument("--swa-full", action="store_true", help="full-size caches for sliding-window layers too")
+    p.add_argument("--backend", type=backend_names, default=None, metavar="NAMES",
+                   help="backends by name in priority order, the last the fallback, e.g. cupy,numpy "
+                        "(see `pyggml backends`; default: the built-in default)")
+
+
+def backend_names(text: str) -> list[str]:
+    """An argparse type: comma-separated names of known backends."""
+    from pyggml.backends.registry import available
+    names, known = [n.strip() for n in text.split(",") if n.strip()], available()
+    unknown = [n for n in names if n not in known]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"unknown backend {', '.join(unknown) or repr(text)}; available: "
+                                         f"{', '.join(known)}")
+    return names
 
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
@@ -30,9 +44,11 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
 
 def load_model(args: argparse.Namespace):
     """The model the options name."""
+    from pyggml.backends.registry import create
     from pyggml.model.model import Model
+    backends = [create(name) for name in args.backend or ()]
     return Model(args.model, n_ctx=args.ctx_size, n_batch=args.batch_size, kv_type=args.cache_type,
-                 swa_full=args.swa_full)
+                 swa_full=args.swa_full, backend=backends[0] if len(backends) == 1 else backends or None)
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:

@@ -1,4 +1,4 @@
-"""A CPU backend that behaves like a device, for tests without one: its arrays refuse implicit host reads and
+"""A test fixture, not a registered backend: a CPU backend that behaves like a device, for tests without one: its arrays refuse implicit host reads and
 every transfer is counted; kernels are the NumPy kernels run on the unwrapped arrays."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 
 from pyggml.graph.tensor import Tensor
 
-from .base import Step
-from .numpy_backend import NumpyBackend
+from pyggml.backends.base import Step
+from pyggml.backends.numpy_backend import NumpyBackend
 
 
 class DeviceArray:
