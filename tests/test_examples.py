@@ -1,11 +1,18 @@
 """The foundation examples run and print what they promise."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import stat
 import subprocess
 import sys
 from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+import pyggml
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -47,3 +54,28 @@ def test_dump_graph_renders_svg_when_dot_is_present(tmp_path):
     out = run_example("dump_graph.py", env=env, cwd=tmp_path)  # default path: graph.dot
     assert (tmp_path / "graph.dot").exists() and (tmp_path / "graph.svg").read_text() == "<svg/>\n"
     assert "wrote graph.svg" in out
+
+
+def _load_example(name: str):
+    """An example script imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q8_0"])
+def test_synthetic_gguf_has_the_shapes_asked_for_and_runs(qtype, tmp_path):
+    """The real-size writer, on a small shape: every matrix of its list with its type, the scale it promises,
+    and a model that loads and gives finite logits."""
+    synthetic = _load_example("synthetic_gguf")
+    shape = synthetic.Shape(n_layer=2, n_embd=64, n_ff=96, n_head=4, n_head_kv=2, n_vocab=300, tied=False)
+    dtype = gguf.GGMLQuantizationType[qtype]
+    synthetic.write(tmp_path / "s.gguf", shape, dtype)
+    model = pyggml.load(tmp_path / "s.gguf")
+    tensors = model.gguf.tensors
+    assert {name: tuple(tensors[name].shape) for name, _ in synthetic.matrices(shape)} == dict(synthetic.matrices(shape))
+    assert {tensors[name].dtype for name, _ in synthetic.matrices(shape)} == {dtype}
+    scale = np.asarray(model.gguf.tensor_data("blk.0.ffn_down.weight")).reshape(-1)[:2].view(np.float16)[0]
+    assert scale == np.float16(1 / (synthetic.VALUE_STD[dtype] * np.sqrt(shape.n_ff)))
+    assert np.isfinite(model.eval([1, 2, 3])).all()

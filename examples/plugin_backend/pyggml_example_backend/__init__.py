@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
-from weakref import WeakKeyDictionary
 
 import numpy as np
 
@@ -55,9 +54,9 @@ class ExampleBackend(Backend):
     kernels = KERNELS
 
     def __init__(self, skip: tuple[str, ...] = ()):
+        super().__init__()  # the base keeps what make_placed makes, once per leaf
         self.skip = frozenset(skip)
         self.counts: Counter[str] = Counter()
-        self._placed: WeakKeyDictionary[Tensor, np.ndarray] = WeakKeyDictionary()  # made once per leaf
 
     def supports(self, node: Tensor) -> bool:
         """Views, and its own ops on F32/F16 operands that NumPy broadcasts (mul_mat: by a 2-D weight)."""
@@ -72,13 +71,11 @@ class ExampleBackend(Backend):
         except ValueError:
             return False
 
-    def place(self, leaf: Tensor, dense: bool) -> np.ndarray:
+    def make_placed(self, leaf: Tensor, dense: bool) -> np.ndarray:
         if leaf.dtype not in DENSE:
             raise PyggmlError(f"{self.name}: cannot hold {leaf.name} ({leaf.dtype.name}): F32 and F16 only")
-        if leaf not in self._placed:
-            data = np.zeros(leaf.shape, numpy_dtype(leaf.dtype)) if leaf.data is None else np.asarray(leaf.data)
-            self._placed[leaf] = np.ascontiguousarray(data.reshape(leaf.shape))
-        return self._placed[leaf]
+        data = np.zeros(leaf.shape, numpy_dtype(leaf.dtype)) if leaf.data is None else np.asarray(leaf.data)
+        return np.ascontiguousarray(data.reshape(leaf.shape))
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """Its memory: a bytearray per buffer, seen as an array."""
