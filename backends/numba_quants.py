@@ -1,11 +1,14 @@
 """Numba kernels that read GGUF blocks directly: a quantized mat-vec for a few activation rows.
 
 Four weight rows are done at a time, so each activation value is loaded once for four rows, and each block
-type has one function computing one block of four rows (`_dot4_*`). Most are built from `_bits4`, which sums
+type has one function computing one block of four rows (`_dot4_*`), compiled into its own copy of the mat-vec
+loop (`_specialize`). Most are built from `_bits4`, which sums
 a bit field of packed bytes (and optionally high bits from another byte run) against the activations. Block
 layouts are ggml's (see quants.py). Kernels compile once per machine into numba's cache (`cache=True`).
 """
 from __future__ import annotations
+
+import types
 
 import numpy as np
 from numba import njit, prange
@@ -242,44 +245,10 @@ def _dot4_q6_k(u0, u1, u2, u3, o, x, xo, table):
     return a
 
 
-@njit(**INLINE)
-def _dot4(kind, u0, u1, u2, u3, o, x, xo, table):
-    """One block of four rows of type `kind` (a DType value) against x[xo:]."""
-    if kind == 8:
-        return _dot4_q8_0(u0, u1, u2, u3, o, x, xo, table)
-    if kind == 3:
-        return _dot4_q4_1(u0, u1, u2, u3, o, x, xo, table)
-    if kind == 2:
-        return _dot4_q4_0(u0, u1, u2, u3, o, x, xo, table)
-    if kind == 6:
-        return _dot4_q5_0(u0, u1, u2, u3, o, x, xo, table)
-    if kind == 7:
-        return _dot4_q5_1(u0, u1, u2, u3, o, x, xo, table)
-    if kind == 12:
-        return _dot4_q4_k(u0, u1, u2, u3, o, x, xo, table)
-    if kind == 14:
-        return _dot4_q6_k(u0, u1, u2, u3, o, x, xo, table)
-    if kind == 13:
-        return _dot4_q5_k(u0, u1, u2, u3, o, x, xo, table)
-    if kind == 11:
-        return _dot4_q3_k(u0, u1, u2, u3, o, x, xo, table)
-    if kind == 10:
-        return _dot4_q2_k(u0, u1, u2, u3, o, x, xo, table)
-    return _dot4_f16(u0, u1, u2, u3, o, x, xo, table)
-
-
-# DType -> (elements, bytes) of the unit one _dot4 call reads; F16 rows are read 32 elements at a time
-BLOCK_TYPES: dict[DType, tuple[int, int]] = {
-    DType.Q4_0: (32, 18), DType.Q4_1: (32, 20), DType.Q5_0: (32, 22), DType.Q5_1: (32, 24), DType.Q8_0: (32, 34),
-    DType.Q2_K: (256, 84), DType.Q3_K: (256, 110), DType.Q4_K: (256, 144), DType.Q5_K: (256, 176),
-    DType.Q6_K: (256, 210), DType.F16: (32, 64),
-}
-
-
-@njit(parallel=True, cache=True, fastmath=FAST)
-def matvec(kind, block, type_size, w, x, out, table):
-    """out[n, m] = w[m] · x[n] for a weight w of (M, bytes per row) blocks and x of (N, K) float32."""
-    n_rows, n_blocks = w.shape[0], x.shape[1] // block
+def _matvec(w, x, out, table):
+    """out[n, m] = w[m] · x[n] for a weight w of (M, bytes per row) blocks and x of (N, K) float32; DOT4, BLOCK
+    and TYPE_SIZE are the block type's, bound per type by _specialize."""
+    n_rows, n_blocks = w.shape[0], x.shape[1] // BLOCK  # noqa: F821
     for group in prange((n_rows + 3) // 4):
         m = 4 * group
         u0, u1, u2, u3 = w[m], w[min(m + 1, n_rows - 1)], w[min(m + 2, n_rows - 1)], w[min(m + 3, n_rows - 1)]
@@ -287,7 +256,7 @@ def matvec(kind, block, type_size, w, x, out, table):
             xr = x[n]
             a0 = a1 = a2 = a3 = f32(0)
             for b in range(n_blocks):
-                s = _dot4(kind, u0, u1, u2, u3, b * type_size, xr, b * block, table)
+                s = DOT4(u0, u1, u2, u3, b * TYPE_SIZE, xr, b * BLOCK, table)  # noqa: F821
                 a0 += s[0]
                 a1 += s[1]
                 a2 += s[2]
@@ -301,7 +270,28 @@ def matvec(kind, block, type_size, w, x, out, table):
                     out[n, m + 2] = a2
 
 
+def _specialize(dtype: DType, dot4, block: int, type_size: int):
+    """The mat-vec kernel of one block type: _matvec with that type's block function and sizes as compile-time
+    constants, under a name of its own so that numba caches each type apart."""
+    # One kernel dispatching on the type inside its loops ran 6x slower (LLVM no longer vectorized the block
+    # loop), and numba's literal dispatch took minutes to compile: a copy per type, as C++ templates would.
+    name = f"matvec_{dtype.name.lower()}"
+    code = _matvec.__code__.replace(co_name=name, co_qualname=name)
+    fn = types.FunctionType(code, {**globals(), "DOT4": dot4, "BLOCK": block, "TYPE_SIZE": type_size}, name)
+    fn.__qualname__ = name
+    return njit(parallel=True, cache=True, fastmath=FAST)(fn)
+
+
+# DType -> (elements, bytes, block function) of the unit one block function reads; F16 rows go 32 at a time
+BLOCK_TYPES: dict[DType, tuple[int, int, object]] = {
+    DType.Q4_0: (32, 18, _dot4_q4_0), DType.Q4_1: (32, 20, _dot4_q4_1), DType.Q5_0: (32, 22, _dot4_q5_0),
+    DType.Q5_1: (32, 24, _dot4_q5_1), DType.Q8_0: (32, 34, _dot4_q8_0), DType.Q2_K: (256, 84, _dot4_q2_k),
+    DType.Q3_K: (256, 110, _dot4_q3_k), DType.Q4_K: (256, 144, _dot4_q4_k), DType.Q5_K: (256, 176, _dot4_q5_k),
+    DType.Q6_K: (256, 210, _dot4_q6_k), DType.F16: (32, 64, _dot4_f16),
+}
+MATVEC = {dtype: _specialize(dtype, dot4, block, size) for dtype, (block, size, dot4) in BLOCK_TYPES.items()}
+
+
 def quantized_matvec(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
     """out (N, M) = x (N, K) @ dequantize(w).T for w held as (M, bytes per row) blocks of dtype."""
-    block, type_size = BLOCK_TYPES[dtype]
-    matvec(int(dtype), block, type_size, w, x, out, F16_TABLE)
+    MATVEC[dtype](w, x, out, F16_TABLE)
