@@ -87,13 +87,15 @@ class Engine:
         self._stopping = False
 
     def submit(self, prompt_ids: Sequence[int], max_tokens: int = 128, sampling: SamplingParams | None = None,
-               stop: Sequence[str] = ()) -> Request:
-        """Queue a request; PyggmlError if it can never fit, QueueFull if the queue is full."""
+               stop: Sequence[str] = (), events=None) -> Request:
+        """Queue a request (its events go to `events`, anything with put(), or to its own queue); PyggmlError
+        if it can never fit, QueueFull if the queue is full."""
         if max_tokens < 1:
             raise PyggmlError(f"max_tokens must be at least 1, not {max_tokens}")
         if not prompt_ids or len(prompt_ids) >= self.n_ctx:
             raise PyggmlError(f"the prompt has {len(prompt_ids)} tokens; the context holds {self.n_ctx}")
         req = Request(list(prompt_ids), max_tokens, Sampler(sampling), TextPieces(self.model.tokenizer, stop))
+        req.events = events if events is not None else req.events
         if self._budget(req) > self.cache.n_blocks - 1:
             raise PyggmlError(f"the request needs {self._budget(req)} KV blocks; the pool has {self.cache.n_blocks - 1}")
         with self._wake:
