@@ -10,7 +10,7 @@ import numpy as np
 
 from pyggml.backends import BackendSpec, Plan, compile as compile_plan
 from pyggml.graph.dtypes import DType
-from pyggml.graph.tensor import input_tensor
+from pyggml.graph.tensor import Tensor, input_tensor
 
 from .context import GraphBuilder
 from .hparams import HParams
@@ -43,7 +43,8 @@ class BatchContext:
     def __init__(self, weights: Weights, hp: HParams, build: GraphBuilder, cache: PagedKVCache, backend: BackendSpec):
         self.weights, self.hp, self.build, self.cache, self.backend = weights, hp, build, cache, backend
         self._plans: OrderedDict[tuple, tuple[Plan, StepInputs]] = OrderedDict()
-        self._copy_plans: dict[int | None, tuple[Plan, object, object]] = {}
+        self._copy_plans: dict[int | None, tuple[Plan, Tensor, Tensor]] = {}
+        self.n_compiled = 0  # plans compiled so far (a step that compiles one takes longer)
 
     def step(self, entries: Sequence[Entry]) -> list[np.ndarray | None]:
         """Append each entry's tokens to its sequence; the logits of each entry's last token (if wanted)."""
@@ -51,7 +52,7 @@ class BatchContext:
             for w, src, dst in self.cache.reserve(entry.seq, len(entry.tokens)):
                 self._copy_block(w, src, dst)
         tokens, pos, out_ids, out_rows, spans = self._rows(entries)
-        kinds = {w: self._kind_inputs(entries, spans, pos, w) for w in self.cache.kinds}
+        kinds = {w: self._kind_inputs(entries, spans, pos, w) for w in self.cache.pools}
         plan, inp = self._plan(len(tokens), len(out_ids), tuple((w, len(g)) for w, (_, g, _) in kinds.items()))
         values = {inp.tokens: tokens, inp.pos: pos, inp.out_ids: out_ids}
         for w, (idx, gather, mask) in kinds.items():
@@ -112,6 +113,7 @@ class BatchContext:
             inp = StepInputs.create(n_tok, n_out, dict(n_kv))
             inp.kv_gather = {w: input_tensor((n,), DType.I32, f"inp_kv_gather_{w or 'full'}") for w, n in n_kv}
             self._plans[key] = (compile_plan(self.build(self.weights, self.hp, inp, self.cache), self.backend), inp)
+            self.n_compiled += 1
             if len(self._plans) > MAX_PLANS:
                 self._plans.popitem(last=False)
         return self._plans[key]

@@ -97,7 +97,8 @@ class Engine:
         req = Request(list(prompt_ids), max_tokens, Sampler(sampling), TextPieces(self.model.tokenizer, stop))
         req.events = events if events is not None else req.events
         if self._budget(req) > self.cache.n_blocks - 1:
-            raise PyggmlError(f"the request needs {self._budget(req)} KV blocks; the pool has {self.cache.n_blocks - 1}")
+            raise PyggmlError(f"the request needs {self._budget(req)} KV blocks; "
+                              f"the pool has {self.cache.n_blocks - 1}")
         with self._wake:
             if len(self.waiting) >= self.max_queue:
                 raise QueueFull(f"{len(self.waiting)} requests are waiting already")
@@ -212,8 +213,12 @@ class Engine:
             with self._wake:
                 if not self.busy:
                     self._wake.wait(0.1)
-            if self.active or self.waiting:
-                self.step()
+            if self.busy:
+                try:
+                    self.step()
+                except Exception as exc:  # the engine goes on; what was running fails
+                    for req in list(self.active):
+                        self._finish(req, "error", f"{type(exc).__name__}: {exc}")
 
     def shutdown(self) -> None:
         """Stop the background thread and cancel what is left."""

@@ -68,18 +68,21 @@ class Model:
         """A new context (its own KV cache) over this model's weights, as llama_new_context_with_model."""
         hp = self.hparams
         n_ctx = min(n_ctx or DEFAULT_N_CTX, hp.n_ctx_train or DEFAULT_N_CTX)
-        windows = [hp.sliding_window if hp.is_swa(il) else None for il in range(hp.n_layer)]
-        cache = KVCache(hp.n_layer, n_ctx, hp.n_head_kv, hp.head_dim, as_dtype(kv_type), windows,
+        cache = KVCache(hp.n_layer, n_ctx, hp.n_head_kv, hp.head_dim, as_dtype(kv_type), self._layer_windows(),
                         min(n_batch, n_ctx), hp.head_dim_v, swa_full)
         return Context(self.weights, hp, ARCHITECTURES[hp.arch], cache, self.backend)
 
-    def batch_context(self, n_blocks: int, block_size: int = BLOCK_SIZE, kv_type: DType | str = DType.F32) -> BatchContext:
+    def batch_context(self, n_blocks: int, block_size: int = BLOCK_SIZE,
+                      kv_type: DType | str = DType.F32) -> BatchContext:
         """A context stepping many sequences over a paged KV cache of n_blocks blocks per layer."""
         hp = self.hparams
-        windows = [hp.sliding_window if hp.is_swa(il) else None for il in range(hp.n_layer)]
-        cache = PagedKVCache(hp.n_layer, n_blocks, hp.n_head_kv, hp.head_dim, as_dtype(kv_type), windows,
-                             block_size, hp.head_dim_v)
+        cache = PagedKVCache(hp.n_layer, n_blocks, hp.n_head_kv, hp.head_dim, as_dtype(kv_type),
+                             self._layer_windows(), block_size, hp.head_dim_v)
         return BatchContext(self.weights, hp, ARCHITECTURES[hp.arch], cache, self.backend)
+
+    def _layer_windows(self) -> list[int | None]:
+        hp = self.hparams
+        return [hp.sliding_window if hp.is_swa(il) else None for il in range(hp.n_layer)]
 
     @classmethod
     def load(cls, path_or_name: str | Path, **options) -> Model:

@@ -69,14 +69,8 @@ class SeqBlocks:
 
     @property
     def n_past(self) -> int:
+        """Tokens held."""
         return len(self.tokens)
-
-
-@dataclass
-class PagedKind:
-    """Layers sharing one window: a block pool and, per layer of the kind, K and V pools of rows."""
-    window: int | None
-    pool: BlockPool
 
 
 class PagedKVCache:
@@ -89,7 +83,7 @@ class PagedKVCache:
             raise PyggmlError(f"KV cache type must be one of {[t.name for t in KV_TYPES]}, not {dtype.name}")
         self.block_size, self.n_blocks, self.dtype = block_size, n_blocks + 1, dtype  # + the scratch block
         windows = windows or [None] * n_layer
-        self.kinds = {w: PagedKind(w, BlockPool(self.n_blocks)) for w in dict.fromkeys(windows)}
+        self.pools = {w: BlockPool(self.n_blocks) for w in dict.fromkeys(windows)}  # one per window (cache kind)
         rows = self.n_blocks * block_size
         self.k = [new_tensor((rows, n_kv_head * head_dim), dtype, f"paged_k_l{il}", Flag.PERSISTENT)
                   for il in range(len(windows))]
@@ -100,7 +94,7 @@ class PagedKVCache:
     @property
     def n_used(self) -> int:
         """Blocks held by sequences, over all kinds."""
-        return sum(kind.pool.n_used for kind in self.kinds.values())
+        return sum(pool.n_used for pool in self.pools.values())
 
     @property
     def nbytes(self) -> int:
@@ -111,11 +105,11 @@ class PagedKVCache:
     def nbytes_used(self) -> int:
         """Bytes of the K and V rows held by sequences."""
         per_layer = [(t.nbytes + u.nbytes) // self.n_blocks for t, u in zip(self.k, self.v)]
-        return sum(b * self.kinds[w].pool.n_used for b, w in zip(per_layer, self.layer_window))
+        return sum(b * self.pools[w].n_used for b, w in zip(per_layer, self.layer_window))
 
     def new_sequence(self) -> SeqBlocks:
         """An empty sequence."""
-        return SeqBlocks({w: [] for w in self.kinds})
+        return SeqBlocks({w: [] for w in self.pools})
 
     def shareable(self, source: SeqBlocks, tokens: list[int]) -> int:
         """How many leading tokens a new sequence of these tokens can take over from source (the last token is
@@ -136,7 +130,7 @@ class PagedKVCache:
             seq.tables[w] = table[:self._n_blocks(n)]
             for block in seq.tables[w]:
                 if block is not None:
-                    self.kinds[w].pool.share(block)
+                    self.pools[w].share(block)
         seq.tokens = source.tokens[:n]
 
     def _n_blocks(self, n_tokens: int) -> int:
@@ -149,16 +143,16 @@ class PagedKVCache:
         return sum(1 for j in range(first, end) if j >= len(table) or self._shared(w, table[j]))
 
     def _shared(self, w: int | None, block: int | None) -> bool:
-        return block is not None and self.kinds[w].pool.refs[block] > 1
+        return block is not None and self.pools[w].refs[block] > 1
 
     def reserve(self, seq: SeqBlocks, n_new: int) -> list[tuple[int | None, int, int]]:
         """Blocks for n_new more tokens; returns the copies on write to make first: (kind, from, to) blocks."""
-        if any(self.blocks_needed(seq, n_new, w) > kind.pool.n_free for w, kind in self.kinds.items()):
+        if any(self.blocks_needed(seq, n_new, w) > pool.n_free for w, pool in self.pools.items()):
             raise PoolFull(f"{n_new} more tokens need more KV blocks than are free")
         copies = []
         first, end = seq.n_past // self.block_size, self._n_blocks(seq.n_past + n_new)
         for w, table in seq.tables.items():
-            pool = self.kinds[w].pool
+            pool = self.pools[w]
             for j in range(first, end):
                 if j >= len(table):
                     table.append(pool.take())
@@ -176,7 +170,7 @@ class PagedKVCache:
                 continue
             for j in range(max(0, seq.n_past - w + 1) // self.block_size):
                 if table[j] is not None:
-                    self.kinds[w].pool.drop(table[j])
+                    self.pools[w].drop(table[j])
                     table[j] = None
 
     def release(self, seq: SeqBlocks) -> None:
@@ -184,7 +178,7 @@ class PagedKVCache:
         for w, table in seq.tables.items():
             for block in table:
                 if block is not None:
-                    self.kinds[w].pool.drop(block)
+                    self.pools[w].drop(block)
             table.clear()
         seq.tokens = []
 

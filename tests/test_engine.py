@@ -26,8 +26,8 @@ def prompt(rng: np.random.Generator, n: int) -> list[int]:
 
 
 def assert_no_blocks_held(engine: Engine) -> None:
-    for kind in engine.cache.kinds.values():
-        assert kind.pool.n_used == 0 and (kind.pool.refs[1:] == 0).all()
+    for pool in engine.cache.pools.values():
+        assert pool.n_used == 0 and (pool.refs[1:] == 0).all()
 
 
 def test_requests_get_what_they_would_get_alone(tiny):

@@ -172,3 +172,10 @@ def test_clients_that_go_away_free_their_blocks_and_faults_do_not_stop_the_serve
         status, answer = call(url, "/v1/completions", {**body, "max_tokens": 2})
         assert status == 200 and answer["usage"]["completion_tokens"] == 2
         assert health(url) | {"kv_blocks_used": 0, "active": 0} == health(url)
+
+
+def test_serve_command_refuses_a_missing_model(capsys, tmp_path):
+    from pyggml.cli import main
+    assert main(["serve", str(tmp_path / "missing.gguf"), "--port", str(free_port())]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pyggml serve: error:") and err.count("\n") == 1
