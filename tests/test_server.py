@@ -19,7 +19,7 @@ from pyggml.model.engine import Engine
 from pyggml.model.model import Model
 from pyggml.server.app import create_app
 
-WAIT_STEPS = 400  # bounded polling: 400 x 25 ms
+WAIT_STEPS = 2400  # bounded polling: at most 60 s (a machine shared with other jobs can be slow)
 
 
 def free_port() -> int:
