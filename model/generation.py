@@ -23,20 +23,51 @@ def held_back(text: str, stops: Sequence[str]) -> int:
     return best
 
 
+class TextPieces:
+    """Turns generated tokens into text pieces: whole UTF-8 characters only, stop strings held back and cut;
+    `finish_reason` becomes "stop" at an end-of-generation token or a stop string."""
+
+    def __init__(self, tokenizer, stop: Sequence[str] = ()):
+        self.tokenizer, self.stop = tokenizer, [s for s in stop if s]
+        self.decoder, self.pending, self.finish_reason = StreamDecoder(tokenizer), "", None
+
+    def feed(self, token: int) -> str:
+        """The text that can be shown after this token ("" while held back or after the end)."""
+        if self.tokenizer.is_eog(token):
+            self.finish_reason = "stop"
+            return self._take(len(self.pending))
+        self.pending += self.decoder.feed(token)
+        cut = min((i for i in (self.pending.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            self.finish_reason = "stop"
+            self.pending = self.pending[:cut]
+            return self._take(cut)
+        return self._take(len(self.pending) - held_back(self.pending, self.stop))
+
+    def flush(self) -> str:
+        """The rest of the text when generation ends for another reason (length)."""
+        self.pending += self.decoder.flush()
+        return self._take(len(self.pending))
+
+    def _take(self, n: int) -> str:
+        piece, self.pending = self.pending[:n], self.pending[n:]
+        return piece
+
+
 class TextStream:
     """Iterates over the text pieces of one generation; afterwards holds tokens, finish reason, timings."""
 
     def __init__(self, model: Model, prompt_ids: list[int], max_tokens: int, params: SamplingParams,
                  stop: Sequence[str] = (), kv_cache: bool = True, logprobs: bool = False):
         self.model, self.prompt_ids, self.max_tokens, self.params = model, prompt_ids, max_tokens, params
-        self.stop, self.kv_cache, self.want_logprobs = [s for s in stop if s], kv_cache, logprobs
+        self.stop, self.kv_cache, self.want_logprobs = stop, kv_cache, logprobs
         self.tokens: list[int] = []
         self.logprobs: list[float] = []
         self.finish_reason = "length"
         self.timings: dict[str, float] = {}
 
     def __iter__(self) -> Iterator[str]:
-        decoder, pending = StreamDecoder(self.model.tokenizer), ""
+        pieces = TextPieces(self.model.tokenizer, self.stop)
         t0 = time.perf_counter()
         t_first = None
         steps = self.model.generate_ids(self.prompt_ids, self.max_tokens, self.params, self.kv_cache,
@@ -46,23 +77,16 @@ class TextStream:
             self.tokens.append(token)
             if logprob is not None:
                 self.logprobs.append(logprob)
-            if self.model.tokenizer.is_eog(token):
-                self.finish_reason = "stop"
+            piece = pieces.feed(token)
+            if piece:
+                yield piece
+            if pieces.finish_reason:
+                self.finish_reason = pieces.finish_reason
                 break
-            pending += decoder.feed(token)
-            cut = min((i for i in (pending.find(s) for s in self.stop) if i >= 0), default=-1)
-            if cut >= 0:
-                self.finish_reason = "stop"
-                pending = pending[:cut]
-                break
-            emit = len(pending) - held_back(pending, self.stop)
-            if emit > 0:
-                yield pending[:emit]
-                pending = pending[emit:]
         else:
-            pending += decoder.flush()
-        if pending:
-            yield pending
+            piece = pieces.flush()
+            if piece:
+                yield piece
         self._record_timings(t0, t_first)
 
     def _record_timings(self, t0: float, t_first: float | None) -> None:

@@ -3,12 +3,17 @@ and the per-step inputs derived from it (rows to write, attention mask)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pyggml import ops
 from pyggml.graph.dtypes import DType
 from pyggml.graph.errors import PyggmlError
 from pyggml.graph.tensor import Flag, Tensor, new_tensor
+
+if TYPE_CHECKING:
+    from .layers import StepInputs
 
 KV_PAD = 256  # the attended KV length is padded to a multiple of this, so decode plans are reused
 KV_TYPES = (DType.F32, DType.F16)
@@ -101,6 +106,20 @@ class KVCache:
         for kind in self.kinds.values():
             kind.cell_pos[kind.cell_pos >= n] = -1
         self.n_past = min(self.n_past, n)
+
+    def kv_views(self, k: Tensor, v: Tensor, inp: StepInputs, il: int, window: int | None) -> tuple[Tensor, Tensor]:
+        """Write this step's k, v rows (T, Hkv, D) into layer il's cache; return (Hkv, n_kv, D) views of its
+        first n_kv rows."""
+        n_tokens, n_kv_head = k.shape[0], k.shape[1]
+        idx, n_kv = inp.kv_idx[window], inp.kq_mask[window].shape[-1]
+        views = []
+        for cur, store, name in ((k, self.k[il], "k_cache"), (v, self.v[il], "v_cache")):
+            dim = cur.shape[-1]
+            written = ops.set_rows(store, ops.reshape(cur, (n_tokens, n_kv_head * dim)), idx)
+            elem = store.strides[-1]
+            views.append(ops.view(written, (n_kv_head, n_kv, dim), (dim * elem, n_kv_head * dim * elem, elem))
+                         .set_name(f"{name}-{il}"))
+        return views[0], views[1]
 
     def step_inputs(self, positions: np.ndarray) -> dict[int | None, tuple[np.ndarray, np.ndarray]]:
         """Per cache kind: (rows to write, additive float mask) for a batch at these positions."""

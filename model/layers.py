@@ -23,6 +23,7 @@ class StepInputs:
     out_ids: Tensor  # (n_out,) I32: the rows whose logits are computed
     kv_idx: dict[int | None, Tensor] = field(default_factory=dict)  # per cache kind: (T,) I64 rows to write
     kq_mask: dict[int | None, Tensor] = field(default_factory=dict)  # per cache kind: (T, n_kv) F32
+    kv_gather: dict[int | None, Tensor] = field(default_factory=dict)  # per cache kind: (n_kv,) I32 rows read
 
     @classmethod
     def create(cls, n_tokens: int, n_out: int, n_kv: dict[int | None, int]) -> StepInputs:
@@ -69,7 +70,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, inp: StepInp
     if cache is None:  # no cache: attend over this step's own keys and values
         keys, values = ops.permute(k, 1, 0, 2), ops.permute(v, 1, 0, 2)
     else:
-        keys, values = _cache_views(k, v, cache, inp, il, spec.window)
+        keys, values = cache.kv_views(k, v, inp, il, spec.window)
     mask = inp.kq_mask[spec.window]
     scale = spec.scale if spec.scale is not None else 1.0 / math.sqrt(head_dim)
     if spec.softcap:  # in llama.cpp's order: Q scaled, Q·K soft-capped, then a softmax without further scale
@@ -80,21 +81,6 @@ def attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, inp: StepInp
     kq = named(ops.soft_max_ext(kq, mask, scale), "kq_soft_max", il)
     kqv = named(ops.mul_mat(ops.transpose(values), kq), "kqv", il)  # (H, T, Dv)
     return named(ops.cont(ops.permute(kqv, 1, 0, 2), (n_tokens, n_head * values.shape[-1])), "kqv_out", il)
-
-
-def _cache_views(k: Tensor, v: Tensor, cache: KVCache, inp: StepInputs, il: int,
-                 window: int | None) -> tuple[Tensor, Tensor]:
-    """Write this step's k, v rows into layer il's cache; return (Hkv, n_kv, D) views of the filled part."""
-    n_tokens, n_kv_head = k.shape[0], k.shape[1]
-    idx, n_kv = inp.kv_idx[window], inp.kq_mask[window].shape[-1]
-    views = []
-    for cur, store, name in ((k, cache.k[il], "k_cache"), (v, cache.v[il], "v_cache")):
-        dim = cur.shape[-1]
-        written = ops.set_rows(store, ops.reshape(cur, (n_tokens, n_kv_head * dim)), idx)
-        elem = store.strides[-1]
-        views.append(named(ops.view(written, (n_kv_head, n_kv, dim), (dim * elem, n_kv_head * dim * elem, elem)),
-                           name, il))
-    return views[0], views[1]
 
 
 def softcap(x: Tensor, cap: float) -> Tensor:

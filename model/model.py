@@ -13,12 +13,15 @@ from pyggml.graph.dtypes import DType, as_dtype
 from pyggml.graph.errors import PyggmlError
 
 from .chat_template import render_chat, template_source
+from .batch import BatchContext
 from .context import Context
 from .decoder import build_decoder
+from .engine import Engine
 from .generation import TextStream
 from .gguf_file import GGUFFile
 from .hparams import HParams, load_hparams
 from .kv_cache import KVCache
+from .paged_cache import BLOCK_SIZE, PagedKVCache
 from .pull import resolve_model
 from .sampling import Sampler, SamplingParams, log_softmax
 from .tokenizer import load_tokenizer
@@ -63,10 +66,21 @@ class Model:
         """A new context (its own KV cache) over this model's weights, as llama_new_context_with_model."""
         hp = self.hparams
         n_ctx = min(n_ctx or DEFAULT_N_CTX, hp.n_ctx_train or DEFAULT_N_CTX)
-        windows = [hp.sliding_window if hp.is_swa(il) else None for il in range(hp.n_layer)]
-        cache = KVCache(hp.n_layer, n_ctx, hp.n_head_kv, hp.head_dim, as_dtype(kv_type), windows,
+        cache = KVCache(hp.n_layer, n_ctx, hp.n_head_kv, hp.head_dim, as_dtype(kv_type), self._layer_windows(),
                         min(n_batch, n_ctx), hp.head_dim_v, swa_full)
         return Context(self.weights, hp, build_decoder, cache, self.backend)
+
+    def batch_context(self, n_blocks: int, block_size: int = BLOCK_SIZE,
+                      kv_type: DType | str = DType.F32) -> BatchContext:
+        """A context stepping many sequences over a paged KV cache of n_blocks blocks per layer."""
+        hp = self.hparams
+        cache = PagedKVCache(hp.n_layer, n_blocks, hp.n_head_kv, hp.head_dim, as_dtype(kv_type),
+                             self._layer_windows(), block_size, hp.head_dim_v)
+        return BatchContext(self.weights, hp, build_decoder, cache, self.backend)
+
+    def _layer_windows(self) -> list[int | None]:
+        hp = self.hparams
+        return [hp.sliding_window if hp.is_swa(il) else None for il in range(hp.n_layer)]
 
     @classmethod
     def load(cls, path_or_name: str | Path, **options) -> Model:
@@ -123,6 +137,15 @@ class Model:
         text = "".join(text_stream)
         return Completion(text, text_stream.tokens, text_stream.finish_reason,
                           text_stream.logprobs or None, text_stream.timings)
+
+    def generate_batch(self, prompts: Sequence[str | Sequence[int]], max_tokens: int = 128,
+                       stop: Sequence[str] = (), n_parallel: int | None = None, **sampling) -> list[Completion]:
+        """Generate continuations of several prompts together (continuous batching over a paged KV cache)."""
+        engine = Engine(self, n_parallel=n_parallel or len(prompts), max_queue=len(prompts))
+        params = SamplingParams(**sampling)
+        requests = [engine.submit(self.prompt_ids(p), max_tokens, params, stop) for p in prompts]
+        engine.run_until_idle()
+        return [Completion(r.text, r.tokens, r.finish_reason, None, r.timings) for r in requests]
 
     def chat(self, messages: Sequence[Mapping[str, str]], **options) -> Completion | TextStream:
         """Reply to a conversation rendered through the chat template."""

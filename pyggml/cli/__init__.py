@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "pull": "pull",
     "info": "info",
     "backends": "backends",
+    "serve": "serve",
 }
 
 

@@ -1,0 +1,81 @@
+"""Aggregate decode tokens/s of batched decode at several concurrencies, and KV memory paged vs preallocated.
+
+    python examples/bench_batch.py [--model smollm2-135m] [--batches 1 2 4 8 16] [--tokens 128]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import pyggml
+from pyggml.model.batch import BatchContext, Entry
+
+PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "The best way to learn is",
+           "In 1492, Columbus", "Water boils at", "My favourite food is", "The theory of relativity"]
+
+
+def decode_rate(bc: BatchContext, prompts: list[list[int]], n_tokens: int) -> tuple[float, float]:
+    """Prefill the prompts, then n_tokens greedy decode steps of all of them together; tokens/s over the steps
+    that replayed a plan (a step that compiled one is left out), by the wall clock and by this process's CPU
+    time (which a machine shared with other jobs inflates less)."""
+    seqs = [bc.cache.new_sequence() for _ in prompts]
+    logits = bc.step([Entry(s, p) for s, p in zip(seqs, prompts)])
+    wall, cpu, timed = 0.0, 0.0, 0
+    for _ in range(n_tokens):
+        compiled = bc.n_compiled
+        t0, c0 = time.perf_counter(), time.process_time()
+        logits = bc.step([Entry(s, [int(np.argmax(row))]) for s, row in zip(seqs, logits)])
+        if bc.n_compiled == compiled:
+            wall, cpu, timed = wall + time.perf_counter() - t0, cpu + time.process_time() - c0, timed + 1
+    for s in seqs:
+        bc.cache.release(s)
+    return len(prompts) * timed / wall, len(prompts) * timed / cpu
+
+
+def context(model, n_seqs: int, n_tokens: int) -> BatchContext:
+    """A batch context with room for n_seqs sequences of a short prompt and n_tokens more."""
+    return model.batch_context(n_seqs * -(-(n_tokens + 32) // 16))
+
+
+def prompts(model, n_seqs: int) -> list[list[int]]:
+    return [model.tokenize(PROMPTS[i % len(PROMPTS)]) for i in range(n_seqs)]
+
+
+def kv_memory(model, bc: BatchContext, lengths: list[int]) -> tuple[int, int]:
+    """Bytes of K/V held for sequences of these lengths: paged (blocks in use) and preallocated (n_ctx each)."""
+    seqs = [bc.cache.new_sequence() for _ in lengths]
+    for s, n in zip(seqs, lengths):
+        bc.cache.reserve(s, n)
+    paged = bc.cache.nbytes_used
+    for s in seqs:
+        bc.cache.release(s)
+    return paged, len(lengths) * model.cache.nbytes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--ctx", type=int, default=2048)
+    args = ap.parse_args()
+    model = pyggml.load(args.model, n_ctx=args.ctx)
+    print("| sequences | aggregate decode tok/s (wall) | per sequence | 1 sequence just before | ratio | "
+          "ratio by CPU time |\n|---|---|---|---|---|---|")
+    for b in args.batches:  # each run is paired with a 1-sequence run made just before it, under the same load
+        (one, one_cpu), (rate, cpu_rate) = (decode_rate(context(model, n, args.tokens), prompts(model, n),
+                                                        args.tokens) for n in (1, b))
+        print(f"| {b} | {rate:.1f} | {rate / b:.1f} | {one:.1f} | {rate / one:.2f}x | {cpu_rate / one_cpu:.2f}x |",
+              flush=True)
+    lengths = np.random.default_rng(0).integers(16, args.ctx, 16).tolist()
+    bc = model.batch_context(sum(-(-n // 16) for n in lengths))
+    paged, full = kv_memory(model, bc, lengths)
+    print(f"\nKV memory of 16 sequences of {sum(lengths)} tokens in all (lengths {min(lengths)}..{max(lengths)}), "
+          f"n_ctx {model.n_ctx}: paged {paged / 2**20:.1f} MiB, preallocated {full / 2**20:.1f} MiB "
+          f"({full / paged:.1f}x)")
+
+
+if __name__ == "__main__":
+    main()

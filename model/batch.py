@@ -1,0 +1,129 @@
+"""BatchContext: one forward step over several sequences of a paged KV cache, each row with its own position,
+block table and mask; shapes are padded to buckets so each plan is compiled once and replayed."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pyggml.backends import BackendSpec, Plan, compile as compile_plan
+from pyggml.graph.dtypes import DType
+from pyggml.graph.tensor import Tensor, input_tensor
+
+from .context import GraphBuilder
+from .hparams import HParams
+from .kv_cache import KV_PAD, additive_mask
+from .layers import StepInputs
+from .paged_cache import SCRATCH, PagedKVCache, SeqBlocks
+from .weights import Weights
+
+MAX_PLANS = 12
+
+
+def bucket(n: int, minimum: int = 1) -> int:
+    """n rounded up to an eighth of its power of two (at least `minimum`): few shapes, under 25% padding."""
+    power = 1 << max(0, n - 1).bit_length()
+    step = max(minimum, power // 8)
+    return max(minimum, -(-n // step) * step)
+
+
+@dataclass
+class Entry:
+    """A sequence's part of a step: the tokens it appends and whether the last one's logits are wanted."""
+    seq: SeqBlocks
+    tokens: list[int]
+    logits: bool = True
+
+
+class BatchContext:
+    """Evaluates steps over several sequences of a paged cache; plans are kept per padded shape."""
+
+    def __init__(self, weights: Weights, hp: HParams, build: GraphBuilder, cache: PagedKVCache, backend: BackendSpec):
+        self.weights, self.hp, self.build, self.cache, self.backend = weights, hp, build, cache, backend
+        self._plans: OrderedDict[tuple, tuple[Plan, StepInputs]] = OrderedDict()
+        self._copy_plans: dict[int | None, tuple[Plan, Tensor, Tensor]] = {}
+        self.n_compiled = 0  # plans compiled so far (a step that compiles one takes longer)
+
+    def step(self, entries: Sequence[Entry]) -> list[np.ndarray | None]:
+        """Append each entry's tokens to its sequence; the logits of each entry's last token (if wanted)."""
+        for entry in entries:
+            for w, src, dst in self.cache.reserve(entry.seq, len(entry.tokens)):
+                self._copy_block(w, src, dst)
+        tokens, pos, out_ids, out_rows, spans = self._rows(entries)
+        kinds = {w: self._kind_inputs(entries, spans, pos, w) for w in self.cache.pools}
+        plan, inp = self._plan(len(tokens), len(out_ids), tuple((w, len(g)) for w, (_, g, _) in kinds.items()))
+        values = {inp.tokens: tokens, inp.pos: pos, inp.out_ids: out_ids}
+        for w, (idx, gather, mask) in kinds.items():
+            values.update({inp.kv_idx[w]: idx, inp.kv_gather[w]: gather, inp.kq_mask[w]: mask})
+        logits = plan.run(values)[0]
+        for entry in entries:
+            self.cache.commit(entry.seq, list(entry.tokens))
+        return [logits[out_rows[i]] if i in out_rows else None for i in range(len(entries))]
+
+    @staticmethod
+    def _rows(entries: Sequence[Entry]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, int], list]:
+        """Padded tokens and positions, padded output rows, entry -> logits row, and each entry's span of rows."""
+        n_tok = bucket(sum(len(e.tokens) for e in entries))
+        tokens, pos = np.zeros(n_tok, np.int32), np.zeros(n_tok, np.int32)
+        out_ids = np.zeros(bucket(sum(e.logits for e in entries)), np.int32)
+        out_rows, spans, start = {}, [], 0
+        for i, e in enumerate(entries):
+            end = start + len(e.tokens)
+            tokens[start:end] = e.tokens
+            pos[start:end] = np.arange(e.seq.n_past, e.seq.n_past + len(e.tokens))
+            if e.logits:
+                out_rows[i] = len(out_rows)
+                out_ids[out_rows[i]] = end - 1
+            spans.append((start, end))
+            start = end
+        return tokens, pos, out_ids, out_rows, spans
+
+    def _kind_inputs(self, entries: Sequence[Entry], spans: list[tuple[int, int]], pos: np.ndarray,
+                     w: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows to write (T,), rows to gather (n_kv,) and the mask (T, n_kv) of kind w: each row sees its own
+        sequence's positions, causally and within the window."""
+        n_tok = len(pos)
+        idx = np.full(n_tok, SCRATCH * self.cache.block_size, np.int64)
+        parts = [self.cache.gather(e.seq, w) for e in entries]
+        total = sum(len(rows) for rows, _ in parts)
+        n_kv = bucket(total, KV_PAD)
+        gather = np.full(n_kv, SCRATCH * self.cache.block_size, np.int32)
+        visible = np.zeros((n_tok, n_kv), bool)
+        visible[spans[-1][1]:, 0] = True  # padding rows see one row, so their softmax stays finite
+        col = 0
+        for e, (lo, hi), (rows, cols) in zip(entries, spans, parts):
+            p = pos[lo:hi]
+            idx[lo:hi] = self.cache.rows(e.seq, w, p.astype(np.int64))
+            gather[col:col + len(rows)] = rows
+            seen = cols[None, :] <= p[:, None]
+            if w is not None:
+                seen &= p[:, None] - cols[None, :] < w
+            visible[lo:hi, col:col + len(rows)] = seen
+            col += len(rows)
+        return idx, gather, additive_mask(visible)
+
+    def _plan(self, n_tok: int, n_out: int, n_kv: tuple) -> tuple[Plan, StepInputs]:
+        """The plan of a padded shape, compiled on first use; the least recently used ones are dropped."""
+        key = (n_tok, n_out, n_kv)
+        if key in self._plans:
+            self._plans.move_to_end(key)
+        else:
+            inp = StepInputs.create(n_tok, n_out, dict(n_kv))
+            inp.kv_gather = {w: input_tensor((n,), DType.I32, f"inp_kv_gather_{w or 'full'}") for w, n in n_kv}
+            self._plans[key] = (compile_plan(self.build(self.weights, self.hp, inp, self.cache), self.backend), inp)
+            self.n_compiled += 1
+            if len(self._plans) > MAX_PLANS:
+                self._plans.popitem(last=False)
+        return self._plans[key]
+
+    def _copy_block(self, w: int | None, src: int, dst: int) -> None:
+        """Copy one block's K/V rows in every layer of kind w (copy on write of a shared block)."""
+        if w not in self._copy_plans:
+            bs = self.cache.block_size
+            src_t, dst_t = input_tensor((bs,), DType.I32, "copy_src"), input_tensor((bs,), DType.I64, "copy_dst")
+            self._copy_plans[w] = (compile_plan(self.cache.copy_graph(w, src_t, dst_t), self.backend), src_t, dst_t)
+        plan, src_t, dst_t = self._copy_plans[w]
+        offsets = np.arange(self.cache.block_size)
+        plan.run({src_t: src * self.cache.block_size + offsets, dst_t: dst * self.cache.block_size + offsets})

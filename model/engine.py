@@ -1,0 +1,232 @@
+"""Engine: continuous batching over a paged KV cache. Requests wait in a bounded queue, are admitted while
+slots and KV blocks allow, prefill in chunks, then decode together one token per step; each yields its own
+events. Finished, cancelled and failed requests give their blocks back."""
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from pyggml.graph.errors import PyggmlError
+
+from .batch import Entry
+from .generation import TextPieces
+from .paged_cache import BLOCK_SIZE, SeqBlocks
+from .sampling import Sampler, SamplingParams
+
+if TYPE_CHECKING:
+    from .model import Model
+
+PREFILL_CHUNK = 256  # prompt tokens evaluated per step, over all prefilling requests
+
+
+class QueueFull(PyggmlError):
+    """The engine's waiting queue is full."""
+
+
+@dataclass
+class Event:
+    """A request's progress: a token and the text it completes; the last event has a finish_reason."""
+    token: int | None
+    text: str = ""
+    finish_reason: str | None = None  # "stop", "length", "cancelled" or "error"
+    error: str | None = None
+
+
+@dataclass
+class Request:
+    """A generation request: its prompt and settings; while it runs, its sequence, tokens and text."""
+    prompt_ids: list[int]
+    max_tokens: int
+    sampler: Sampler
+    pieces: TextPieces
+    seq: SeqBlocks | None = None
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+    error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    events: queue.Queue = field(default_factory=queue.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        """Ask the engine to stop this request and free its blocks (thread-safe)."""
+        self.cancelled.set()
+
+    def __iter__(self) -> Iterator[Event]:
+        """Events as the engine produces them, up to the last one (needs the engine stepping elsewhere)."""
+        while True:
+            event = self.events.get()
+            yield event
+            if event.finish_reason:
+                return
+
+    @property
+    def prefilled(self) -> bool:
+        return self.seq is not None and self.seq.n_past >= len(self.prompt_ids)
+
+
+class Engine:
+    """Steps many requests together over one paged KV cache; `submit` is thread-safe, `step` runs one round."""
+
+    def __init__(self, model: Model, n_parallel: int = 4, n_ctx: int | None = None, n_blocks: int | None = None,
+                 block_size: int = BLOCK_SIZE, max_queue: int = 64, kv_type: str = "f32"):
+        self.model, self.n_parallel, self.max_queue = model, n_parallel, max_queue
+        self.n_ctx = n_ctx or model.n_ctx
+        n_blocks = n_blocks or n_parallel * -(-self.n_ctx // block_size)
+        self.batch = model.batch_context(n_blocks, block_size, kv_type)
+        self.cache = self.batch.cache
+        self.waiting: collections.deque[Request] = collections.deque()
+        self.active: list[Request] = []
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    def submit(self, prompt_ids: Sequence[int], max_tokens: int = 128, sampling: SamplingParams | None = None,
+               stop: Sequence[str] = (), events=None) -> Request:
+        """Queue a request (its events go to `events`, anything with put(), or to its own queue); PyggmlError
+        if it can never fit, QueueFull if the queue is full."""
+        if max_tokens < 1:
+            raise PyggmlError(f"max_tokens must be at least 1, not {max_tokens}")
+        if not prompt_ids or len(prompt_ids) >= self.n_ctx:
+            raise PyggmlError(f"the prompt has {len(prompt_ids)} tokens; the context holds {self.n_ctx}")
+        req = Request(list(prompt_ids), max_tokens, Sampler(sampling), TextPieces(self.model.tokenizer, stop))
+        req.events = events if events is not None else req.events
+        if self._budget(req) > self.cache.n_blocks - 1:
+            raise PyggmlError(f"the request needs {self._budget(req)} KV blocks; "
+                              f"the pool has {self.cache.n_blocks - 1}")
+        with self._wake:
+            if len(self.waiting) >= self.max_queue:
+                raise QueueFull(f"{len(self.waiting)} requests are waiting already")
+            req.timings["submitted"] = time.perf_counter()
+            self.waiting.append(req)
+            self._wake.notify()
+        return req
+
+    def _budget(self, req: Request) -> int:
+        """Blocks the request may come to hold: its prompt and tokens, up to the context."""
+        return -(-min(len(req.prompt_ids) + req.max_tokens, self.n_ctx) // self.cache.block_size)
+
+    @property
+    def busy(self) -> bool:
+        """True while requests wait or run."""
+        return bool(self.waiting or self.active)
+
+    def run_until_idle(self) -> None:
+        """Step in this thread until every request has finished."""
+        while self.busy:
+            self.step()
+
+    def step(self) -> None:
+        """One round: retire cancelled requests, admit waiting ones, a prefill chunk, then a decode step."""
+        for req in [r for r in self.active if r.cancelled.is_set()]:
+            self._finish(req, "cancelled")
+        self._admit()
+        prefill = self._prefill_entries()
+        if prefill:
+            self._run(prefill)
+        decode = [(r, Entry(r.seq, r.tokens[-1:])) for r in self.active if r.prefilled and r.tokens]
+        if decode:
+            self._run(decode)
+
+    def _admit(self) -> None:
+        """Move waiting requests into the batch while slots and blocks allow, sharing a common prefix."""
+        with self._wake:
+            while self.waiting and len(self.active) < self.n_parallel:
+                req = self.waiting[0]
+                if req.cancelled.is_set():
+                    self.waiting.popleft()
+                    req.finish_reason = "cancelled"
+                    req.events.put(Event(None, finish_reason="cancelled"))
+                    continue
+                if sum(map(self._budget, self.active)) + self._budget(req) > self.cache.n_blocks - 1:
+                    return  # the pool is full: the request waits
+                self.waiting.popleft()
+                req.seq = self.cache.new_sequence()
+                self._share_prefix(req)
+                self.active.append(req)
+
+    def _share_prefix(self, req: Request) -> None:
+        best = max(((self.cache.shareable(r.seq, req.prompt_ids), r) for r in self.active), default=(0, None),
+                   key=lambda pair: pair[0])
+        if best[0] > 0:
+            self.cache.share_prefix(req.seq, best[1].seq, best[0])
+
+    def _prefill_entries(self) -> list[tuple[Request, Entry]]:
+        """Chunks of the prompts not yet evaluated, PREFILL_CHUNK tokens at most in all."""
+        entries, budget = [], PREFILL_CHUNK
+        for req in self.active:
+            if budget > 0 and not req.prefilled:
+                start = req.seq.n_past
+                chunk = req.prompt_ids[start:start + budget]
+                entries.append((req, Entry(req.seq, chunk, start + len(chunk) == len(req.prompt_ids))))
+                budget -= len(chunk)
+        return entries
+
+    def _run(self, work: list[tuple[Request, Entry]]) -> None:
+        """Evaluate entries in one step and sample the next token of each entry that wants logits."""
+        try:
+            logits = self.batch.step([entry for _, entry in work])
+        except Exception as exc:  # a failed step fails its requests; the engine goes on
+            for req, _ in work:
+                self._finish(req, "error", f"{type(exc).__name__}: {exc}")
+            return
+        for (req, _), row in zip(work, logits):
+            if row is not None:
+                try:
+                    self._accept(req, req.sampler.sample(row, req.prompt_ids + req.tokens))
+                except Exception as exc:
+                    self._finish(req, "error", f"{type(exc).__name__}: {exc}")
+
+    def _accept(self, req: Request, token: int) -> None:
+        """Record a sampled token, emit its text, and finish the request when it is done."""
+        req.timings.setdefault("first_token", time.perf_counter())
+        req.tokens.append(token)
+        piece = req.pieces.feed(token)
+        req.text += piece
+        req.events.put(Event(token, piece))
+        if req.pieces.finish_reason:
+            self._finish(req, req.pieces.finish_reason)
+        elif len(req.tokens) >= req.max_tokens or len(req.prompt_ids) + len(req.tokens) >= self.n_ctx:
+            self._finish(req, "length", text=req.pieces.flush())
+
+    def _finish(self, req: Request, reason: str, error: str | None = None, text: str = "") -> None:
+        """Take a request out of the batch, give its blocks back, and send its last event."""
+        self.active.remove(req)
+        self.cache.release(req.seq)
+        req.finish_reason, req.error = reason, error
+        req.text += text
+        req.timings["finished"] = time.perf_counter()
+        req.events.put(Event(None, text, reason, error))
+
+    def start(self) -> None:
+        """Step in a background thread until `shutdown`."""
+        self._thread = threading.Thread(target=self._loop, name="pyggml-engine", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            with self._wake:
+                if not self.busy:
+                    self._wake.wait(0.1)
+            if self.busy:
+                try:
+                    self.step()
+                except Exception as exc:  # the engine goes on; what was running fails
+                    for req in list(self.active):
+                        self._finish(req, "error", f"{type(exc).__name__}: {exc}")
+
+    def shutdown(self) -> None:
+        """Stop the background thread and cancel what is left."""
+        self._stopping = True
+        with self._wake:
+            self._wake.notify()
+        if self._thread:
+            self._thread.join()
+        for req in list(self.waiting) + self.active:
+            req.cancel()
+        self.step()

@@ -1,0 +1,220 @@
+"""Paged KV cache: per layer a pool of fixed-size blocks, a block table per sequence, ref-counted blocks shared
+between sequences with a common prefix and copied on write; sliding-window layers give back blocks that leave
+the window. Attention reads it through graph inputs: physical rows to write, rows to gather, a mask."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pyggml import ops
+from pyggml.graph.dtypes import DType
+from pyggml.graph.errors import PyggmlError
+from pyggml.graph.tensor import Flag, Tensor, new_tensor
+
+from .kv_cache import KV_TYPES
+
+if TYPE_CHECKING:
+    from .layers import StepInputs
+
+BLOCK_SIZE = 16
+SCRATCH = 0  # block 0 is never handed out: padding rows of a step write into it
+
+
+class PoolFull(PyggmlError):
+    """No free block is left in a pool."""
+
+
+class BlockPool:
+    """Block ids handed out and taken back, each with a reference count (shared prefix blocks count > 1)."""
+
+    def __init__(self, n_blocks: int):
+        self.refs = np.zeros(n_blocks, np.int64)
+        self.refs[SCRATCH] = 1
+        self.free = list(range(n_blocks - 1, SCRATCH, -1))
+
+    @property
+    def n_used(self) -> int:
+        """Blocks held by sequences (the scratch block not counted)."""
+        return len(self.refs) - 1 - len(self.free)
+
+    @property
+    def n_free(self) -> int:
+        return len(self.free)
+
+    def take(self) -> int:
+        """A free block, now referenced once."""
+        if not self.free:
+            raise PoolFull(f"all {len(self.refs) - 1} KV blocks are in use")
+        block = self.free.pop()
+        self.refs[block] = 1
+        return block
+
+    def share(self, block: int) -> None:
+        self.refs[block] += 1
+
+    def drop(self, block: int) -> None:
+        """One reference fewer; the block is free again at zero."""
+        self.refs[block] -= 1
+        if self.refs[block] == 0:
+            self.free.append(block)
+
+
+@dataclass
+class SeqBlocks:
+    """One sequence in the paged cache: its block table per cache kind (None: a block that left the window)."""
+    tables: dict[int | None, list[int | None]]
+    tokens: list[int] = field(default_factory=list)  # the tokens whose K/V the blocks hold, in order
+
+    @property
+    def n_past(self) -> int:
+        """Tokens held."""
+        return len(self.tokens)
+
+
+class PagedKVCache:
+    """K and V of (n_blocks * block_size, n_kv_head * head_dim) per layer, handed out in blocks to sequences."""
+
+    def __init__(self, n_layer: int, n_blocks: int, n_kv_head: int, head_dim: int, dtype: DType = DType.F32,
+                 windows: list[int | None] | None = None, block_size: int = BLOCK_SIZE,
+                 head_dim_v: int | None = None):
+        if dtype not in KV_TYPES:
+            raise PyggmlError(f"KV cache type must be one of {[t.name for t in KV_TYPES]}, not {dtype.name}")
+        self.block_size, self.n_blocks, self.dtype = block_size, n_blocks + 1, dtype  # + the scratch block
+        windows = windows or [None] * n_layer
+        self.pools = {w: BlockPool(self.n_blocks) for w in dict.fromkeys(windows)}  # one per window (cache kind)
+        rows = self.n_blocks * block_size
+        self.k = [new_tensor((rows, n_kv_head * head_dim), dtype, f"paged_k_l{il}", Flag.PERSISTENT)
+                  for il in range(len(windows))]
+        self.v = [new_tensor((rows, n_kv_head * (head_dim_v or head_dim)), dtype, f"paged_v_l{il}", Flag.PERSISTENT)
+                  for il in range(len(windows))]
+        self.layer_window = windows
+
+    @property
+    def n_used(self) -> int:
+        """Blocks held by sequences, over all kinds."""
+        return sum(pool.n_used for pool in self.pools.values())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all the K and V pools."""
+        return sum(t.nbytes for t in self.k + self.v)
+
+    @property
+    def nbytes_used(self) -> int:
+        """Bytes of the K and V rows held by sequences."""
+        per_layer = [(t.nbytes + u.nbytes) // self.n_blocks for t, u in zip(self.k, self.v)]
+        return sum(b * self.pools[w].n_used for b, w in zip(per_layer, self.layer_window))
+
+    def new_sequence(self) -> SeqBlocks:
+        """An empty sequence."""
+        return SeqBlocks({w: [] for w in self.pools})
+
+    def shareable(self, source: SeqBlocks, tokens: list[int]) -> int:
+        """How many leading tokens a new sequence of these tokens can take over from source (the last token is
+        always left to evaluate; windowed kinds must still hold what the first new token sees)."""
+        n = 0
+        for a, b in zip(source.tokens, tokens[:-1]):
+            if a != b:
+                break
+            n += 1
+        for w, table in source.tables.items():
+            if w is not None and any(b is None for b in table[max(0, n - w) // self.block_size:self._n_blocks(n)]):
+                return 0
+        return n
+
+    def share_prefix(self, seq: SeqBlocks, source: SeqBlocks, n: int) -> None:
+        """Make an empty seq hold source's first n tokens by sharing their blocks (copied when written)."""
+        for w, table in source.tables.items():
+            seq.tables[w] = table[:self._n_blocks(n)]
+            for block in seq.tables[w]:
+                if block is not None:
+                    self.pools[w].share(block)
+        seq.tokens = source.tokens[:n]
+
+    def _n_blocks(self, n_tokens: int) -> int:
+        return -(-n_tokens // self.block_size)
+
+    def blocks_needed(self, seq: SeqBlocks, n_new: int, w: int | None = None) -> int:
+        """New blocks of kind w that appending n_new tokens takes, copies on write included."""
+        table = seq.tables[w]
+        first, end = seq.n_past // self.block_size, self._n_blocks(seq.n_past + n_new)
+        return sum(1 for j in range(first, end) if j >= len(table) or self._shared(w, table[j]))
+
+    def _shared(self, w: int | None, block: int | None) -> bool:
+        return block is not None and self.pools[w].refs[block] > 1
+
+    def reserve(self, seq: SeqBlocks, n_new: int) -> list[tuple[int | None, int, int]]:
+        """Blocks for n_new more tokens; returns the copies on write to make first: (kind, from, to) blocks."""
+        if any(self.blocks_needed(seq, n_new, w) > pool.n_free for w, pool in self.pools.items()):
+            raise PoolFull(f"{n_new} more tokens need more KV blocks than are free")
+        copies = []
+        first, end = seq.n_past // self.block_size, self._n_blocks(seq.n_past + n_new)
+        for w, table in seq.tables.items():
+            pool = self.pools[w]
+            for j in range(first, end):
+                if j >= len(table):
+                    table.append(pool.take())
+                elif self._shared(w, table[j]):
+                    old, table[j] = table[j], pool.take()
+                    pool.drop(old)
+                    copies.append((w, old, table[j]))
+        return copies
+
+    def commit(self, seq: SeqBlocks, tokens: list[int]) -> None:
+        """Record tokens written after the step; windowed kinds give back blocks no later token can see."""
+        seq.tokens += tokens
+        for w, table in seq.tables.items():
+            if w is None:
+                continue
+            for j in range(max(0, seq.n_past - w + 1) // self.block_size):
+                if table[j] is not None:
+                    self.pools[w].drop(table[j])
+                    table[j] = None
+
+    def release(self, seq: SeqBlocks) -> None:
+        """Give back every block of a finished sequence."""
+        for w, table in seq.tables.items():
+            for block in table:
+                if block is not None:
+                    self.pools[w].drop(block)
+            table.clear()
+        seq.tokens = []
+
+    def rows(self, seq: SeqBlocks, w: int | None, positions: np.ndarray) -> np.ndarray:
+        """Physical rows of these positions in kind w."""
+        table = np.asarray([-1 if b is None else b for b in seq.tables[w]], np.int64)
+        return table[positions // self.block_size] * self.block_size + positions % self.block_size
+
+    def gather(self, seq: SeqBlocks, w: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """(physical rows, positions) of every row in seq's held blocks of kind w."""
+        held = [(j, b) for j, b in enumerate(seq.tables[w]) if b is not None]
+        offsets = np.arange(self.block_size)
+        rows = np.concatenate([b * self.block_size + offsets for _, b in held] or [offsets[:0]])
+        positions = np.concatenate([j * self.block_size + offsets for j, _ in held] or [offsets[:0]])
+        return rows, positions
+
+    def kv_views(self, k: Tensor, v: Tensor, inp: StepInputs, il: int, window: int | None) -> tuple[Tensor, Tensor]:
+        """Write this step's k, v rows (T, Hkv, D) at their physical rows; gather the rows the step attends to
+        as (Hkv, n_kv, D)."""
+        n_tokens, n_kv_head = k.shape[0], k.shape[1]
+        gather = inp.kv_gather[window]
+        views = []
+        for cur, store, name in ((k, self.k[il], "k_cache"), (v, self.v[il], "v_cache")):
+            dim = cur.shape[-1]
+            written = ops.set_rows(store, ops.reshape(cur, (n_tokens, n_kv_head * dim)), inp.kv_idx[window])
+            rows = ops.reshape(ops.get_rows(written, gather), (gather.shape[0], n_kv_head, dim))
+            views.append(ops.permute(rows, 1, 0, 2).set_name(f"{name}-{il}"))
+        return views[0], views[1]
+
+    def copy_graph(self, w: int | None, src: Tensor, dst: Tensor) -> list[Tensor]:
+        """Graph outputs that copy K and V rows src to rows dst in every layer of kind w (one element each, so
+        running it downloads nothing big)."""
+        outs = []
+        for il, lw in enumerate(self.layer_window):
+            if lw == w:
+                for store in (self.k[il], self.v[il]):
+                    written = ops.set_rows(store, ops.get_rows(store, src), dst)
+                    outs.append(ops.view(written, (1,)))
+        return outs

@@ -1,0 +1,201 @@
+"""The OpenAI-compatible HTTP app on FastAPI: handlers turn requests into engine requests and relay their
+events, as one JSON body or as server-sent events; a client that goes away cancels its request."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from pyggml.graph.errors import PyggmlError
+from pyggml.model.engine import Engine, Event, QueueFull
+from pyggml.model.engine import Request as EngineRequest
+from pyggml.model.model import Model
+
+from . import protocol as api
+
+POLL_SECONDS = 0.5  # how often a waiting non-streaming handler checks that its client is still there
+
+
+@dataclass
+class Shape:
+    """How one endpoint words its answers."""
+    id_prefix: str
+    obj: str
+    chunk_obj: str
+    choice: Callable[[str, str | None], dict]
+    chunk: Callable[[str, str | None], dict]
+    param: str  # the field a too-long prompt is blamed on
+
+
+TEXT = Shape("cmpl", "text_completion", "text_completion", api.text_choice, api.text_choice, "prompt")
+CHAT = Shape("chatcmpl", "chat.completion", "chat.completion.chunk", api.message_choice,
+             lambda text, reason: api.delta_choice({"content": text} if text else {}, reason), "messages")
+
+
+class AsyncSink:
+    """Engine events handed from the engine thread to a handler's asyncio queue."""
+
+    def __init__(self) -> None:
+        self.loop, self.queue = asyncio.get_running_loop(), asyncio.Queue()
+
+    def put(self, event: Event) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        except RuntimeError:  # the loop is gone (the server stopped): nobody listens
+            pass
+
+
+def create_app(model: Model, engine: Engine, model_name: str) -> FastAPI:
+    """The app serving one model through one engine (started and stopped with the app)."""
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        engine.start()
+        yield
+        engine.shutdown()
+
+    app = FastAPI(title="pyggml", lifespan=lifespan)
+    add_error_handlers(app)
+    created = int(time.time())
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "slots": engine.n_parallel, "active": len(engine.active),
+                "waiting": len(engine.waiting), "kv_blocks_used": engine.cache.n_used}
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
+                                            "owned_by": "pyggml"}]}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body = await read_body(request)
+        params = api.parse_params(body, api.completion_prompt(body))
+        return await answer(request, engine, model_name, prompt_ids(model, engine, params.prompt, TEXT), params, TEXT)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await read_body(request)
+        text = model.apply_chat_template(api.chat_messages(body))
+        params = api.parse_params(body, text, ("max_tokens", "max_completion_tokens"), engine.n_ctx)
+        return await answer(request, engine, model_name, prompt_ids(model, engine, text, CHAT), params, CHAT)
+    return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error as an OpenAI error body."""
+    @app.exception_handler(api.APIError)
+    async def api_error(_: Request, e: api.APIError) -> JSONResponse:
+        return JSONResponse(e.body(), e.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, e: HTTPException) -> JSONResponse:
+        return JSONResponse(api.APIError(e.status_code, str(e.detail), code=str(e.status_code)).body(), e.status_code)
+
+    @app.exception_handler(Exception)
+    async def server_error(_: Request, e: Exception) -> JSONResponse:
+        return JSONResponse(api.APIError(500, f"{type(e).__name__}: {e}", kind="server_error").body(), 500)
+
+
+async def read_body(request: Request) -> dict:
+    """The request's JSON object, or a 400."""
+    try:
+        return api.need_object(json.loads(await request.body()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise api.APIError(400, f"the request body is not valid JSON: {e}") from None
+
+
+def prompt_ids(model: Model, engine: Engine, prompt: str | list[int], shape: Shape) -> list[int]:
+    """Token ids of the prompt, checked against the vocabulary and the context."""
+    ids = model.tokenize(prompt, parse_special=True) if isinstance(prompt, str) else prompt
+    if any(not 0 <= t < model.hparams.n_vocab for t in ids):
+        raise api.APIError(400, f"token ids must be in [0, {model.hparams.n_vocab})", shape.param)
+    if len(ids) >= engine.n_ctx:
+        raise api.APIError(400, f"the prompt has {len(ids)} tokens; this server's context holds {engine.n_ctx} "
+                                "(prompt and completion together)", shape.param, "context_length_exceeded")
+    return ids
+
+
+def submit(engine: Engine, ids: list[int], params: api.Params) -> tuple[EngineRequest, AsyncSink]:
+    """Hand the request to the engine: 503 when its queue is full, 400 when it can never fit."""
+    sink = AsyncSink()
+    try:
+        return engine.submit(ids, params.max_tokens, params.sampling, params.stop, events=sink), sink
+    except QueueFull as e:
+        raise api.APIError(503, f"the server is busy: {e}; retry later", code="queue_full",
+                           kind="server_error") from None
+    except PyggmlError as e:
+        raise api.APIError(400, str(e)) from None
+
+
+async def answer(request: Request, engine: Engine, name: str, ids: list[int], params: api.Params, shape: Shape):
+    """The whole completion as one body, or a stream of server-sent events."""
+    req, sink = submit(engine, ids, params)
+    rid = api.new_id(shape.id_prefix)
+    if params.stream:
+        return StreamingResponse(stream(req, sink, name, rid, len(ids), params, shape),
+                                 media_type="text/event-stream")
+    watcher = asyncio.create_task(cancel_when_gone(request, req))
+    try:
+        event = Event(None)
+        while not event.finish_reason:
+            event = await sink.queue.get()
+        failed(event)
+        return api.envelope(rid, shape.obj, name, shape.choice(req.text, event.finish_reason),
+                            api.usage(len(ids), len(req.tokens)))
+    finally:
+        watcher.cancel()
+        req.cancel()  # a no-op once finished; frees the sequence when the handler was cancelled
+
+
+async def cancel_when_gone(request: Request, req: EngineRequest) -> None:
+    """Cancel the engine request when its client disconnects."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(POLL_SECONDS)
+    req.cancel()
+
+
+def failed(event: Event) -> None:
+    """Raise the API error of a request that ended without a result."""
+    if event.finish_reason == "error":
+        raise api.APIError(500, f"generation failed: {event.error}", kind="server_error")
+    if event.finish_reason == "cancelled":
+        raise api.APIError(503, "the request was cancelled (the server is stopping)", kind="server_error")
+
+
+def sse(body: dict) -> str:
+    return f"data: {json.dumps(body)}\n\n"
+
+
+async def stream(req: EngineRequest, sink: AsyncSink, name: str, rid: str, n_prompt: int, params: api.Params,
+                 shape: Shape) -> AsyncIterator[str]:
+    """Server-sent events: a chunk per piece of text, the finish reason, usage if asked for, then [DONE]."""
+    try:
+        if shape is CHAT:
+            yield sse(api.envelope(rid, shape.chunk_obj, name, api.delta_choice({"role": "assistant", "content": ""},
+                                                                                None)))
+        while True:
+            event = await sink.queue.get()
+            if event.finish_reason in ("error", "cancelled"):
+                try:
+                    failed(event)
+                except api.APIError as e:
+                    yield sse(e.body())
+                break
+            if event.text or event.finish_reason:
+                yield sse(api.envelope(rid, shape.chunk_obj, name, shape.chunk(event.text, event.finish_reason)))
+            if event.finish_reason:
+                if params.include_usage:
+                    use = api.usage(n_prompt, len(req.tokens))
+                    yield sse({**api.envelope(rid, shape.chunk_obj, name, {}, use), "choices": []})
+                break
+        yield "data: [DONE]\n\n"
+    finally:
+        req.cancel()

@@ -1,0 +1,147 @@
+"""The OpenAI API's request fields, checked, and its response and error bodies (no HTTP here)."""
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyggml.model.sampling import SamplingParams
+
+MAX_STOPS = 4
+
+
+class APIError(Exception):
+    """An error answered as OpenAI does: an HTTP status and {"error": {message, type, param, code}}."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class Params:
+    """What a completion request asks for, checked."""
+    prompt: str | list[int]
+    max_tokens: int
+    sampling: SamplingParams
+    stop: list[str] = field(default_factory=list)
+    stream: bool = False
+    include_usage: bool = False
+
+
+def _get(body: Mapping, name: str, kinds: type | tuple, default: Any = None, low: float | None = None,
+         high: float | None = None) -> Any:
+    """body[name] checked against types and bounds (bool is not a number), or default when absent or null."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in _tuple(kinds)):
+        names = " or ".join(k.__name__ for k in _tuple(kinds))
+        raise APIError(400, f"'{name}' must be of type {names}, not {type(value).__name__}", name)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise APIError(400, f"'{name}' must be between {low} and {high}, not {value}", name)
+    return value
+
+
+def _tuple(kinds: type | tuple) -> tuple:
+    return kinds if isinstance(kinds, tuple) else (kinds,)
+
+
+def _stop(body: Mapping) -> list[str]:
+    stop = body.get("stop")
+    stops = [stop] if isinstance(stop, str) else stop if stop is not None else []
+    if not isinstance(stops, list) or len(stops) > MAX_STOPS or not all(isinstance(s, str) for s in stops):
+        raise APIError(400, f"'stop' must be a string or a list of at most {MAX_STOPS} strings", "stop")
+    return stops
+
+
+def parse_params(body: Any, prompt: str | list[int], max_tokens_names: tuple[str, ...] = ("max_tokens",),
+                 default_max_tokens: int = 16) -> Params:
+    """Sampling and streaming fields common to both endpoints; n other than 1 is refused."""
+    if _get(body, "n", int, 1) != 1:
+        raise APIError(400, "only n=1 is supported", "n")
+    max_tokens = default_max_tokens
+    for name in max_tokens_names:
+        max_tokens = _get(body, name, int, max_tokens, low=1)
+    number = (int, float)
+    sampling = SamplingParams(temperature=_get(body, "temperature", number, 1.0, 0, 2),
+                              top_p=_get(body, "top_p", number, 1.0, 0, 1), top_k=0, min_p=0.0,
+                              frequency_penalty=_get(body, "frequency_penalty", number, 0.0, -2, 2),
+                              presence_penalty=_get(body, "presence_penalty", number, 0.0, -2, 2),
+                              seed=_get(body, "seed", int))
+    options = _get(body, "stream_options", dict, {})
+    return Params(prompt, max_tokens, sampling, _stop(body), _get(body, "stream", bool, False),
+                  bool(options.get("include_usage")))
+
+
+def need_object(body: Any) -> Mapping:
+    if not isinstance(body, Mapping):
+        raise APIError(400, "the request body must be a JSON object")
+    return body
+
+
+def completion_prompt(body: Mapping) -> str | list[int]:
+    """The prompt of /v1/completions: a string, a list of token ids, or a list holding one string."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]
+    if isinstance(prompt, str) and prompt:
+        return prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        return prompt
+    raise APIError(400, "'prompt' must be a non-empty string or list of token ids (one prompt per request)", "prompt")
+
+
+def chat_messages(body: Mapping) -> list[dict[str, str]]:
+    """The messages of /v1/chat/completions as {role, content} with text content."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise APIError(400, "'messages' must be a non-empty list", "messages")
+    out = []
+    for i, m in enumerate(messages):
+        content = m.get("content") if isinstance(m, Mapping) else None
+        if isinstance(content, list):  # content parts: only text
+            if not all(isinstance(p, Mapping) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in content):
+                raise APIError(400, f"messages[{i}]: only text content parts are supported", "messages")
+            content = "".join(p["text"] for p in content)
+        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(content, str):
+            raise APIError(400, f"messages[{i}] needs a string 'role' and text 'content'", "messages")
+        out.append({"role": m["role"], "content": content})
+    return out
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def envelope(rid: str, obj: str, model: str, choice: dict, use: dict | None = None) -> dict:
+    """A response or stream chunk around one choice (usage when given)."""
+    body = {"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": [choice]}
+    if use is not None:
+        body["usage"] = use
+    return body
+
+
+def text_choice(text: str, finish_reason: str | None) -> dict:
+    return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+
+
+def message_choice(text: str, finish_reason: str | None) -> dict:
+    return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+            "finish_reason": finish_reason}
+
+
+def delta_choice(delta: dict, finish_reason: str | None) -> dict:
+    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}

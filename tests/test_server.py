@@ -1,0 +1,181 @@
+"""`pyggml serve`'s app, started on 127.0.0.1 and a free port, driven by the official openai client and by
+raw HTTP for the faults: bad input, a full queue, clients that go away, a failing step."""
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from urllib.parse import urlparse
+
+import openai
+import pytest
+import uvicorn
+
+from chat_llama import write_chat_llama
+from pyggml.model.engine import Engine
+from pyggml.model.model import Model
+from pyggml.server.app import create_app
+
+WAIT_STEPS = 2400  # bounded polling: at most 60 s (a machine shared with other jobs can be slow)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(model: Model, **engine_options):
+    """The app on a free loopback port in a thread; yields (base URL, engine)."""
+    engine = Engine(model, **engine_options)
+    server = uvicorn.Server(uvicorn.Config(create_app(model, engine, "test-model"), host="127.0.0.1",
+                                           port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}", engine
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def wait_until(condition) -> None:
+    for _ in range(WAIT_STEPS):
+        if condition():
+            return
+        time.sleep(0.025)
+    raise AssertionError("timed out waiting")
+
+
+def connect(url: str, timeout: float) -> http.client.HTTPConnection:
+    return http.client.HTTPConnection(urlparse(url).hostname, urlparse(url).port, timeout=timeout)
+
+
+def call(url: str, path: str, body: str | dict | None = None, timeout: float = 30) -> tuple[int, dict]:
+    """(status, JSON answer) of a GET, or a POST of a body (a dict is sent as JSON)."""
+    conn = connect(url, timeout)
+    try:
+        data = json.dumps(body) if isinstance(body, dict) else body
+        conn.request("GET" if body is None else "POST", path, data, {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        return r.status, json.loads(r.read())
+    finally:
+        conn.close()
+
+
+def health(url: str) -> dict:
+    return call(url, "/health")[1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Model:
+    return Model(write_chat_llama(tmp_path_factory.mktemp("server") / "chat-llama.gguf", n_ctx=256), n_ctx=256)
+
+
+def test_openai_client_gets_what_generate_gives(smollm2):
+    prompt, messages = "The capital of France is", [{"role": "user", "content": "Name a colour."}]
+    smollm2.reset()
+    want = smollm2.generate(prompt, max_tokens=8, temperature=0)
+    smollm2.reset()
+    want_chat = smollm2.chat(messages, max_tokens=8, temperature=0)
+    with serving(smollm2, n_parallel=2, n_ctx=256) as (url, _):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
+        assert [m.id for m in client.models.list()] == ["test-model"]
+        done = client.completions.create(model="test-model", prompt=prompt, max_tokens=8, temperature=0)
+        assert (done.choices[0].text, done.choices[0].finish_reason) == (want.text, want.finish_reason)
+        assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (len(smollm2.tokenize(prompt)), 8)
+        chunks = list(client.completions.create(model="test-model", prompt=prompt, max_tokens=8, temperature=0,
+                                                stream=True))
+        assert "".join(c.choices[0].text for c in chunks) == want.text
+        assert chunks[-1].choices[0].finish_reason == want.finish_reason
+        reply = client.chat.completions.create(model="test-model", messages=messages, max_tokens=8, temperature=0)
+        assert reply.choices[0].message.content == want_chat.text and reply.object == "chat.completion"
+        chunks = list(client.chat.completions.create(model="test-model", messages=messages, max_tokens=8,
+                                                     temperature=0, stream=True,
+                                                     stream_options={"include_usage": True}))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want_chat.text
+        assert chunks[-1].usage.completion_tokens == len(want_chat.tokens)
+        assert health(url)["kv_blocks_used"] == 0
+
+
+BAD = [("{not json", "body"), ('["a list"]', "body"), ('{"prompt": ""}', "prompt"), ('{"prompt": 5}', "prompt"),
+       ('{"prompt": "hi", "max_tokens": "8"}', "max_tokens"), ('{"prompt": "hi", "max_tokens": 0}', "max_tokens"),
+       ('{"prompt": "hi", "temperature": 3}', "temperature"), ('{"prompt": "hi", "n": 2}', "n"),
+       ('{"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}', "stop"), ('{"prompt": [1, 99999]}', "prompt"),
+       ('{"prompt": "hi", "stream": "yes"}', "stream")]
+
+
+def test_bad_input_gets_400_with_an_openai_error_body(tiny):
+    with serving(tiny, n_parallel=2, n_ctx=64) as (url, _):
+        for body, param in BAD:
+            status, answer = call(url, "/v1/completions", body)
+            error = answer["error"]
+            assert status == 400 and set(error) == {"message", "type", "param", "code"}, body
+            assert error["type"] == "invalid_request_error" and error["param"] in (param, None), body
+        status, answer = call(url, "/v1/chat/completions", {"messages": "hi"})
+        assert status == 400 and answer["error"]["param"] == "messages"
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=30)
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model="m", prompt="x" * 64, max_tokens=4)
+        assert e.value.code == "context_length_exceeded"
+        status, answer = call(url, "/v1/nothing")
+        assert status == 404 and "error" in answer
+        assert client.completions.create(model="m", prompt="ok", max_tokens=3).choices[0].finish_reason
+        assert health(url)["kv_blocks_used"] == 0
+
+
+def post_in_thread(url: str, body: dict, results: list) -> threading.Thread:
+    thread = threading.Thread(target=lambda: results.append(call(url, "/v1/completions", body, 60)))
+    thread.start()
+    return thread
+
+
+def test_full_queue_answers_503_and_queued_requests_finish(tiny):
+    with serving(tiny, n_parallel=1, n_ctx=64, max_queue=1) as (url, engine):
+        gate, step = threading.Event(), engine.step
+        engine.step = lambda: (gate.wait(30), step())
+        results = []
+        first = post_in_thread(url, {"prompt": "ab", "max_tokens": 4}, results)
+        wait_until(lambda: health(url)["waiting"] == 1)
+        status, answer = call(url, "/v1/completions", {"prompt": "cd", "max_tokens": 4})
+        assert status == 503 and answer["error"]["code"] == "queue_full"
+        gate.set()
+        first.join(timeout=60)
+        assert results[0][0] == 200 and results[0][1]["usage"]["completion_tokens"] >= 1
+        assert health(url)["kv_blocks_used"] == 0
+
+
+def test_clients_that_go_away_free_their_blocks_and_faults_do_not_stop_the_server(tiny):
+    with serving(tiny, n_parallel=2, n_ctx=256) as (url, engine):
+        reasons, finish, step = [], engine._finish, engine.step
+        engine._finish = lambda req, reason, *a, **k: (reasons.append(reason), finish(req, reason, *a, **k))
+        engine.step = lambda: (time.sleep(0.01), step())  # slow enough to leave mid-generation
+        body = {"prompt": "ab", "max_tokens": 200, "temperature": 0.7}
+        conn = connect(url, 30)
+        conn.request("POST", "/v1/completions", json.dumps({**body, "stream": True}))
+        assert conn.getresponse().readline().startswith(b"data: ")
+        conn.close()  # gone after the first chunk
+        wait_until(lambda: reasons == ["cancelled"])
+        with pytest.raises(TimeoutError):
+            call(url, "/v1/completions", body, timeout=0.3)  # gone while waiting for the whole answer
+        wait_until(lambda: reasons == ["cancelled"] * 2)
+        batch_step = engine.batch.step
+        engine.batch.step = lambda entries: 1 / 0
+        status, answer = call(url, "/v1/completions", {**body, "max_tokens": 2})
+        assert status == 500 and answer["error"]["type"] == "server_error"
+        engine.batch.step = batch_step
+        status, answer = call(url, "/v1/completions", {**body, "max_tokens": 2})
+        assert status == 200 and answer["usage"]["completion_tokens"] == 2
+        assert health(url) | {"kv_blocks_used": 0, "active": 0} == health(url)
+
+
+def test_serve_command_refuses_a_missing_model(capsys, tmp_path):
+    from pyggml.cli import main
+    assert main(["serve", str(tmp_path / "missing.gguf"), "--port", str(free_port())]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pyggml serve: error:") and err.count("\n") == 1
