@@ -76,5 +76,9 @@ class Backend(ABC):
         """The closure computing node into out from srcs."""
         return self.kernels[node.op](node, out, *srcs)
 
+    def sequence(self, steps: list[Step]) -> list[Step]:
+        """The calls that run a whole plan's steps, all on this backend (a GPU may capture them as one graph)."""
+        return steps
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

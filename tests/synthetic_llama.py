@@ -42,8 +42,10 @@ def make_weights(cfg: TinyLlama, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def write_gguf(path: Path, cfg: TinyLlama, weights: dict[str, np.ndarray], tokens: list[str] | None = None,
-               token_types: list[int] | None = None, eos_id: int | None = None, n_ctx: int = 256) -> Path:
-    """Write the model with gguf's writer (llama arch, a byte-level BPE vocabulary: by default single letters)."""
+               token_types: list[int] | None = None, eos_id: int | None = None, n_ctx: int = 256,
+               raw_dtypes: dict[str, int] | None = None) -> Path:
+    """Write the model with gguf's writer (llama arch, a byte-level BPE vocabulary: by default single letters);
+    raw_dtypes names the weights given as quantized blocks and their type."""
     tokens = tokens or [chr(ord("a") + i % 26) * (1 + i // 26) for i in range(cfg.n_vocab)]
     w = gguf.GGUFWriter(str(path), "llama")
     for add, value in ((w.add_context_length, n_ctx), (w.add_embedding_length, cfg.n_embd),
@@ -56,7 +58,7 @@ def write_gguf(path: Path, cfg: TinyLlama, weights: dict[str, np.ndarray], token
                        (w.add_token_merges, []), (w.add_eos_token_id, len(tokens) - 1 if eos_id is None else eos_id)):
         add(value)
     for name, value in weights.items():
-        w.add_tensor(name, value)
+        w.add_tensor(name, value, raw_dtype=(raw_dtypes or {}).get(name))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -1,0 +1,194 @@
+"""The CuPy backend on a CPU stand-in for cupy (tests/fake_cupy.py): every op against the NumPy backend, F16/BF16
+and quantized blocks read on the device, device dequantization against gguf, the synthetic llama against the
+NumPy backend with and without CUDA-graph replay, and a decode step making no host sync and no upload."""
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+
+import fake_cupy
+import pyggml as pg
+from pyggml import DType
+from pyggml.backends import compile as compile_plan
+from pyggml.backends.cupy_backend import CupyBackend, GraphReplay
+from pyggml.backends.cupy_quants import DEVICE_FORMATS, Dequantizer, dequantize_rows
+from pyggml.backends.numpy_backend import NumpyBackend
+from pyggml.backends.numpy_kernels import as_f32
+from pyggml.model.model import Model
+from synthetic_llama import TinyLlama, make_weights, write_gguf
+from test_backend_ops import CASE_IDS, CASES, MAX_NMSE, nmse
+from test_quants import random_blocks
+
+CFG = TinyLlama()
+CFG_Q = TinyLlama(n_ff=64)  # every matrix row a whole number of blocks
+QUANT_TYPES = sorted(DEVICE_FORMATS, key=lambda t: t.value)
+
+
+def device(**options) -> CupyBackend:
+    return CupyBackend(xp=fake_cupy, **options)
+
+
+def compare(build, rtol_nmse: float = MAX_NMSE) -> None:
+    """The graph built twice (same seed) on NumPy and on the CuPy backend over the stand-in: same values."""
+    want = pg.compute(build(np.random.default_rng(7)), backend=NumpyBackend())
+    result = build(np.random.default_rng(7))
+    got = pg.compute(result, backend=device())
+    assert got.shape == want.shape
+    assert nmse(as_f32(got, result.dtype), as_f32(want, result.dtype)) <= rtol_nmse
+
+
+# ---- the stand-in behaves as cupy does where it matters
+
+def test_stand_in_refuses_host_values_and_counts_syncs():
+    a = fake_cupy.asarray(np.ones(3, np.float32))
+    with pytest.raises(TypeError):
+        np.asarray(a)
+    with pytest.raises(TypeError):
+        fake_cupy.add(a, np.ones(3, np.float32))  # a host array as an operand
+    fake_cupy.counts.reset()
+    assert a.get().sum() == 3 and fake_cupy.counts.syncs == 1
+
+
+def test_stand_in_capture_refuses_syncs_cublas_and_the_default_stream():
+    a = fake_cupy.asarray(np.ones((2, 2), np.float32))
+    with pytest.raises(fake_cupy.CaptureError):
+        fake_cupy.cuda.Stream().begin_capture()
+    stream = fake_cupy.cuda.Stream(non_blocking=True)
+    for forbidden in (a.get, lambda: fake_cupy.matmul(a, a), lambda: a.set(np.zeros((2, 2)))):
+        stream.begin_capture()
+        try:
+            with pytest.raises(fake_cupy.CaptureError):
+                forbidden()
+        finally:
+            stream.end_capture()
+
+
+# ---- op by op
+
+@pytest.mark.parametrize("op,i", CASE_IDS, ids=[f"{op}-{i}" for op, i in CASE_IDS])
+def test_op_matches_numpy(op, i):
+    compare(CASES[op][i])
+
+
+def half(rng, *shape, dtype=DType.F16) -> pg.Tensor:
+    """A constant in F16, or BF16 (held as its uint16 bits)."""
+    values = rng.standard_normal(shape).astype(np.float32)
+    if dtype == DType.F16:
+        return pg.from_numpy(values.astype(np.float16))
+    return pg.from_numpy((values.view(np.uint32) >> 16).astype(np.uint16), dtype=DType.BF16)
+
+
+def r(rng, *shape) -> pg.Tensor:
+    return pg.from_numpy(rng.standard_normal(shape).astype(np.float32))
+
+
+HALF_CASES = {
+    "mul_mat": lambda g, t: pg.mul_mat(half(g, 6, 8, dtype=t), r(g, 3, 8)),
+    "add": lambda g, t: pg.add(half(g, 4, 8, dtype=t), r(g, 8)),
+    "rms_norm": lambda g, t: pg.rms_norm(half(g, 3, 16, dtype=t), 1e-6),
+    "rope": lambda g, t: pg.rope(half(g, 3, 2, 16, dtype=t), pg.from_numpy(np.array([0, 4, 9], np.int32)), 16),
+    "get_rows": lambda g, t: pg.get_rows(half(g, 6, 8, dtype=t), pg.from_numpy(np.array([5, 0], np.int32))),
+    "set_rows": lambda g, t: pg.set_rows(half(g, 6, 8, dtype=t), r(g, 2, 8), pg.from_numpy(np.array([3, 1]))),
+    "cpy": lambda g, t: pg.cpy(r(g, 4, 8), half(g, 4, 8, dtype=t)),
+    "soft_max_ext": lambda g, t: pg.soft_max_ext(r(g, 2, 3, 7), half(g, 3, 7, dtype=t), scale=0.5),
+}
+
+
+# a mask is F32/F16 only; the NumPy backend holds a BF16 leaf as F32, so set_rows into it is not a reference
+HALF_IDS = [(op, t) for op in sorted(HALF_CASES) for t in (DType.F16, DType.BF16)
+            if t == DType.F16 or op not in ("soft_max_ext", "set_rows")]
+
+
+@pytest.mark.parametrize("op,dtype", HALF_IDS, ids=[f"{op}-{t.name}" for op, t in HALF_IDS])
+def test_half_precision_operands_on_the_device(op, dtype):
+    compare(lambda g: HALF_CASES[op](g, dtype), rtol_nmse=1e-5)
+
+
+# ---- quantized blocks on the device
+
+@pytest.mark.parametrize("dtype", QUANT_TYPES, ids=lambda t: t.name)
+def test_device_dequantization_matches_gguf(dtype):
+    raw = random_blocks(dtype, 5, 3, np.random.default_rng(dtype.value))
+    row_len = 3 * gguf.GGML_QUANT_SIZES[dtype][0]
+    got = dequantize_rows(Dequantizer(fake_cupy), fake_cupy.asarray(raw), dtype, None, row_len).get()
+    np.testing.assert_array_equal(got, gguf.quants.dequantize(raw, dtype))
+
+
+def blocks_leaf(dtype: DType, rows: int, row_len: int, rng) -> pg.Tensor:
+    raw = random_blocks(dtype, rows, row_len // gguf.GGML_QUANT_SIZES[dtype][0], rng)
+    return pg.from_numpy(raw, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", QUANT_TYPES, ids=lambda t: t.name)
+def test_quantized_weights_are_read_as_blocks(dtype):
+    row_len = max(256, gguf.GGML_QUANT_SIZES[dtype][0])
+    rng = np.random.default_rng(3)
+    w = blocks_leaf(dtype, 6, row_len, rng)
+    x = r(rng, 2, row_len)
+    rows = pg.from_numpy(np.array([4, 1, 4], np.int32))
+    dev = device()
+    plan = compile_plan([pg.mul_mat(w, x), pg.get_rows(w, rows)], dev)
+    assert plan.array(w).dtype == np.uint8 and plan.array(w).nbytes == w.data.nbytes  # blocks, not floats
+    full = gguf.quants.dequantize(w.data, dtype)
+    product, gathered = plan.run()
+    np.testing.assert_allclose(product, x.data @ full.T, rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(gathered, full[[4, 1, 4]])
+
+
+# ---- the synthetic llama
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_gguf(tmp_path_factory.mktemp("cupy") / "tiny-llama.gguf", CFG, make_weights(CFG))
+
+
+@pytest.fixture(scope="module")
+def tiny_q8(tmp_path_factory):
+    weights = make_weights(CFG_Q)
+    raw = {n: DType.Q8_0 for n, v in weights.items() if v.ndim == 2}
+    weights = {n: gguf.quants.quantize(v, DType.Q8_0) if n in raw else v for n, v in weights.items()}
+    return write_gguf(tmp_path_factory.mktemp("cupy") / "tiny-llama-q8.gguf", CFG_Q, weights, raw_dtypes=raw)
+
+
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graph-replay"])
+@pytest.mark.parametrize("model", ["tiny", "tiny_q8"])
+def test_generation_matches_numpy(model, graphs, request):
+    path = request.getfixturevalue(model)
+    ref = Model(path, n_ctx=64).generate([1, 2, 3], max_tokens=8, temperature=0.0, logprobs=True)
+    out = Model(path, n_ctx=64, backend=device(cuda_graphs=graphs)).generate(
+        [1, 2, 3], max_tokens=8, temperature=0.0, logprobs=True)
+    assert out.tokens == ref.tokens
+    np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-5)
+
+
+def decode_plan(model: Model):
+    return next(p for key, (p, _) in model.context._plans.items() if key[0] == 1)
+
+
+def test_decode_step_is_one_graph_launch_without_host_sync(tiny_q8):
+    model = Model(tiny_q8, n_ctx=64, backend=device())
+    model.eval([1, 2, 3])
+    for token in (4, 5, 6):  # warm-up, capture, replay
+        model.eval([token])
+    plan = decode_plan(model)
+    assert len(plan._calls) == 1 and isinstance(plan._calls[0], GraphReplay) and plan._calls[0].graph is not None
+    fake_cupy.counts.reset()
+    plan._calls[0]()
+    assert (fake_cupy.counts.syncs, fake_cupy.counts.uploads, fake_cupy.counts.launches) == (0, 0, 1)
+    fake_cupy.counts.reset()
+    model.eval([7])
+    assert fake_cupy.counts.syncs == 1  # the logits' download, nothing else
+    assert fake_cupy.counts.uploads == len(plan.inputs)
+
+
+def test_eager_decode_step_makes_no_host_sync(tiny_q8):
+    model = Model(tiny_q8, n_ctx=64, backend=device(cuda_graphs=False))
+    model.eval([1, 2, 3])
+    model.eval([4])
+    plan = decode_plan(model)
+    fake_cupy.counts.reset()
+    for step in plan._calls:
+        step()
+    assert fake_cupy.counts.syncs == 0 and fake_cupy.counts.uploads == 0
+    assert fake_cupy.counts.launches > len(plan._calls)
