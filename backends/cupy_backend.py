@@ -56,6 +56,7 @@ class CupyBackend(Backend):
         self.stream = self.xp.cuda.Stream(non_blocking=True)  # the legacy default stream cannot be captured
         self.stream.use()
         self.dq = Dequantizer(self.xp)
+        self._scratch: dict[tuple, Any] = {}
         self.raw = self._raw_kernels(raw_kernels)
 
     def _raw_kernels(self, wanted: bool | None) -> Any:
@@ -71,6 +72,13 @@ class CupyBackend(Backend):
     def const(self, host: np.ndarray) -> Any:
         """A constant made on the host once per plan, uploaded once."""
         return self.xp.asarray(np.ascontiguousarray(host))
+
+    def scratch(self, shape: tuple[int, ...], dtype: np.dtype) -> Any:
+        """A device buffer shared by every step that needs one of this shape and dtype (steps run in order)."""
+        key = (tuple(shape), np.dtype(dtype))
+        if key not in self._scratch:
+            self._scratch[key] = self.xp.empty(shape, dtype)
+        return self._scratch[key]
 
     def make_placed(self, leaf: Tensor, dense: bool) -> Any:
         xp = self.xp

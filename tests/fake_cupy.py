@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import re
 import types
 from typing import Any
 
@@ -335,3 +336,38 @@ for _fn_name in FUNCTIONS:
     _np_fn = getattr(np, _fn_name)
     globals()[_fn_name] = (lambda n, f: lambda *a, **k: _call(n, f, a, k))(_fn_name, _np_fn)
     setattr(_module, _fn_name, True)
+
+
+class CheckedRawModule:
+    """A RawModule whose kernels check each launch against the kernel's C signature (count, scalar types, float
+    pointers given float32 arrays, at most 1024 threads a block) and count it, computing nothing: the raw-kernel
+    path's launches are checked on the CPU, their arithmetic only on a GPU."""
+
+    SCALARS = {"int": np.int32, "long long": np.int64, "float": np.float32}
+
+    def __init__(self, code: str, options: tuple = ()):
+        found = re.findall(r'extern "C" __global__ void (\w+)\(([^)]*)\)', code)
+        self.signatures = {name: [p.strip() for p in params.split(",")] for name, params in found}
+        self.launched: list[str] = []
+
+    def get_function(self, name: str):
+        params = self.signatures[name]
+
+        def launch(grid: tuple, block: tuple, args: tuple) -> None:
+            assert len(args) == len(params), f"{name}: {len(args)} arguments for {len(params)} parameters"
+            assert int(np.prod(block)) <= 1024 and all(int(g) >= 1 for g in grid), f"{name}: {grid} {block}"
+            for param, arg in zip(params, args):
+                _check_argument(name, param, arg)
+            counts.launches += 1
+            self.launched.append(name)
+        return launch
+
+
+def _check_argument(kernel: str, param: str, arg: Any) -> None:
+    if "*" in param:
+        assert isinstance(arg, ndarray) or (isinstance(arg, np.uint64) and arg == 0), f"{kernel}: {param} <- {arg!r}"
+        if param.startswith("const float*") or param.startswith("float*"):
+            assert not isinstance(arg, ndarray) or arg.dtype == np.float32, f"{kernel}: {param} <- {arg!r}"
+        return
+    kind = param.rsplit(" ", 1)[0]
+    assert isinstance(arg, CheckedRawModule.SCALARS[kind]), f"{kernel}: {param} <- {arg!r} ({type(arg)})"

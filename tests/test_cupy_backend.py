@@ -192,3 +192,42 @@ def test_eager_decode_step_makes_no_host_sync(tiny_q8):
         step()
     assert fake_cupy.counts.syncs == 0 and fake_cupy.counts.uploads == 0
     assert fake_cupy.counts.launches > len(plan._calls)
+
+
+# ---- the raw-kernel path: launches checked against the CUDA signatures (their arithmetic needs a GPU)
+
+@pytest.fixture
+def raw_device(monkeypatch):
+    monkeypatch.setattr(fake_cupy, "RawModule", fake_cupy.CheckedRawModule, raising=False)
+    return device(raw_kernels=True)
+
+
+RAW_CASES = {
+    "attn_decode_f16": lambda g: pg.flash_attn_ext(r(g, 4, 1, 64), half(g, 2, 7, 64), half(g, 2, 7, 64),
+                                                   CASES["soft_max_ext"][0](g).srcs[1], 0.35),
+    "attn_decode_f32": lambda g: pg.flash_attn_ext(r(g, 4, 1, 8), r(g, 2, 7, 8), r(g, 2, 7, 8), None, 0.35),
+    "mm_small_f16": lambda g: pg.mul_mat(half(g, 2, 7, 8), r(g, 4, 1, 8)),
+    "to_f16_q8_0": lambda g: pg.mul_mat(blocks_leaf(DType.Q8_0, 6, 64, g), r(g, 9, 64)),
+    "get_rows_q4_k": lambda g: pg.get_rows(blocks_leaf(DType.Q4_K, 6, 256, g), pg.from_numpy(np.array([1, 5]))),
+    "geglu_f32": lambda g: pg.geglu(r(g, 3, 16)),
+    "mmv_f16": lambda g: pg.mul_mat(half(g, 6, 8), r(g, 2, 8)),
+}
+
+
+@pytest.mark.parametrize("kernel", sorted(RAW_CASES))
+def test_raw_launches_match_signatures(raw_device, kernel):
+    pg.compute(RAW_CASES[kernel](np.random.default_rng(0)), backend=raw_device)
+    assert kernel in raw_device.raw._module.launched
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the checked launches compute nothing: values are garbage
+def test_raw_decode_step_launches_only_kernels(raw_device, tiny_q8):
+    model = Model(tiny_q8, n_ctx=64, backend=raw_device)
+    model.eval([1, 2, 3])
+    for token in (4, 5, 6):
+        model.eval([token])
+    launched = set(raw_device.raw._module.launched)
+    assert {"get_rows_q8_0", "mmv_q8_0", "rms_norm_f32", "rope_f32", "soft_max_f32", "swiglu_f32",
+            "mm_small_f32"} <= launched
+    plan = decode_plan(model)
+    assert len(plan._calls) == 1 and plan._calls[0].graph is not None  # captured: no cuBLAS in the step
