@@ -9,6 +9,8 @@ import pytest
 
 import fake_cupy
 import pyggml as pg
+from op_cases import (CASE_IDS, CASES, HALF_CASES, HALF_IDS, MAX_NMSE, blocks_leaf, half, nmse, quant_cases, r,
+                      random_blocks)
 from pyggml import DType
 from pyggml.backends import compile as compile_plan
 from pyggml.backends.cupy_backend import CupyBackend, GraphReplay
@@ -17,12 +19,11 @@ from pyggml.backends.numpy_backend import NumpyBackend
 from pyggml.backends.numpy_kernels import as_f32
 from pyggml.model.model import Model
 from synthetic_llama import TinyLlama, make_weights, write_gguf
-from test_backend_ops import CASE_IDS, CASES, MAX_NMSE, nmse
-from test_quants import random_blocks
 
 CFG = TinyLlama()
 CFG_Q = TinyLlama(n_ff=64)  # every matrix row a whole number of blocks
 QUANT_TYPES = sorted(DEVICE_FORMATS, key=lambda t: t.value)
+QUANT_CASES = quant_cases(QUANT_TYPES)
 
 
 def device(**options) -> CupyBackend:
@@ -71,35 +72,6 @@ def test_op_matches_numpy(op, i):
     compare(CASES[op][i])
 
 
-def half(rng, *shape, dtype=DType.F16) -> pg.Tensor:
-    """A constant in F16, or BF16 (held as its uint16 bits)."""
-    values = rng.standard_normal(shape).astype(np.float32)
-    if dtype == DType.F16:
-        return pg.from_numpy(values.astype(np.float16))
-    return pg.from_numpy((values.view(np.uint32) >> 16).astype(np.uint16), dtype=DType.BF16)
-
-
-def r(rng, *shape) -> pg.Tensor:
-    return pg.from_numpy(rng.standard_normal(shape).astype(np.float32))
-
-
-HALF_CASES = {
-    "mul_mat": lambda g, t: pg.mul_mat(half(g, 6, 8, dtype=t), r(g, 3, 8)),
-    "add": lambda g, t: pg.add(half(g, 4, 8, dtype=t), r(g, 8)),
-    "rms_norm": lambda g, t: pg.rms_norm(half(g, 3, 16, dtype=t), 1e-6),
-    "rope": lambda g, t: pg.rope(half(g, 3, 2, 16, dtype=t), pg.from_numpy(np.array([0, 4, 9], np.int32)), 16),
-    "get_rows": lambda g, t: pg.get_rows(half(g, 6, 8, dtype=t), pg.from_numpy(np.array([5, 0], np.int32))),
-    "set_rows": lambda g, t: pg.set_rows(half(g, 6, 8, dtype=t), r(g, 2, 8), pg.from_numpy(np.array([3, 1]))),
-    "cpy": lambda g, t: pg.cpy(r(g, 4, 8), half(g, 4, 8, dtype=t)),
-    "soft_max_ext": lambda g, t: pg.soft_max_ext(r(g, 2, 3, 7), half(g, 3, 7, dtype=t), scale=0.5),
-}
-
-
-# a mask is F32/F16 only; the NumPy backend holds a BF16 leaf as F32, so set_rows into it is not a reference
-HALF_IDS = [(op, t) for op in sorted(HALF_CASES) for t in (DType.F16, DType.BF16)
-            if t == DType.F16 or op not in ("soft_max_ext", "set_rows")]
-
-
 @pytest.mark.parametrize("op,dtype", HALF_IDS, ids=[f"{op}-{t.name}" for op, t in HALF_IDS])
 def test_half_precision_operands_on_the_device(op, dtype):
     compare(lambda g: HALF_CASES[op](g, dtype), rtol_nmse=1e-5)
@@ -115,9 +87,9 @@ def test_device_dequantization_matches_gguf(dtype):
     np.testing.assert_array_equal(got, gguf.quants.dequantize(raw, dtype))
 
 
-def blocks_leaf(dtype: DType, rows: int, row_len: int, rng) -> pg.Tensor:
-    raw = random_blocks(dtype, rows, row_len // gguf.GGML_QUANT_SIZES[dtype][0], rng)
-    return pg.from_numpy(raw, dtype=dtype)
+@pytest.mark.parametrize("case", sorted(QUANT_CASES))
+def test_quantized_ops_match_numpy(case):
+    compare(QUANT_CASES[case], rtol_nmse=1e-10)
 
 
 @pytest.mark.parametrize("dtype", QUANT_TYPES, ids=lambda t: t.name)

@@ -5,7 +5,8 @@ import gguf
 import numpy as np
 import pytest
 
-from pyggml.backends.quants import F16_FIELDS, FORMATS, dequantize, dequantize_rows
+from op_cases import random_blocks
+from pyggml.backends.quants import FORMATS, dequantize, dequantize_rows
 from pyggml.graph.dtypes import DType
 from pyggml.graph.errors import PyggmlError
 from pyggml.model.gguf_file import GGUFFile
@@ -29,16 +30,6 @@ def assert_bitwise_equal(ours: np.ndarray, reference: np.ndarray) -> None:
 def reference(raw: np.ndarray, dtype: DType) -> np.ndarray:
     with np.errstate(all="ignore"):
         return gguf.quants.dequantize(raw, dtype)
-
-
-def random_blocks(dtype: DType, rows: int, blocks_per_row: int, rng: np.random.Generator) -> np.ndarray:
-    """(rows, bytes per row) of random blocks whose float16 scale fields are finite and moderate."""
-    _, type_size = gguf.GGML_QUANT_SIZES[dtype]
-    blocks = rng.integers(0, 256, (rows * blocks_per_row, type_size), dtype=np.uint8)
-    for offset in F16_FIELDS[dtype]:
-        scales = rng.uniform(-2.0, 2.0, len(blocks)).astype(np.float16)
-        blocks[:, offset:offset + 2] = scales.view(np.uint8).reshape(-1, 2)
-    return blocks.reshape(rows, -1)
 
 
 @pytest.mark.parametrize("dtype", BLOCK_TYPES, ids=lambda t: t.name)
