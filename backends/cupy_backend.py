@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from pyggml.graph.dtypes import DType, is_quantized, numpy_dtype
+from pyggml.graph.dtypes import DType, is_quantized, nbytes, numpy_dtype
 from pyggml.graph.errors import PyggmlError
 from pyggml.graph.tensor import Tensor
 
@@ -81,15 +81,16 @@ class CupyBackend(Backend):
         return self._scratch[key]
 
     def make_placed(self, leaf: Tensor, dense: bool) -> Any:
-        xp = self.xp
-        if leaf.data is None:
-            return xp.zeros(leaf.shape, numpy_dtype(leaf.dtype))
         if not is_quantized(leaf.dtype):  # F16 stays float16, BF16 its uint16 bits: converted inside kernels
+            if leaf.data is None:
+                return self.xp.zeros(leaf.shape, numpy_dtype(leaf.dtype))
             return self.const(np.asarray(leaf.data).reshape(leaf.shape))
         if not dense:
+            if leaf.data is None:  # zero blocks, (rows, bytes per row)
+                return self.xp.zeros((leaf.nelements // leaf.shape[-1], nbytes(leaf.shape[-1:], leaf.dtype)), np.uint8)
             return self.const(np.asarray(leaf.data).reshape(-1, leaf.data.shape[-1]))
         weight = numpy_dtype(self.weight_dtype)
-        if leaf.dtype in DEVICE_FORMATS:  # its blocks (uploaded once, shared with block readers) dequantized here
+        if leaf.dtype in DEVICE_FORMATS or leaf.data is None:  # its blocks (placed once) dequantized here
             values = dequantize_rows(self.dq, self.place(leaf, False), leaf.dtype, None, leaf.shape[-1])
             return values.reshape(leaf.shape).astype(weight)
         return self.const(dequantize(np.asarray(leaf.data), leaf.dtype, leaf.shape).astype(weight))
