@@ -190,19 +190,13 @@ __device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
 __device__ __forceinline__ float gelu(float g) {
     return 0.5f * g * (1.0f + tanhf(0.7978845608028654f * g * (1.0f + 0.044715f * g * g)));
 }
-extern "C" __global__ void swiglu_f32(const float* gate, const float* up, float* y, int n, long long total,
-                                      long long gate_row, long long up_row) {
+extern "C" __global__ void glu_f32(const float* gate, const float* up, float* y, int n, long long total,
+                                   long long gate_row, long long up_row, int use_gelu) {
     const long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x;
     if (e >= total) return;
     const long long r = e / n, k = e % n;
-    y[e] = silu(gate[r * gate_row + k]) * up[r * up_row + k];
-}
-extern "C" __global__ void geglu_f32(const float* gate, const float* up, float* y, int n, long long total,
-                                     long long gate_row, long long up_row) {
-    const long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x;
-    if (e >= total) return;
-    const long long r = e / n, k = e % n;
-    y[e] = gelu(gate[r * gate_row + k]) * up[r * up_row + k];
+    const float g = gate[r * gate_row + k];
+    y[e] = (use_gelu ? gelu(g) : silu(g)) * up[r * up_row + k];
 }
 """
 

@@ -21,7 +21,7 @@ from .numpy_attention import yarn_corr_dims
 from .numpy_kernels import F32
 
 KERNEL_NAMES = ([f"{kind}_{t}" for t in cuda_sources.BLOCK_TYPES for kind in ("mmv", "get_rows", "to_f16")]
-                + ["rms_norm_f32", "rope_f32", "soft_max_f32", "swiglu_f32", "geglu_f32"]
+                + ["rms_norm_f32", "rope_f32", "soft_max_f32", "glu_f32"]
                 + [f"{kind}_{f}" for f in cuda_sources.FLOAT_TYPES for kind in ("attn_decode", "mm_small")])
 MMV_ROWS = 8  # a product with at most this many rows of b runs as mat-vec kernels (decode), else through cuBLAS
 ROWS_PER_BLOCK = 4  # warps (output rows) per block of the mat-vec kernels
@@ -154,8 +154,8 @@ class RawKernels:
             gate, up = up, gate
         if up.dtype != F32 or up.strides[-1] != 4:
             return None
-        fn, total = self.fn(f"{node.op}_f32"), out.size
-        args = (gate, up, out, I32(n), I64(total), elems(gate, 0), elems(up, 0))
+        fn, total = self.fn("glu_f32"), out.size
+        args = (gate, up, out, I32(n), I64(total), elems(gate, 0), elems(up, 0), I32(node.op == "geglu"))
         return lambda: fn(blocks_for(total), (THREADS,), args)
 
     swiglu = geglu = _glu

@@ -181,7 +181,7 @@ RAW_CASES = {
     "mm_small_f16": lambda g: pg.mul_mat(half(g, 2, 7, 8), r(g, 4, 1, 8)),
     "to_f16_q8_0": lambda g: pg.mul_mat(blocks_leaf(DType.Q8_0, 6, 64, g), r(g, 9, 64)),
     "get_rows_q4_k": lambda g: pg.get_rows(blocks_leaf(DType.Q4_K, 6, 256, g), pg.from_numpy(np.array([1, 5]))),
-    "geglu_f32": lambda g: pg.geglu(r(g, 3, 16)),
+    "glu_f32": lambda g: pg.geglu(r(g, 3, 16)),
     "mmv_f16": lambda g: pg.mul_mat(half(g, 6, 8), r(g, 2, 8)),
 }
 
@@ -199,7 +199,7 @@ def test_raw_decode_step_launches_only_kernels(raw_device, tiny_q8):
     for token in (4, 5, 6):
         model.eval([token])
     launched = set(raw_device.raw._module.launched)
-    assert {"get_rows_q8_0", "mmv_q8_0", "rms_norm_f32", "rope_f32", "soft_max_f32", "swiglu_f32",
+    assert {"get_rows_q8_0", "mmv_q8_0", "rms_norm_f32", "rope_f32", "soft_max_f32", "glu_f32",
             "mm_small_f32"} <= launched
     plan = decode_plan(model)
     assert len(plan._calls) == 1 and plan._calls[0].graph is not None  # captured: no cuBLAS in the step
