@@ -162,5 +162,14 @@ class GraphReplay:
             warnings.warn(f"CUDA graph capture failed, running eagerly: {e}", RuntimeWarning, stacklevel=3)
             self.failed = True
         finally:
-            graph = stream.end_capture()
+            graph = self._end_capture()
         self.graph = None if self.failed else graph
+
+    def _end_capture(self) -> Any:
+        """The captured graph, or None when CUDA invalidated the capture."""
+        try:
+            return self.backend.stream.end_capture()
+        except Exception as e:  # noqa: BLE001
+            warnings.warn(f"CUDA graph capture failed, running eagerly: {e}", RuntimeWarning, stacklevel=4)
+            self.failed = True
+            return None

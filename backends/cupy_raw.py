@@ -63,7 +63,7 @@ class RawKernels:
     def mul_mat(self, node: Tensor, out, a, b) -> Step | None:
         if b.dtype != F32 or out.dtype != F32:
             return None
-        kind = weight_kind(node, a)
+        kind = weight_kind(node, a) if len(node.srcs[0].shape) == 2 else None
         if kind is not None and b.ndim == 2 and b.flags.c_contiguous and out.flags.c_contiguous:
             return self._weight_product(kind, node, out, a, b)
         if a.dtype in (F32, np.float16) and a.ndim == b.ndim and b.ndim in (2, 3) and b.shape[-2] <= MMV_ROWS:
@@ -163,11 +163,14 @@ class RawKernels:
     def flash_attn_ext(self, node: Tensor, out, q, k, v, mask=None) -> Step | None:
         p, kind = node.params, {F32: "f32", np.float16: "f16"}.get(k.dtype.type)
         decode = q.ndim == 3 and q.shape[1] == 1 and q.dtype == F32 and k.dtype == v.dtype and kind is not None
-        if not decode or p["max_bias"] > 0 or max(k.shape[-1], v.shape[-1]) > 256 or q.strides[-1] != 4:
+        rows_contiguous = q.strides[-1] == 4 and k.strides[-1] == v.strides[-1] == k.itemsize
+        if not decode or not rows_contiguous or p["max_bias"] > 0 or max(k.shape[-1], v.shape[-1]) > 256:
             return None
         if mask is not None and (mask.dtype != F32 or mask.strides[-1] != 4):
             return None
         n_kv_heads, group = k.shape[0], q.shape[0] // k.shape[0]
+        if group > 32:  # a warp per query head of the group, in one block
+            return None
         fn = self.fn(f"attn_decode_{kind}")
         args = (q, k, v, NULL if mask is None else mask, out, I32(k.shape[1]), I32(k.shape[2]), I32(v.shape[2]),
                 I32(group), F32(p["scale"]), F32(p["logit_softcap"]), elems(q, 0), elems(k, 0), elems(k, 1),

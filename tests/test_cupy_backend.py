@@ -203,3 +203,15 @@ def test_raw_decode_step_launches_only_kernels(raw_device, tiny_q8):
             "mm_small_f32"} <= launched
     plan = decode_plan(model)
     assert len(plan._calls) == 1 and plan._calls[0].graph is not None  # captured: no cuBLAS in the step
+
+
+def test_a_step_that_cannot_be_captured_runs_eagerly():
+    dev = device()
+    a = fake_cupy.asarray(np.ones(4, np.float32))
+    seen = []
+    replay = GraphReplay(dev, [lambda: fake_cupy.multiply(a, 2, out=a), lambda: seen.append(float(a[0]))])
+    replay()  # warm-up
+    with pytest.warns(RuntimeWarning, match="capture failed"):
+        replay()  # a host read during capture: refused, run eagerly from now on
+    replay()
+    assert replay.graph is None and replay.failed and len(seen) == 3 and seen[2] == 2 * seen[1]
