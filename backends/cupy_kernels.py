@@ -91,12 +91,24 @@ def rope(dev, node: Tensor, out, a, pos, freq_factors=None) -> Step:
 
 @device_kernel("rms_norm")
 def rms_norm(dev, node: Tensor, out, a) -> Step:
-    """x / sqrt(mean(x^2) + eps): square and mean, no cuBLAS dot."""
-    xp, eps = dev.xp, F32(node.params["eps"])
-
+    """x / sqrt(mean(x^2) + eps)."""
     def f32_factory(node: Tensor, out, a) -> Step:
-        return lambda: xp.divide(a, xp.sqrt(xp.mean(xp.square(a), axis=-1, keepdims=True) + eps), out=out)
+        return norm_rows_step(dev, a, out, node.params["eps"])
     return f32_compute(f32_factory)(node, out, a)
+
+
+def norm_rows_step(dev, x, out, eps: float, weight=None) -> Step:
+    """out = x / sqrt(mean(x^2) + eps) [* weight] over F32 rows: a raw kernel, or square and mean (no cuBLAS)."""
+    raw = dev.raw.rms_norm_rows(x, weight, out, eps) if dev.raw is not None else None
+    if raw is not None:
+        return raw
+    xp, eps = dev.xp, F32(eps)
+
+    def run() -> None:
+        xp.divide(x, xp.sqrt(xp.mean(xp.square(x), axis=-1, keepdims=True) + eps), out=out)
+        if weight is not None:
+            xp.multiply(out, weight, out=out)
+    return run
 
 
 @device_kernel("get_rows")

@@ -110,11 +110,16 @@ class RawKernels:
         return lambda: fn(blocks_for(n), (THREADS,), args)
 
     def rms_norm(self, node: Tensor, out, a) -> Step | None:
-        if a.dtype != F32 or out.dtype != F32 or not (a.flags.c_contiguous and out.flags.c_contiguous):
+        return self.rms_norm_rows(a, None, out, node.params["eps"])
+
+    def rms_norm_rows(self, x, weight, out, eps: float) -> Step | None:
+        """out = x / sqrt(mean(x^2) + eps) [* weight] over contiguous F32 rows: one launch."""
+        if x.dtype != F32 or out.dtype != F32 or not (x.flags.c_contiguous and out.flags.c_contiguous):
             return None
-        ncols = a.shape[-1]
-        fn, args = self.fn("rms_norm_f32"), (a, NULL, out, I32(ncols), F32(node.params["eps"]), I64(ncols), I64(ncols))
-        return lambda: fn((a.size // ncols,), (THREADS,), args)
+        ncols = x.shape[-1]
+        fn = self.fn("rms_norm_f32")
+        args = (x, NULL if weight is None else weight, out, I32(ncols), F32(eps), I64(ncols), I64(ncols))
+        return lambda: fn((x.size // ncols,), (THREADS,), args)
 
     def rope(self, node: Tensor, out, a, pos, freq_factors=None) -> Step | None:
         if a.dtype != F32 or out.dtype != F32 or a.strides[-1] != 4 or out.strides[-1] != 4:

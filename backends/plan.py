@@ -91,7 +91,8 @@ class Plan:
         for split in self.splits:
             self._compile_split(split)
         calls = [step for _, step, _ in self._timed]
-        self._calls = self.splits[0].backend.sequence(calls) if len(self.splits) == 1 and not self.copies else calls
+        self._calls = self.splits[0].backend.sequence(graph, self.steps) if len(self.splits) == 1 and not self.copies \
+            else calls
         self._by_name = {graph.label(t): t for t in self.inputs}
         self.last_profile: list[tuple[Tensor, float]] = []
         self.last_copy_profile: list[tuple[Copy, float]] = []

@@ -215,3 +215,31 @@ def test_a_step_that_cannot_be_captured_runs_eagerly():
         replay()  # a host read during capture: refused, run eagerly from now on
     replay()
     assert replay.graph is None and replay.failed and len(seen) == 3 and seen[2] == 2 * seen[1]
+
+
+# ---- RMSNorm fused with its weight
+
+def norm_graph(rng, norm_is_read_again: bool):
+    x = pg.input_tensor((3, 16), name="x")
+    w = pg.from_numpy((1 + 0.1 * rng.standard_normal(16)).astype(np.float32))
+    norm = pg.rms_norm(pg.exp(x), 1e-6)
+    y = pg.mul(norm, w)
+    return x, (pg.add(y, norm) if norm_is_read_again else pg.silu(y))
+
+
+@pytest.mark.parametrize("read_again", [False, True], ids=["fused", "norm-read-again"])
+def test_rms_norm_with_its_weight_is_one_step(read_again):
+    rng = np.random.default_rng(0)
+    value = rng.standard_normal((3, 16)).astype(np.float32)
+    x, y = norm_graph(rng, read_again)
+    want = compile_plan(y, NumpyBackend()).run({x: value})[0]
+    plan = compile_plan(y, device(cuda_graphs=False))
+    np.testing.assert_allclose(plan.run({x: value})[0], want, rtol=1e-6)
+    assert len(plan._calls) == len(plan.steps) - (0 if read_again else 1)
+
+
+def test_llama_norms_are_fused(tiny_q8):
+    model = Model(tiny_q8, n_ctx=64, backend=device(cuda_graphs=False))
+    model.eval([1, 2])
+    plan = model.context.last_plan
+    assert len(plan._calls) == len(plan.steps) - (2 * CFG_Q.n_layer + 1)
