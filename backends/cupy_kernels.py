@@ -132,11 +132,11 @@ def mul_mat(dev, node: Tensor, out, a, b) -> Step:
     """b @ a.T: operands converted to F32 on the device (blocks dequantized), then a product."""
     xp, (a_t, b_t) = dev.xp, (node.srcs[0].dtype, node.srcs[1].dtype)
     fills = []
-    if a.dtype == np.uint8:  # raw GGUF blocks (rows, bytes per row)
-        blocks, a = a, xp.empty(node.srcs[0].shape, F32)
+    if a.dtype == np.uint8:  # raw GGUF blocks (rows, bytes per row): into a buffer shared by same-shaped weights
+        blocks, a = a, dev.scratch(node.srcs[0].shape, F32)
         fills.append(lambda: xp.copyto(a, dequantize_rows(dev.dq, blocks, a_t, None, a.shape[-1]).reshape(a.shape)))
     elif a.dtype != F32:
-        src_a, a = a, xp.empty(a.shape, F32)
+        src_a, a = a, dev.scratch(a.shape, F32)
         fills.append(lambda: xp.copyto(a, as_f32(src_a, a_t)))
     if b.dtype != F32:
         src_b, b = b, xp.empty(b.shape, F32)

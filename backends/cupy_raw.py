@@ -36,6 +36,7 @@ def elems(x: Any, axis: int) -> I64:
 
 
 def blocks_for(n: int) -> tuple[int]:
+    """The grid of a launch with a thread per element."""
     return (max(1, math.ceil(n / THREADS)),)
 
 
