@@ -17,8 +17,10 @@ typedef unsigned short u16;
 #define WARP 32
 #define INF __int_as_float(0x7f800000)
 
+#ifndef PYGGML_CPU_EMULATION  // the tests' CPU emulation (tests/cuda_emulation.py) defines these two itself
 __device__ __forceinline__ float h2f(u16 h) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f; }
 __device__ __forceinline__ u16 f2h(float f) { u16 h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
+#endif
 __device__ __forceinline__ float bf2f(u16 h) { return __int_as_float(((unsigned)h) << 16); }
 __device__ __forceinline__ float f16_at(const u8* b, int at) { return h2f(b[at] | (b[at + 1] << 8)); }
 

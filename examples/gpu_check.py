@@ -17,7 +17,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from gguf import MODEL_TENSOR as T, TENSOR_NAMES
@@ -78,21 +77,12 @@ def compare_case(build, backend: CupyBackend) -> float:
     return op_cases.nmse(as_f32(got, result.dtype).astype(np.float32), as_f32(want, result.dtype).astype(np.float32))
 
 
-def all_cases() -> dict[str, tuple[Any, float]]:
-    """name -> (case, NMSE limit): every op case, the F16/BF16 cases and the quantized ones."""
-    cases = {f"{op}-{i}": (op_cases.CASES[op][i], op_cases.MAX_NMSE) for op, i in op_cases.CASE_IDS}
-    cases.update({f"{op}-{t.name}": (lambda g, op=op, t=t: op_cases.HALF_CASES[op](g, t), 1e-5)
-                  for op, t in op_cases.HALF_IDS})
-    cases.update({name: (case, 1e-6) for name, case in op_cases.quant_cases(sorted(DEVICE_FORMATS)).items()})
-    return cases
-
-
 def check_ops(args: argparse.Namespace) -> list[dict]:
-    """Every case on the raw-kernel path and on the array-level path."""
+    """Every case on the raw-kernel path and on the array-level path (op_cases.all_cases)."""
     rows = []
     for raw in ([False] if args.stand_in else [True, False]):
         backend = device(args, raw_kernels=raw)
-        for name, (case, limit) in all_cases().items():
+        for name, (case, limit) in op_cases.all_cases(sorted(DEVICE_FORMATS)).items():
             try:
                 error = compare_case(case, backend)
                 rows.append({"case": name, "raw_kernels": raw, "nmse": error, "ok": bool(error <= limit)})

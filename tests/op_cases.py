@@ -140,3 +140,25 @@ def quant_cases(types: list[DType]) -> dict[str, Case]:
         cases[f"mul_mat-{t.name}-prefill"] = lambda g, t=t, n=n: pg.mul_mat(blocks_leaf(t, 6, n, g), r(g, 12, n))
         cases[f"get_rows-{t.name}"] = lambda g, t=t, n=n: pg.get_rows(blocks_leaf(t, 6, n, g), idx([4, 1, 4]))
     return cases
+
+
+# a case per raw CUDA kernel that the cases above do not reach (decode attention, products of few rows)
+RAW_CASES = {
+    "attn_decode_f16": lambda g: pg.flash_attn_ext(r(g, 4, 1, 64), half(g, 2, 7, 64), half(g, 2, 7, 64),
+                                                   mask(g, 1, 7), 0.35),
+    "attn_decode_f32": lambda g: pg.flash_attn_ext(r(g, 4, 1, 8), r(g, 2, 7, 8), r(g, 2, 7, 8), None, 0.35),
+    "mm_small_f16": lambda g: pg.mul_mat(half(g, 2, 7, 8), r(g, 4, 1, 8)),
+    "to_f16_q8_0": lambda g: pg.mul_mat(blocks_leaf(DType.Q8_0, 6, 64, g), r(g, 9, 64)),
+    "get_rows_q4_k": lambda g: pg.get_rows(blocks_leaf(DType.Q4_K, 6, 256, g), pg.from_numpy(np.array([1, 5]))),
+    "glu_f32": lambda g: pg.geglu(r(g, 3, 16)),
+    "mmv_f16": lambda g: pg.mul_mat(half(g, 6, 8), r(g, 2, 8)),
+}
+
+
+def all_cases(quant_types: list[DType]) -> dict[str, tuple[Case, float]]:
+    """name -> (case, NMSE limit): every op case, the F16/BF16, quantized (of quant_types) and raw-kernel cases."""
+    cases = {f"{op}-{i}": (CASES[op][i], MAX_NMSE) for op, i in CASE_IDS}
+    cases.update({f"{op}-{t.name}": (lambda g, op=op, t=t: HALF_CASES[op](g, t), 1e-5) for op, t in HALF_IDS})
+    cases.update({name: (case, 1e-6) for name, case in quant_cases(quant_types).items()})
+    cases.update({f"raw-{name}": (case, 1e-5) for name, case in RAW_CASES.items()})
+    return cases

@@ -9,8 +9,8 @@ import pytest
 
 import fake_cupy
 import pyggml as pg
-from op_cases import (CASE_IDS, CASES, HALF_CASES, HALF_IDS, MAX_NMSE, blocks_leaf, half, nmse, quant_cases, r,
-                      random_blocks)
+from op_cases import (CASE_IDS, CASES, HALF_CASES, HALF_IDS, MAX_NMSE, RAW_CASES, blocks_leaf, nmse, quant_cases,
+                      r, random_blocks)
 from pyggml import DType
 from pyggml.backends import compile as compile_plan
 from pyggml.backends.cupy_backend import CupyBackend, GraphReplay
@@ -172,18 +172,6 @@ def test_eager_decode_step_makes_no_host_sync(tiny_q8):
 def raw_device(monkeypatch):
     monkeypatch.setattr(fake_cupy, "RawModule", fake_cupy.CheckedRawModule, raising=False)
     return device(raw_kernels=True)
-
-
-RAW_CASES = {
-    "attn_decode_f16": lambda g: pg.flash_attn_ext(r(g, 4, 1, 64), half(g, 2, 7, 64), half(g, 2, 7, 64),
-                                                   CASES["soft_max_ext"][0](g).srcs[1], 0.35),
-    "attn_decode_f32": lambda g: pg.flash_attn_ext(r(g, 4, 1, 8), r(g, 2, 7, 8), r(g, 2, 7, 8), None, 0.35),
-    "mm_small_f16": lambda g: pg.mul_mat(half(g, 2, 7, 8), r(g, 4, 1, 8)),
-    "to_f16_q8_0": lambda g: pg.mul_mat(blocks_leaf(DType.Q8_0, 6, 64, g), r(g, 9, 64)),
-    "get_rows_q4_k": lambda g: pg.get_rows(blocks_leaf(DType.Q4_K, 6, 256, g), pg.from_numpy(np.array([1, 5]))),
-    "glu_f32": lambda g: pg.geglu(r(g, 3, 16)),
-    "mmv_f16": lambda g: pg.mul_mat(half(g, 6, 8), r(g, 2, 8)),
-}
 
 
 @pytest.mark.parametrize("kernel", sorted(RAW_CASES))
