@@ -94,8 +94,13 @@ KERNEL = re.compile(r'extern "C" __global__ void (\w+)\(([^)]*)\)')
 
 
 def available() -> str | None:
-    """None when g++ with C++20 is here, else why not."""
-    return None if shutil.which("g++") else "no g++ to compile the CUDA sources for the CPU"
+    """None when a g++ that has C++20's <barrier> and _Float16 is here, else why not."""
+    if not shutil.which("g++"):
+        return "no g++ to compile the CUDA sources for the CPU"
+    probe = "#include <barrier>\nint main() { std::barrier<> b(1); _Float16 h = 1; return (int)h - 1; }\n"
+    done = subprocess.run(["g++", "-std=c++20", "-x", "c++", "-", "-o", "/dev/null", "-pthread"], input=probe,
+                          capture_output=True, text=True)
+    return None if done.returncode == 0 else f"g++ lacks C++20 <barrier> or _Float16: {done.stderr[:200]}"
 
 
 MEETS = re.compile(r"warp_sum|warp_max|block_reduce|__syncthreads|__shfl")

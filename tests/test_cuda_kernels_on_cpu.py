@@ -18,7 +18,8 @@ from pyggml.backends.numpy_kernels import as_f32
 from pyggml.model.model import Model
 from test_cupy_backend import tiny_q8  # noqa: F401  (a fixture)
 
-pytestmark = pytest.mark.skipif(cuda_emulation.available() is not None, reason=str(cuda_emulation.available()))
+UNAVAILABLE = cuda_emulation.available()
+pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=str(UNAVAILABLE))
 
 CASES_ALL = all_cases(sorted(DEVICE_FORMATS))
 
