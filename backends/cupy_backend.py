@@ -18,8 +18,8 @@ from pyggml.graph.graph import Graph
 from pyggml.graph.tensor import Tensor
 
 from .base import Backend, Step
-from .cupy_fusion import NormWeightFusion
-from .cupy_kernels import KERNELS, is_capturable, norm_rows_step
+from .cupy_fusion import Fusions
+from .cupy_kernels import KERNELS, is_capturable
 from .cupy_quants import DEVICE_FORMATS, Dequantizer, dequantize_rows
 from .quants import dequantize
 
@@ -59,7 +59,7 @@ class CupyBackend(Backend):
         self.stream.use()
         self.dq = Dequantizer(self.xp)
         self._scratch: dict[tuple, Any] = {}
-        self.fusion = NormWeightFusion()
+        self.fusions = Fusions(self)
         self.raw = self._raw_kernels(raw_kernels)
 
     def _raw_kernels(self, wanted: bool | None) -> Any:
@@ -118,18 +118,13 @@ class CupyBackend(Backend):
         self.stream.synchronize()
 
     def compile_node(self, node: Tensor, out: Any, srcs: list[Any]) -> Step:
-        if node.op == "rms_norm":
-            self.fusion.saw_norm(node, srcs[0], out)
-        found = self.fusion.candidate(node, srcs[1]) if node.op == "mul" else None
-        if found is not None and out.dtype == np.float32:
-            norm, x = found
-            self.fusion.fused[node] = norm_rows_step(self, x, out, norm.params["eps"], srcs[1])
+        self.fusions.saw(node, out, srcs)
         return self.kernels[node.op](self, node, out, *srcs)
 
     def sequence(self, graph: Graph, steps: list[tuple[Tensor, Step]]) -> list[Step]:
-        """A plan's steps, RMSNorm fused with its weight, as one CUDA graph when graphs are on and no step calls
+        """A plan's steps, fused where cupy_fusion.py can, as one CUDA graph when graphs are on and no step calls
         cuBLAS."""
-        calls = [step for _, step in self.fusion.apply(graph, steps)]
+        calls = [step for _, step in self.fusions.apply(graph, steps)]
         if not self.cuda_graphs or not calls or not all(is_capturable(s) for s in calls):
             return calls
         return [GraphReplay(self, calls)]

@@ -167,10 +167,18 @@ class RawKernels:
     swiglu = geglu = _glu
 
     def flash_attn_ext(self, node: Tensor, out, q, k, v, mask=None) -> Step | None:
-        p, kind = node.params, {F32: "f32", np.float16: "f16"}.get(k.dtype.type)
+        p = node.params
+        if p["max_bias"] > 0 or out.ndim != 3:
+            return None
+        return self.attention(q, k, v, mask, out, elems(out, 1), p["scale"], p["logit_softcap"])
+
+    def attention(self, q, k, v, mask, out, out_head: I64, scale: float, softcap: float = 0.0) -> Step | None:
+        """softmax(q k^T * scale + mask) v for one query row per head (H, 1, D), K/V (Hkv, n_kv, D) from the
+        cache: a block per KV head, a warp per query head of its group; out rows `out_head` elements apart."""
+        kind = {F32: "f32", np.float16: "f16"}.get(k.dtype.type)
         decode = q.ndim == 3 and q.shape[1] == 1 and q.dtype == F32 and k.dtype == v.dtype and kind is not None
         rows_contiguous = q.strides[-1] == 4 and k.strides[-1] == v.strides[-1] == k.itemsize
-        if not decode or not rows_contiguous or p["max_bias"] > 0 or max(k.shape[-1], v.shape[-1]) > 256:
+        if not decode or not rows_contiguous or max(k.shape[-1], v.shape[-1]) > 256:
             return None
         if mask is not None and (mask.dtype != F32 or mask.strides[-1] != 4):
             return None
@@ -179,7 +187,6 @@ class RawKernels:
             return None
         fn = self.fn(f"attn_decode_{kind}")
         args = (q, k, v, NULL if mask is None else mask, out, I32(k.shape[1]), I32(k.shape[2]), I32(v.shape[2]),
-                I32(group), F32(p["scale"]), F32(p["logit_softcap"]), elems(q, 0), elems(k, 0), elems(k, 1),
-                elems(v, 0), elems(v, 1), elems(out, 1))
+                I32(group), F32(scale), F32(softcap), elems(q, 0), elems(k, 0), elems(k, 1), elems(v, 0),
+                elems(v, 1), out_head)
         return lambda: fn((n_kv_heads,), (32, group), args)
-

@@ -191,6 +191,18 @@ def test_raw_decode_step_launches_only_kernels(raw_device, tiny_q8):
             "mm_small_f32"} <= launched
     plan = decode_plan(model)
     assert len(plan._calls) == 1 and plan._calls[0].graph is not None  # captured: no cuBLAS in the step
+    assert "attn_decode_f32" in launched
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the checked launches compute nothing: values are garbage
+def test_raw_decode_attention_and_norms_are_fused(raw_device, tiny_q8):
+    raw_device.cuda_graphs = False
+    model = Model(tiny_q8, n_ctx=64, backend=raw_device)
+    model.eval([1, 2, 3])
+    model.eval([4])
+    plan = decode_plan(model)
+    norms, attention = 2 * CFG_Q.n_layer + 1, 2 * CFG_Q.n_layer  # a norm each; kq and its softmax each
+    assert len(plan._calls) == len(plan.steps) - norms - attention
 
 
 def test_a_step_that_cannot_be_captured_runs_eagerly():
