@@ -80,7 +80,8 @@ __device__ __forceinline__ float dq_q4_k(const u8* b, int i) {
 __device__ __forceinline__ float dq_q5_k(const u8* b, int i) {
     float sc, m;
     k_scale_min(b, i / 32, &sc, &m);
-    const int q = ((b[48 + i / 64 * 32 + i % 32] >> (4 * (i % 64 / 32))) & 15) | (((b[16 + i % 32] >> (i / 32)) & 1) << 4);
+    const int low = (b[48 + i / 64 * 32 + i % 32] >> (4 * (i % 64 / 32))) & 15;
+    const int q = low | (((b[16 + i % 32] >> (i / 32)) & 1) << 4);
     return f16_at(b, 0) * sc * (float)q - f16_at(b, 2) * m;
 }
 __device__ __forceinline__ float dq_q6_k(const u8* b, int i) {

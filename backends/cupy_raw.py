@@ -137,7 +137,8 @@ class RawKernels:
 
     def soft_max_ext(self, node: Tensor, out, a, mask=None) -> Step | None:
         contiguous = a.dtype == F32 and a.flags.c_contiguous and out.flags.c_contiguous
-        if not contiguous or (mask is not None and (mask.ndim != 2 or mask.strides[0] != mask.shape[1] * mask.itemsize)):
+        mask_rows = mask is None or (mask.ndim == 2 and mask.strides[0] == mask.shape[1] * mask.itemsize)
+        if not contiguous or not mask_rows:
             return None
         ncols, rows = a.shape[-1], a.shape[-2]
         n_heads = a.shape[-3] if a.ndim >= 3 else 1
