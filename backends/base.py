@@ -9,6 +9,7 @@ from weakref import WeakKeyDictionary
 import numpy as np
 
 from pyggml.graph.dtypes import is_quantized
+from pyggml.graph.graph import Graph
 from pyggml.graph.tensor import Tensor
 from pyggml.ops import is_view, spec
 
@@ -76,6 +77,11 @@ class Backend(ABC):
     def compile_node(self, node: Tensor, out: Any, srcs: list[Any]) -> Step:
         """The closure computing node into out from srcs."""
         return self.kernels[node.op](node, out, *srcs)
+
+    def sequence(self, graph: Graph, steps: list[tuple[Tensor, Step]]) -> list[Step]:
+        """The calls that run a plan whose every (node, step) is on this backend, in order (a GPU backend may fuse
+        steps and capture them as one graph)."""
+        return [step for _, step in steps]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

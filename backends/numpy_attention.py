@@ -30,7 +30,8 @@ def mask_view(mask: np.ndarray, mask_dtype, scores_shape: tuple[int, ...], max_b
         n_head = scores_shape[-3]
         # the head dim is split like the scores' lead dims when the mask tiles it (mask heads between 1 and H)
         head_split, _ = tile_shapes((n_head,), (mask.shape[-3] if mask.ndim >= 3 else 1,))
-        slopes = alibi_slopes(n_head, max_bias).reshape(head_split + (1, 1))
+        # made once, in the mask's array module (like=: uploaded once to a device)
+        slopes = np.asarray(alibi_slopes(n_head, max_bias), like=mask).reshape(head_split + (1, 1))
         slopes = slopes.reshape((1,) * (len(lead_split) - len(head_split)) + slopes.shape)
 
     def get() -> np.ndarray:
@@ -73,23 +74,33 @@ def yarn_corr_dims(n_dims: int, n_ctx_orig: int, base: float, beta_fast: float, 
     return max(0.0, math.floor(corr_dim(beta_fast))), min(n_dims - 1.0, math.ceil(corr_dim(beta_slow)))
 
 
-def rope_tables(p: dict, pos: np.ndarray, freq_factors: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin of shape (N, 1, n_dims/2) for the positions, with freq_scale, YaRN and attn_factor."""
+def rope_constants(p: dict) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """inv_freq (n_dims/2,) float64, YaRN's per-dim mix (None without YaRN) and the magnitude scale."""
     n_dims = p["n_dims"]
     i = np.arange(0, n_dims, 2, dtype=np.float64)
-    inv_freq = p["freq_base"] ** (-i / n_dims)
-    if freq_factors is not None:
-        inv_freq = inv_freq / freq_factors
-    theta_extrap = pos.astype(np.float64)[:, None] * inv_freq[None, :]
-    theta = theta_extrap * p["freq_scale"]
-    mscale = p["attn_factor"]
+    inv_freq, mix, mscale = p["freq_base"] ** (-i / n_dims), None, p["attn_factor"]
     if p["ext_factor"] != 0.0:
         low, high = yarn_corr_dims(n_dims, p["n_ctx_orig"], p["freq_base"], p["beta_fast"], p["beta_slow"])
-        ramp = 1 - np.clip((i / 2 - low) / max(0.001, high - low), 0, 1)
-        mix = ramp * p["ext_factor"]
-        theta = theta * (1 - mix) + theta_extrap * mix
+        mix = (1 - np.clip((i / 2 - low) / max(0.001, high - low), 0, 1)) * p["ext_factor"]
         mscale *= 1.0 + 0.1 * math.log(1.0 / p["freq_scale"])
+    return inv_freq, mix, mscale
+
+
+def rope_angles(pos, inv_freq, mix, mscale: float, freq_scale: float):
+    """cos and sin (N, 1, n_dims/2) float32 for the positions; arrays of any one module (NumPy, cupy)."""
+    theta_extrap = pos.astype(np.float64)[:, None] * inv_freq[None, :]
+    theta = theta_extrap * freq_scale
+    if mix is not None:
+        theta = theta * (1 - mix) + theta_extrap * mix
     return (np.cos(theta) * mscale).astype(F32)[:, None, :], (np.sin(theta) * mscale).astype(F32)[:, None, :]
+
+
+def rope_tables(p: dict, pos: np.ndarray, freq_factors: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of shape (N, 1, n_dims/2) for the positions, with freq_scale, YaRN and attn_factor."""
+    inv_freq, mix, mscale = rope_constants(p)
+    if freq_factors is not None:
+        inv_freq = inv_freq / freq_factors
+    return rope_angles(pos, inv_freq, mix, mscale, p["freq_scale"])
 
 
 _ROPE_CACHE: dict[tuple, tuple[bytes, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
@@ -128,18 +139,27 @@ def rope(node: Tensor, out, a, pos, freq_factors=None):
             np.multiply(a_c, rope_tables_cached(settings, p, pos, freq_factors)[2], out=out_c)
             tail()
         return run_complex
-    if p["mode"] == ROPE_NEOX:
-        x0, x1, o0, o1 = a[..., :half], a[..., half:n], out[..., :half], out[..., half:n]
-    else:
-        x0, x1, o0, o1 = a[..., 0:n:2], a[..., 1:n:2], out[..., 0:n:2], out[..., 1:n:2]
+    halves = rope_halves(p, a, out)
 
     def run():
-        cos, sin, _ = rope_tables_cached(settings, p, pos, freq_factors)
-        r0 = x0 * cos - x1 * sin
-        r1 = x0 * sin + x1 * cos
-        o0[...], o1[...] = r0, r1
+        rotate(*halves, *rope_tables_cached(settings, p, pos, freq_factors)[:2])
         tail()
     return run
+
+
+def rope_halves(p: dict, a, out) -> tuple:
+    """Views (x0, x1, o0, o1) of the rotated pairs' first and second elements in a and out."""
+    n, half = p["n_dims"], p["n_dims"] // 2
+    if p["mode"] == ROPE_NEOX:
+        return a[..., :half], a[..., half:n], out[..., :half], out[..., half:n]
+    return a[..., 0:n:2], a[..., 1:n:2], out[..., 0:n:2], out[..., 1:n:2]
+
+
+def rotate(x0, x1, o0, o1, cos, sin) -> None:
+    """(o0, o1) = (x0 cos - x1 sin, x0 sin + x1 cos); o may alias x."""
+    r0 = x0 * cos - x1 * sin
+    r1 = x0 * sin + x1 * cos
+    o0[...], o1[...] = r0, r1
 
 
 def attention_mask(mask: np.ndarray, mask_dtype, heads_lead: tuple[int, ...], scores_shape: tuple[int, ...],

@@ -41,7 +41,7 @@ def as_f32(x: np.ndarray, dtype: DType) -> np.ndarray:
 
 def to_bf16(x: np.ndarray) -> np.ndarray:
     """BF16 bit patterns (uint16) of float values, rounded to nearest even as ggml_fp32_to_bf16 (NaN kept quiet)."""
-    u = np.ascontiguousarray(x, dtype=F32).view(np.uint32)
+    u = x.astype(F32, copy=False).view(np.uint32)  # methods only: works on any array module
     rounded = ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint16)
     return np.where((u & 0x7FFFFFFF) > 0x7F800000, ((u >> 16) | 64).astype(np.uint16), rounded)
 
@@ -73,8 +73,9 @@ def f32_compute(factory: Callable) -> Callable:
         convert_out = node.dtype in FLOAT_TYPES and out.dtype != F32
         if not convert and not convert_out:
             return factory(node, out, *srcs)
-        scratch = [np.empty(x.shape, F32) if i in convert else x for i, x in enumerate(srcs)]
-        out_f32 = np.empty(out.shape, F32) if convert_out else out
+        # empty_like dispatches to the arrays' module (NEP 18): a device backend gets device scratch
+        scratch = [np.empty_like(x, F32, order="C") if i in convert else x for i, x in enumerate(srcs)]
+        out_f32 = np.empty_like(out, F32, order="C") if convert_out else out
         step = factory(node, out_f32, *scratch)
         pairs = [(scratch[i], srcs[i], node.srcs[i].dtype) for i in convert]
 
@@ -278,6 +279,7 @@ def concat(node: Tensor, out, a, b):
 def diag_mask_inf(node: Tensor, out, a):
     rows, cols = a.shape[-2:]
     hidden = np.arange(cols)[None, :] > node.params["n_past"] + np.arange(rows)[:, None]
+    hidden = np.asarray(hidden, like=a)  # made once in a's array module (uploaded once to a device)
 
     def run():
         if out is not a:

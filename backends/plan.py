@@ -91,7 +91,9 @@ class Plan:
         self._timed: list[tuple[Tensor | Copy, Step, Backend]] = []
         for split in self.splits:
             self._compile_split(split)
-        self._calls = [step for _, step, _ in self._timed]
+        calls = [step for _, step, _ in self._timed]
+        self._calls = self.splits[0].backend.sequence(self.graph, self.steps) \
+            if len(self.splits) == 1 and not self.copies else calls
         self._by_name = {self.graph.label(t): t for t in self.inputs}
         # inputs a fusion made unnecessary (a one-row gather's indices) are still accepted, and ignored
         self._fused_away = {graph.label(t): t for t in graph.inputs if t not in self.inputs}

@@ -89,8 +89,10 @@ def _metadata(w: gguf.GGUFWriter, cfg: TinyLlama, n_ctx: int) -> None:
 
 
 def write_gguf(path: Path, cfg: TinyLlama, weights: dict[str, np.ndarray], tokens: list[str] | None = None,
-               token_types: list[int] | None = None, eos_id: int | None = None, n_ctx: int = 256) -> Path:
-    """Write the model with gguf's writer (a byte-level BPE vocabulary: by default single letters)."""
+               token_types: list[int] | None = None, eos_id: int | None = None, n_ctx: int = 256,
+               raw_dtypes: dict[str, int] | None = None) -> Path:
+    """Write the model with gguf's writer (a byte-level BPE vocabulary: by default single letters); raw_dtypes
+    names the weights given as quantized blocks and their type."""
     tokens = tokens or [chr(ord("a") + i % 26) * (1 + i // 26) for i in range(cfg.n_vocab)]
     w = gguf.GGUFWriter(str(path), cfg.arch)
     _metadata(w, cfg, n_ctx)
@@ -103,7 +105,7 @@ def write_gguf(path: Path, cfg: TinyLlama, weights: dict[str, np.ndarray], token
     if cfg.add_bos is not None:
         w.add_add_bos_token(cfg.add_bos)
     for name, value in weights.items():
-        w.add_tensor(name, value)
+        w.add_tensor(name, value, raw_dtype=(raw_dtypes or {}).get(name))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import pyggml as pg
-from blocks import random_blocks
+from op_cases import random_blocks
 from pyggml.backends import NumpyBackend, default_backend
 from pyggml.backends.numba_backend import NumbaBackend
 from pyggml.graph.dtypes import DType

@@ -5,7 +5,7 @@ import gguf
 import numpy as np
 import pytest
 
-from blocks import random_blocks
+from op_cases import random_blocks
 from pyggml.backends.quants import FORMATS, dequantize, dequantize_rows
 from pyggml.graph.dtypes import DType
 from pyggml.graph.errors import PyggmlError
