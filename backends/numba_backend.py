@@ -16,8 +16,7 @@ from pyggml.graph.tensor import Tensor
 from .fusion import FUSIONS
 from .numpy_backend import NumpyBackend
 from .numpy_kernels import KERNELS, mul_mat as numpy_mul_mat
-from .numba_quants import BLOCK_TYPES, quantized_matvec
-from .quants import dequantize
+from .numba_quants import BLOCK_TYPES, dequantize_into, quantized_matvec
 
 MATVEC_MAX_ROWS = 8  # activation rows up to which the block mat-vec beats dequantize + BLAS
 PANEL_ELEMENTS = 1 << 20  # weight elements dequantized at a time on the prefill path (4 MiB of F32)
@@ -43,14 +42,16 @@ def _rows_of(b: np.ndarray, n_rows: int, k: int) -> tuple[np.ndarray, Callable[[
 
 
 def _panel_product(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray) -> Callable[[], None]:
-    """out = x @ W.T, W dequantized PANEL_ELEMENTS at a time from its blocks w."""
+    """out = x @ W.T, W dequantized PANEL_ELEMENTS at a time from its blocks w into one reused scratch."""
     n_out, k = out.shape[1], x.shape[1]
-    step = max(1, PANEL_ELEMENTS // k)
+    step = min(n_out, max(1, PANEL_ELEMENTS // k))
+    scratch = np.empty((step, k), np.float32)
 
     def run() -> None:
         for start in range(0, n_out, step):
-            panel = dequantize(w[start:start + step], dtype, (min(step, n_out - start), k))
-            np.matmul(x, panel.T, out=out[:, start:start + step])
+            panel = scratch[:min(step, n_out - start)]
+            dequantize_into(dtype, w[start:start + len(panel)], panel)
+            np.matmul(x, panel.T, out=out[:, start:start + len(panel)])
     return run
 
 

@@ -245,6 +245,118 @@ def _dot4_q6_k(u0, u1, u2, u3, o, x, xo, table):
     return a
 
 
+# ---- single rows dequantized, for the prefill path: one block of one row into out[oo:oo + block]
+
+@njit(**INLINE)
+def _bits1(u, qo, shift, mask, ho, hshift, hmask, hpos, out, oo, n, scale, offset):
+    """out[oo + l] = scale·v(l) + offset for l < n, v(l) as in _bits4."""
+    for l in range(n):
+        out[oo + l] = scale * f32(((u[qo + l] >> shift) & mask) | (((u[ho + l] >> hshift) & hmask) << hpos)) + offset
+
+
+@njit(**INLINE)
+def _deq_nibbles(u, o, qo, out, oo, table, zero, has_min):
+    """Q4_0 (values minus zero) and Q4_1 (plus m at o + 2): 16 bytes of nibbles, low then high."""
+    d = _f16(u, o, table)
+    offset = _f16(u, o + 2, table) if has_min else -zero * d
+    _bits1(u, qo, 0, 15, qo, 0, 0, 0, out, oo, 16, d, offset)
+    _bits1(u, qo, 4, 15, qo, 0, 0, 0, out, oo + 16, 16, d, offset)
+
+
+@njit(**INLINE)
+def _deq_fives(u, o, hq, qo, out, oo, table, zero, has_min):
+    """Q5_0 and Q5_1: nibbles with bit 4 from the uint32 at hq."""
+    d, h = _f16(u, o, table), _u32(u, hq)
+    offset = _f16(u, o + 2, table) if has_min else -zero * d
+    for l in range(16):
+        b = u[qo + l]
+        out[oo + l] = d * f32((b & 15) | (((h >> l) & 1) << 4)) + offset
+        out[oo + 16 + l] = d * f32((b >> 4) | (((h >> (l + 16)) & 1) << 4)) + offset
+
+
+@njit(**INLINE)
+def _deq_q4_0(u, o, out, oo, table):
+    _deq_nibbles(u, o, o + 2, out, oo, table, f32(8), False)
+
+
+@njit(**INLINE)
+def _deq_q4_1(u, o, out, oo, table):
+    _deq_nibbles(u, o, o + 4, out, oo, table, f32(0), True)
+
+
+@njit(**INLINE)
+def _deq_q5_0(u, o, out, oo, table):
+    _deq_fives(u, o, o + 2, o + 6, out, oo, table, f32(16), False)
+
+
+@njit(**INLINE)
+def _deq_q5_1(u, o, out, oo, table):
+    _deq_fives(u, o, o + 4, o + 8, out, oo, table, f32(0), True)
+
+
+@njit(**INLINE)
+def _deq_q8_0(u, o, out, oo, table):
+    d, q = _f16(u, o, table), u.view(np.int8)
+    for l in range(32):
+        out[oo + l] = d * f32(q[o + 2 + l])
+
+
+@njit(**INLINE)
+def _deq_f16(u, o, out, oo, table):
+    for l in range(32):
+        out[oo + l] = _f16(u, o + 2 * l, table)
+
+
+@njit(**INLINE)
+def _deq_q2_k(u, o, out, oo, table):
+    d, dmin = _f16(u, o + 80, table), _f16(u, o + 82, table)
+    for g in range(16):
+        half, j, part = g // 8, (g % 8) // 2, g % 2
+        qo, c = o + 16 + 32 * half + 16 * part, u[o + g]
+        _bits1(u, qo, 2 * j, 3, qo, 0, 0, 0, out, oo + 128 * half + 32 * j + 16 * part, 16,
+               d * f32(c & 15), -dmin * f32(c >> 4))
+
+
+@njit(**INLINE)
+def _deq_q3_k(u, o, out, oo, table):
+    d = _f16(u, o + 108, table)
+    for g in range(16):
+        half, j, part = g // 8, (g % 8) // 2, g % 2
+        scale = d * _q3_k_scale(u, o, g)
+        _bits1(u, o + 32 + 32 * half + 16 * part, 2 * j, 3, o + 16 * part, 4 * half + j, 1, 2,
+               out, oo + 128 * half + 32 * j + 16 * part, 16, scale, -4 * scale)
+
+
+@njit(**INLINE)
+def _deq_k_nibbles(u, o, out, oo, table, qs, hs):
+    d, dmin = _f16(u, o, table), _f16(u, o + 2, table)
+    for g in range(8):
+        qo = o + qs + 32 * (g // 2)
+        ho, hmask = (o + hs, 1) if hs >= 0 else (qo, 0)
+        c, m = _k4_scale_min(u, o, g)
+        _bits1(u, qo, 4 * (g % 2), 15, ho, g, hmask, 4, out, oo + 32 * g, 32, d * c, -dmin * m)
+
+
+@njit(**INLINE)
+def _deq_q4_k(u, o, out, oo, table):
+    _deq_k_nibbles(u, o, out, oo, table, 16, -1)
+
+
+@njit(**INLINE)
+def _deq_q5_k(u, o, out, oo, table):
+    _deq_k_nibbles(u, o, out, oo, table, 48, 16)
+
+
+@njit(**INLINE)
+def _deq_q6_k(u, o, out, oo, table):
+    d, q = _f16(u, o + 208, table), u.view(np.int8)
+    for g in range(16):
+        half, t, part = g // 8, (g % 8) // 2, g % 2
+        scale = d * f32(q[o + 192 + 8 * half + part + 2 * t])
+        _bits1(u, o + 64 * half + 32 * (t % 2) + 16 * part, 4 * (t // 2), 15, o + 128 + 32 * half + 16 * part,
+               2 * t, 3, 4, out, oo + 128 * half + 32 * t + 16 * part, 16, scale, -32 * scale)
+
+
 def _matvec(w, x, out, table):
     """out[n, m] = w[m] · x[n] for a weight w of (M, bytes per row) blocks and x of (N, K) float32; DOT4, BLOCK
     and TYPE_SIZE are the block type's, bound per type by _specialize."""
@@ -270,28 +382,48 @@ def _matvec(w, x, out, table):
                     out[n, m + 2] = a2
 
 
-def _specialize(dtype: DType, dot4, block: int, type_size: int):
-    """The mat-vec kernel of one block type: _matvec with that type's block function and sizes as compile-time
-    constants, under a name of its own so that numba caches each type apart."""
+def _dequantize(w, out, table):
+    """out (M, K) float32 from w (M, bytes per row) blocks; DEQ, BLOCK and TYPE_SIZE bound per type."""
+    for m in range(w.shape[0]):
+        u, row = w[m], out[m]
+        for b in range(out.shape[1] // BLOCK):  # noqa: F821
+            DEQ(u, b * TYPE_SIZE, row, b * BLOCK, table)  # noqa: F821
+
+
+def _specialize(template, dtype: DType, parallel: bool, **constants):
+    """A kernel template for one block type: the type's block function and sizes as compile-time constants,
+    under a name of its own so that numba caches each type apart."""
     # One kernel dispatching on the type inside its loops ran 6x slower (LLVM no longer vectorized the block
     # loop), and numba's literal dispatch took minutes to compile: a copy per type, as C++ templates would.
-    name = f"matvec_{dtype.name.lower()}"
-    code = _matvec.__code__.replace(co_name=name, co_qualname=name)
-    fn = types.FunctionType(code, {**globals(), "DOT4": dot4, "BLOCK": block, "TYPE_SIZE": type_size}, name)
+    name = f"{template.__name__.strip('_')}_{dtype.name.lower()}"
+    code = template.__code__.replace(co_name=name, co_qualname=name)
+    fn = types.FunctionType(code, {**globals(), **constants}, name)
     fn.__qualname__ = name
-    return njit(parallel=True, cache=True, fastmath=FAST)(fn)
+    return njit(parallel=parallel, cache=True, fastmath=FAST)(fn)
 
 
-# DType -> (elements, bytes, block function) of the unit one block function reads; F16 rows go 32 at a time
-BLOCK_TYPES: dict[DType, tuple[int, int, object]] = {
-    DType.Q4_0: (32, 18, _dot4_q4_0), DType.Q4_1: (32, 20, _dot4_q4_1), DType.Q5_0: (32, 22, _dot4_q5_0),
-    DType.Q5_1: (32, 24, _dot4_q5_1), DType.Q8_0: (32, 34, _dot4_q8_0), DType.Q2_K: (256, 84, _dot4_q2_k),
-    DType.Q3_K: (256, 110, _dot4_q3_k), DType.Q4_K: (256, 144, _dot4_q4_k), DType.Q5_K: (256, 176, _dot4_q5_k),
-    DType.Q6_K: (256, 210, _dot4_q6_k), DType.F16: (32, 64, _dot4_f16),
+# DType -> (elements, bytes) of the unit the block functions read (F16 rows: 32 at a time), the four-row dot
+# function and the one-row dequantizer
+BLOCK_TYPES: dict[DType, tuple[int, int, object, object]] = {
+    DType.Q4_0: (32, 18, _dot4_q4_0, _deq_q4_0), DType.Q4_1: (32, 20, _dot4_q4_1, _deq_q4_1),
+    DType.Q5_0: (32, 22, _dot4_q5_0, _deq_q5_0), DType.Q5_1: (32, 24, _dot4_q5_1, _deq_q5_1),
+    DType.Q8_0: (32, 34, _dot4_q8_0, _deq_q8_0), DType.Q2_K: (256, 84, _dot4_q2_k, _deq_q2_k),
+    DType.Q3_K: (256, 110, _dot4_q3_k, _deq_q3_k), DType.Q4_K: (256, 144, _dot4_q4_k, _deq_q4_k),
+    DType.Q5_K: (256, 176, _dot4_q5_k, _deq_q5_k), DType.Q6_K: (256, 210, _dot4_q6_k, _deq_q6_k),
+    DType.F16: (32, 64, _dot4_f16, _deq_f16),
 }
-MATVEC = {dtype: _specialize(dtype, dot4, block, size) for dtype, (block, size, dot4) in BLOCK_TYPES.items()}
+MATVEC = {t: _specialize(_matvec, t, True, DOT4=dot4, BLOCK=block, TYPE_SIZE=size)
+          for t, (block, size, dot4, _) in BLOCK_TYPES.items()}
+# serial: the panels it fills go straight to BLAS, whose threads would wait on numba's spinning ones
+DEQUANTIZE = {t: _specialize(_dequantize, t, False, DEQ=deq, BLOCK=block, TYPE_SIZE=size)
+              for t, (block, size, _, deq) in BLOCK_TYPES.items()}
 
 
 def quantized_matvec(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
     """out (N, M) = x (N, K) @ dequantize(w).T for w held as (M, bytes per row) blocks of dtype."""
     MATVEC[dtype](w, x, out, F16_TABLE)
+
+
+def dequantize_into(dtype: DType, w: np.ndarray, out: np.ndarray) -> None:
+    """out (M, K) float32 = the values of w's (M, bytes per row) blocks of dtype."""
+    DEQUANTIZE[dtype](w, out, F16_TABLE)

@@ -64,6 +64,7 @@ SLOT = obj(id=INT, name=STR, buffer=STR, offset=INT, size=INT, first=INT, last=I
            inplace_of={"type": ["string", "null"]})
 MEMORY_SCHEMA = obj(buffers=arr(obj(name=STR, backend=STR, bytes=INT), 1), slots=arr(SLOT, 1))
 WEIGHTS = make_weights(CFG)
+PER_NODE_BOOKKEEPING_S = 10e-6
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +164,9 @@ def test_profile_decode_of_a_real_model(smollm2):
     """SmolLM2's decode step: node times add up to the run's wall time; each mat-vec reads its weight as the
     backend holds it (the GGUF blocks on the numba backend, F32 on the NumPy backend)."""
     _, decode = profile_model(smollm2, 8)
-    assert abs(decode.node_seconds + decode.copy_seconds - decode.wall_seconds) <= 0.1 * decode.wall_seconds
+    # the profiled loop's own bookkeeping (two clock reads and an append per node) is not in any node's time
+    bookkeeping = PER_NODE_BOOKKEEPING_S * len(decode.nodes)
+    assert abs(decode.node_seconds + decode.copy_seconds - decode.wall_seconds) <= 0.1 * decode.wall_seconds + bookkeeping
     matvecs = [n for n in decode.nodes if n.op == "mul_mat" and n.reads[0][0] in smollm2.gguf.tensors]
     assert len(matvecs) == 1 + 7 * smollm2.hparams.n_layer
     for node in matvecs:
