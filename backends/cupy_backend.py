@@ -59,7 +59,7 @@ class CupyBackend(Backend):
         self.stream.use()
         self.dq = Dequantizer(self.xp)
         self._scratch: dict[tuple, Any] = {}
-        self.fusions = Fusions(self)
+        self.chains = Fusions(self)  # its own kernel-level fusions (cupy_fusion.py)
         self.raw = self._raw_kernels(raw_kernels)
 
     def _raw_kernels(self, wanted: bool | None) -> Any:
@@ -118,13 +118,13 @@ class CupyBackend(Backend):
         self.stream.synchronize()
 
     def compile_node(self, node: Tensor, out: Any, srcs: list[Any]) -> Step:
-        self.fusions.saw(node, out, srcs)
+        self.chains.saw(node, out, srcs)
         return self.kernels[node.op](self, node, out, *srcs)
 
     def sequence(self, graph: Graph, steps: list[tuple[Tensor, Step]]) -> list[Step]:
         """A plan's steps, fused where cupy_fusion.py can, as one CUDA graph when graphs are on and no step calls
         cuBLAS."""
-        calls = [step for _, step in self.fusions.apply(graph, steps)]
+        calls = [step for _, step in self.chains.apply(graph, steps)]
         if not self.cuda_graphs or not calls or not all(is_capturable(s) for s in calls):
             return calls
         return [GraphReplay(self, calls)]

@@ -33,7 +33,7 @@ from pyggml.backends.numpy_backend import NumpyBackend  # noqa: E402
 from pyggml.backends.numpy_kernels import as_f32  # noqa: E402
 from pyggml.graph.dtypes import block_layout, is_quantized  # noqa: E402
 from pyggml.graph.tensor import Flag, Tensor  # noqa: E402
-from pyggml.model.arch_llama import build_llama  # noqa: E402
+from pyggml.model.decoder import build_decoder  # noqa: E402
 from pyggml.model.context import Context  # noqa: E402
 from pyggml.model.hparams import HParams  # noqa: E402
 from pyggml.model.kv_cache import KVCache  # noqa: E402
@@ -125,10 +125,12 @@ class DeviceWeights:
         self._leafs: dict[str, Tensor] = {}
 
     def has(self, kind, il: int | None = None, suffix: str = "weight") -> bool:
-        return not (kind == T.OUTPUT and self.shape.tied)
+        """A plain llama's weights: no biases, no rope_freqs; the output head only when not tied."""
+        plain = kind in (T.ATTN_NORM, T.FFN_NORM, T.OUTPUT_NORM) or len(self._dims(kind)) == 2
+        return suffix == "weight" and plain and not (kind == T.OUTPUT and self.shape.tied)
 
     def get_optional(self, kind, il: int | None = None, suffix: str = "weight") -> Tensor | None:
-        return self.get(kind, il) if self.has(kind, il) else None
+        return self.get(kind, il) if self.has(kind, il, suffix) else None
 
     def get(self, kind, il: int | None = None, suffix: str = "weight") -> Tensor:
         name = TENSOR_NAMES[kind].format(bid=il)
@@ -163,11 +165,12 @@ class DeviceWeights:
 
 def synthetic_context(shape: Shape, dtype: DType, backend: CupyBackend, n_ctx: int) -> Context:
     """A llama context over device-made weights of a shape."""
-    hp = HParams("llama", shape.n_vocab, n_ctx, shape.n_embd, shape.n_layer, shape.n_head, shape.n_head_kv,
-                 shape.head_dim, shape.head_dim, shape.n_ff, 1e-5, shape.head_dim, 500000.0, 1.0, "none", 1.0,
-                 1.0 / np.sqrt(shape.head_dim), 1.0, shape.tied)
+    hp = HParams(arch="llama", n_vocab=shape.n_vocab, n_ctx_train=n_ctx, n_embd=shape.n_embd, n_layer=shape.n_layer,
+                 n_head=shape.n_head, n_head_kv=shape.n_head_kv, head_dim=shape.head_dim, head_dim_v=shape.head_dim,
+                 n_ff=shape.n_ff, rms_eps=1e-5, rope_dim=shape.head_dim, rope_freq_base=500000.0, rope_freq_scale=1.0,
+                 attention_scale=1.0 / np.sqrt(shape.head_dim), embedding_scale=1.0, tie_embeddings=shape.tied)
     cache = KVCache(shape.n_layer, n_ctx, shape.n_head_kv, shape.head_dim, DType.F16, n_batch=512)
-    return Context(DeviceWeights(shape, dtype, backend), hp, build_llama, cache, backend)
+    return Context(DeviceWeights(shape, dtype, backend), hp, build_decoder, cache, backend)
 
 
 def weight_bytes_per_token(context: Context) -> int:
