@@ -6,6 +6,7 @@ at a time into a reused scratch and multiplies it with BLAS. Every other op is t
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -25,6 +26,7 @@ PANEL_ELEMENTS = 1 << 20  # weight elements dequantized at a time on the prefill
 
 
 _BLAS = ThreadpoolController().select(user_api="blas")
+_THREAD = threading.local()
 
 
 def one_blas_thread(factory: Callable) -> Callable:
@@ -62,13 +64,22 @@ def _rows_of(b: np.ndarray, n_rows: int, k: int) -> tuple[np.ndarray, Callable[[
     return scratch, lambda: np.copyto(scratch, np.reshape(b, (n_rows, k)), casting="same_kind")
 
 
+def _panel_scratch(n: int) -> np.ndarray:
+    """A float32 scratch of at least n elements, one per thread, shared by every panel product it runs (a plan's
+    steps run one after another: a scratch per node would hold 4 MiB per weight)."""
+    held = getattr(_THREAD, "panel", None)
+    if held is None or held.size < n:
+        held = _THREAD.panel = np.empty(max(n, PANEL_ELEMENTS), np.float32)
+    return held[:n]
+
+
 def _panel_product(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray) -> Callable[[], None]:
-    """out = x @ W.T, W dequantized PANEL_ELEMENTS at a time from its blocks w into one reused scratch."""
+    """out = x @ W.T, W dequantized PANEL_ELEMENTS at a time from its blocks w into the thread's scratch."""
     n_out, k = out.shape[1], x.shape[1]
     step = min(n_out, max(1, PANEL_ELEMENTS // k))
-    scratch = np.empty((step, k), np.float32)
 
     def run() -> None:
+        scratch = _panel_scratch(step * k).reshape(step, k)
         for start in range(0, n_out, step):
             panel = scratch[:min(step, n_out - start)]
             dequantize_into(dtype, w[start:start + len(panel)], panel)
