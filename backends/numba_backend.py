@@ -21,7 +21,8 @@ from .numpy_backend import NumpyBackend
 from .numpy_kernels import KERNELS, mul_mat as numpy_mul_mat
 from .numba_quants import BLOCK_TYPES, dequantize_into, quantized_matvec
 
-MATVEC_MAX_ROWS = 8  # activation rows up to which the block mat-vec beats dequantize + BLAS
+MATVEC_MAX_ROWS = 16  # activation rows up to which the block mat-vec beats dequantize + BLAS (measured on
+# batched SmolLM2 decode: 16 sequences at 79 tok/s through the mat-vec, 59 through panels)
 PANEL_ELEMENTS = 1 << 20  # weight elements dequantized at a time on the prefill path (4 MiB of F32)
 
 
