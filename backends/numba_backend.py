@@ -1,28 +1,29 @@
 """The compiled CPU backend: quantized weights stay GGUF blocks and mul_mat reads them with numba kernels.
 
-A weight read by mul_mat keeps its memory-mapped blocks (F16 weights stay F16); a step with a few activation
-rows (decode, batched decode) runs the block mat-vec, a longer one (prefill) dequantizes a panel of weight rows
-at a time into a reused scratch and multiplies it with BLAS. Every other op is the NumPy backend's kernel.
+A weight read by mul_mat keeps its memory-mapped blocks (F16 weights stay F16); a step with up to 16 activation
+rows (decode, batched decode) runs the block kernels of numba_quants.py, a longer one (prefill) dequantizes a
+panel of weight rows at a time into a reused scratch and multiplies it with BLAS. Every other op is the NumPy
+backend's kernel.
 """
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from pyggml.graph.dtypes import DType
 from pyggml.graph.tensor import Tensor
-
-from threadpoolctl import ThreadpoolController
 
 from .fusion import FUSIONS, mul_mat_permuted_kernel
 from .numpy_backend import NumpyBackend
 from .numpy_kernels import KERNELS, mul_mat as numpy_mul_mat
 from .numba_quants import BLOCK_TYPES, dequantize_into, quantized_matvec
 
-MATVEC_MAX_ROWS = 16  # activation rows up to which the block mat-vec beats dequantize + BLAS (measured on
-# batched SmolLM2 decode: 16 sequences at 79 tok/s through the mat-vec, 59 through panels)
+MATVEC_MAX_ROWS = 16  # activation rows up to which the block kernels beat dequantized panels + BLAS (measured on
+# batched SmolLM2 decode: 16 sequences at 79 tok/s through the block mat-vec, 59 through panels)
 PANEL_ELEMENTS = 1 << 20  # weight elements dequantized at a time on the prefill path (4 MiB of F32)
 
 
@@ -98,8 +99,7 @@ def mul_mat(node: Tensor, out: np.ndarray, a: np.ndarray, b: np.ndarray) -> Call
     x, refresh = _rows_of(b, n_rows, k)
     w, o = a.reshape(n_out, -1).view(np.uint8), out.reshape(n_rows, n_out)
     if n_rows <= MATVEC_MAX_ROWS:
-        def product() -> None:
-            quantized_matvec(w_type, w, x, o)
+        product = functools.partial(quantized_matvec, w_type, w, x, o)
     else:
         product = _panel_product(w_type, w, x, o)
     if refresh is None:
