@@ -1,5 +1,5 @@
 """Decode speed against its bound, side by side: one decode step, then the bare F32 mat-vecs of the same
-weights (as the plan holds them), alternately, so that both see the same machine state.
+weights (F32 copies of what the plan reads), alternately, so that both see the same machine state.
 
     python examples/decode_vs_matvec.py smollm2-135m --steps 100
 """
@@ -11,7 +11,8 @@ import time
 import numpy as np
 
 import pyggml
-from pyggml.model.profile import dense_weights, step_plan
+from pyggml.model.bench import f32_weights
+from pyggml.model.profile import placed_weights, step_plan
 
 
 def main() -> None:
@@ -20,7 +21,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     args = parser.parse_args()
     model = pyggml.load(args.model)
-    weights = list(dense_weights(step_plan(model.context, [0])).values())
+    weights = f32_weights(list(placed_weights(step_plan(model.context, [0]))))
     work = [(np.ones((1, w.shape[1]), np.float32), w.T, np.empty((1, w.shape[0]), np.float32)) for w in weights]
     model.reset()
     model.eval(list(range(8)))
