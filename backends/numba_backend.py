@@ -54,8 +54,7 @@ def reads_blocks(weight: Tensor) -> bool:
 
 def readable(shape: tuple[int, ...], dtype: DType) -> bool:
     """Whether a weight of this shape and type stays as stored on this backend (a block kernel reads it)."""
-    block = BLOCK_TYPES.get(dtype, (0, 0))[0]
-    return len(shape) == 2 and block > 0 and shape[-1] % block == 0
+    return len(shape) == 2 and dtype in BLOCK_TYPES and shape[-1] % BLOCK_TYPES[dtype].block == 0
 
 
 def _rows_of(b: np.ndarray, n_rows: int, k: int) -> tuple[np.ndarray, Callable[[], None] | None]:

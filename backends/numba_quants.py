@@ -1,14 +1,18 @@
-"""Numba kernels that read GGUF blocks directly: a quantized mat-vec for a few activation rows.
+"""Numba kernels that read GGUF blocks directly: a quantized mat-vec for a few activation rows, and exact
+dequantizers for the rest.
 
-Four weight rows are done at a time, so each activation value is loaded once for four rows, and each block
-type has one function computing one block of four rows (`_dot4_*`), compiled into its own copy of the mat-vec
-loop (`_specialize`). Most are built from `_bits4`, which sums
-a bit field of packed bytes (and optionally high bits from another byte run) against the activations. Block
-layouts are ggml's (see quants.py). Kernels compile once per machine into numba's cache (`cache=True`).
+The mat-vec does four weight rows at a time. Each block function adds coefficient · value · activation into
+per-lane accumulators (`acc`, four rows of 32 float32 lanes, summed once per row at the end) and returns each
+row's scalar term: a block's offset or min times the sum of its activations, taken from sums of 16
+activations made once per call. Bit fields are cut in float32 (`_shr`: floor(byte / 2^k)), because numba
+widens integer arithmetic to int64, which AVX2 cannot convert to float in vectors; every step is exact for
+bytes. Each block type's loop is compiled on its own (`_specialize`). Block layouts are ggml's (see
+quants.py). Kernels compile once per machine into numba's cache (`cache=True`).
 """
 from __future__ import annotations
 
 import types
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
@@ -17,6 +21,7 @@ from pyggml.graph.dtypes import DType
 
 # every float16 bit pattern -> float32: a scale is one table load (256 KiB, stays in L2)
 F16_TABLE = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+BIT_SCALE = (0.5 ** np.arange(17)).astype(np.float32)  # 2^-j: bit j of lane j's 16-bit word, in _bit
 # no nnan/ninf: an inf or nan scale must give inf/nan, as dequantization does
 FAST = {"reassoc", "contract", "nsz", "arcp"}
 INLINE = dict(inline="always", cache=True, fastmath=FAST)
@@ -30,141 +35,182 @@ def _f16(u, o, table):
 
 
 @njit(**INLINE)
-def _u32(u, o):
-    """The little-endian uint32 at byte o of a row of blocks."""
-    return (np.int64(u[o]) | (np.int64(u[o + 1]) << 8) | (np.int64(u[o + 2]) << 16)
-            | (np.int64(u[o + 3]) << 24))
+def _f16x4(u0, u1, u2, u3, o, table):
+    """The float16 at byte o of four rows."""
+    return _f16(u0, o, table), _f16(u1, o, table), _f16(u2, o, table), _f16(u3, o, table)
 
 
 @njit(**INLINE)
-def _bits4(u0, u1, u2, u3, qo, shift, mask, ho, hshift, hmask, hpos, x, xo, n):
-    """For l < n, v(l) = ((u[qo+l] >> shift) & mask) | (((u[ho+l] >> hshift) & hmask) << hpos) of four rows:
-    (sum v·x per row ×4, sum x)."""
-    s0 = s1 = s2 = s3 = xs = f32(0)
-    for l in range(n):
-        xv = x[xo + l]
-        s0 += f32(((u0[qo + l] >> shift) & mask) | (((u0[ho + l] >> hshift) & hmask) << hpos)) * xv
-        s1 += f32(((u1[qo + l] >> shift) & mask) | (((u1[ho + l] >> hshift) & hmask) << hpos)) * xv
-        s2 += f32(((u2[qo + l] >> shift) & mask) | (((u2[ho + l] >> hshift) & hmask) << hpos)) * xv
-        s3 += f32(((u3[qo + l] >> shift) & mask) | (((u3[ho + l] >> hshift) & hmask) << hpos)) * xv
-        xs += xv
-    return s0, s1, s2, s3, xs
+def _i8(u, o):
+    """The int8 at byte o, as a float32."""
+    v = np.int64(u[o])
+    return f32(v - 256 if v > 127 else v)
 
 
 @njit(**INLINE)
-def _nibbles4(u0, u1, u2, u3, qo, x, xo):
-    """A 16-byte run of nibbles (low nibbles: values 0-15, high: 16-31) of four rows: (sums ×4, sum x)."""
-    s0 = s1 = s2 = s3 = xs = f32(0)
+def _u16(u, o):
+    """The little-endian uint16 at byte o, as a float32 (exact)."""
+    return f32(np.int64(u[o]) | (np.int64(u[o + 1]) << 8))
+
+
+@njit(**INLINE)
+def _shr(f, k):
+    """floor(f / 2^k): a byte held as a float32, shifted right by k bits."""
+    return np.floor(f * f32(1.0 / (1 << k)))
+
+
+@njit(**INLINE)
+def _bit(f, j):
+    """Bit j of a 16-bit integer held as a float32 (j indexes BIT_SCALE, so it may vary per lane)."""
+    g = np.floor(f * BIT_SCALE[j])
+    return g - f32(2) * np.floor(g * f32(0.5))
+
+
+@njit(**INLINE)
+def _xsum(xs, i, n):
+    """The sum of n consecutive 16-activation sums from index i."""
+    s = f32(0)
+    for k in range(n):
+        s += xs[i + k]
+    return s
+
+
+@njit(cache=True, fastmath=FAST)
+def _sums16(x):
+    """(N, K // 16) sums of each 16 consecutive activations."""
+    out = np.empty((x.shape[0], x.shape[1] // 16), np.float32)
+    for n in range(x.shape[0]):
+        for i in range(x.shape[1] // 16):
+            out[n, i] = _xsum(x[n], 16 * i, 16)
+    return out
+
+
+# ---- four-row block dots: acc[r, lane] += c·v·x, returning each row's scalar term (offset·sum of x)
+
+@njit(**INLINE)
+def _nibbles(f):
+    """(low, high) nibble of a byte held as a float32."""
+    hi = _shr(f, 4)
+    return f - f32(16) * hi, hi
+
+
+@njit(**INLINE)
+def _crumbs(f):
+    """The four 2-bit fields of a byte held as a float32, lowest first."""
+    g1, g2, g3 = _shr(f, 2), _shr(f, 4), _shr(f, 6)
+    return f - f32(4) * g1, g1 - f32(4) * g2, g2 - f32(4) * g3, g3
+
+
+@njit(**INLINE)
+def _low_bits(h):
+    """Bits 0-3 of an integer held as a float32."""
+    h1, h2, h3, h4 = np.floor(h * f32(0.5)), np.floor(h * f32(0.25)), np.floor(h * f32(0.125)), _shr(h, 4)
+    return h - f32(2) * h1, h1 - f32(2) * h2, h2 - f32(2) * h3, h3 - f32(2) * h4
+
+
+@njit(**INLINE)
+def _fives(f, hl, hh, j):
+    """Q5 values (low nibble + 16·bit j of hl, high nibble + 16·bit j of hh) of a byte f and 16-bit words hl, hh
+    held as float32."""
+    lo, hi = _nibbles(f)
+    return lo + f32(16) * _bit(hl, j), hi + f32(16) * _bit(hh, j)
+
+
+@njit(**INLINE)
+def _pair_dot(v, xl, xh):
+    """v[0]·xl + v[1]·xh."""
+    return v[0] * xl + v[1] * xh
+
+
+@njit(**INLINE)
+def _nibbles4(acc, u0, u1, u2, u3, qo, x, xo, d):
+    """16 bytes of nibbles at qo (low: values 0-15, high: 16-31) of four rows with scales d."""
     for l in range(16):
         xl, xh = x[xo + l], x[xo + 16 + l]
-        b0, b1, b2, b3 = u0[qo + l], u1[qo + l], u2[qo + l], u3[qo + l]
-        s0 += f32(b0 & 15) * xl + f32(b0 >> 4) * xh
-        s1 += f32(b1 & 15) * xl + f32(b1 >> 4) * xh
-        s2 += f32(b2 & 15) * xl + f32(b2 >> 4) * xh
-        s3 += f32(b3 & 15) * xl + f32(b3 >> 4) * xh
-        xs += xl + xh
-    return s0, s1, s2, s3, xs
+        acc[0, l] += d[0] * _pair_dot(_nibbles(f32(u0[qo + l])), xl, xh)
+        acc[1, l] += d[1] * _pair_dot(_nibbles(f32(u1[qo + l])), xl, xh)
+        acc[2, l] += d[2] * _pair_dot(_nibbles(f32(u2[qo + l])), xl, xh)
+        acc[3, l] += d[3] * _pair_dot(_nibbles(f32(u3[qo + l])), xl, xh)
 
 
 @njit(**INLINE)
-def _fives4(u0, u1, u2, u3, hq, qo, x, xo):
-    """Q5_0/Q5_1 values (nibble | bit j of the uint32 at hq, as bit 4) of four rows: (sums ×4, sum x)."""
-    h0, h1, h2, h3 = _u32(u0, hq), _u32(u1, hq), _u32(u2, hq), _u32(u3, hq)
-    s0 = s1 = s2 = s3 = xs = f32(0)
+def _fives4(acc, u0, u1, u2, u3, hq, qo, x, xo, d):
+    """Q5_0/Q5_1 values of four rows: nibbles at qo, bit 4 of value l in bit l of the uint32 at hq."""
+    l0, l1, l2, l3 = _u16(u0, hq), _u16(u1, hq), _u16(u2, hq), _u16(u3, hq)
+    h0, h1, h2, h3 = _u16(u0, hq + 2), _u16(u1, hq + 2), _u16(u2, hq + 2), _u16(u3, hq + 2)
     for l in range(16):
         xl, xh = x[xo + l], x[xo + 16 + l]
-        b0, b1, b2, b3 = u0[qo + l], u1[qo + l], u2[qo + l], u3[qo + l]
-        s0 += f32((b0 & 15) | (((h0 >> l) & 1) << 4)) * xl + f32((b0 >> 4) | (((h0 >> (l + 16)) & 1) << 4)) * xh
-        s1 += f32((b1 & 15) | (((h1 >> l) & 1) << 4)) * xl + f32((b1 >> 4) | (((h1 >> (l + 16)) & 1) << 4)) * xh
-        s2 += f32((b2 & 15) | (((h2 >> l) & 1) << 4)) * xl + f32((b2 >> 4) | (((h2 >> (l + 16)) & 1) << 4)) * xh
-        s3 += f32((b3 & 15) | (((h3 >> l) & 1) << 4)) * xl + f32((b3 >> 4) | (((h3 >> (l + 16)) & 1) << 4)) * xh
-        xs += xl + xh
-    return s0, s1, s2, s3, xs
+        acc[0, l] += d[0] * _pair_dot(_fives(f32(u0[qo + l]), l0, h0, l), xl, xh)
+        acc[1, l] += d[1] * _pair_dot(_fives(f32(u1[qo + l]), l1, h1, l), xl, xh)
+        acc[2, l] += d[2] * _pair_dot(_fives(f32(u2[qo + l]), l2, h2, l), xl, xh)
+        acc[3, l] += d[3] * _pair_dot(_fives(f32(u3[qo + l]), l3, h3, l), xl, xh)
 
 
 @njit(**INLINE)
-def _offset(u0, u1, u2, u3, o, s, zero, table):
-    """d·(sums - zero·sum x) of four rows whose d is at byte o."""
-    return (_f16(u0, o, table) * (s[0] - zero * s[4]), _f16(u1, o, table) * (s[1] - zero * s[4]),
-            _f16(u2, o, table) * (s[2] - zero * s[4]), _f16(u3, o, table) * (s[3] - zero * s[4]))
+def _times(c, s):
+    """Each of four coefficients times s."""
+    return c[0] * s, c[1] * s, c[2] * s, c[3] * s
 
 
 @njit(**INLINE)
-def _affine(u0, u1, u2, u3, o, s, table):
-    """d·sums + m·sum x of four rows whose d and m are at bytes o and o + 2."""
-    return (_f16(u0, o, table) * s[0] + _f16(u0, o + 2, table) * s[4],
-            _f16(u1, o, table) * s[1] + _f16(u1, o + 2, table) * s[4],
-            _f16(u2, o, table) * s[2] + _f16(u2, o + 2, table) * s[4],
-            _f16(u3, o, table) * s[3] + _f16(u3, o + 2, table) * s[4])
+def _dot4_q4_0(acc, u0, u1, u2, u3, o, x, xo, xs, xso, table):
+    d = _f16x4(u0, u1, u2, u3, o, table)
+    _nibbles4(acc, u0, u1, u2, u3, o + 2, x, xo, d)
+    return _times(d, f32(-8) * _xsum(xs, xso, 2))
 
 
 @njit(**INLINE)
-def _dot4_q4_0(u0, u1, u2, u3, o, x, xo, table):
-    return _offset(u0, u1, u2, u3, o, _nibbles4(u0, u1, u2, u3, o + 2, x, xo), f32(8), table)
+def _dot4_q4_1(acc, u0, u1, u2, u3, o, x, xo, xs, xso, table):
+    _nibbles4(acc, u0, u1, u2, u3, o + 4, x, xo, _f16x4(u0, u1, u2, u3, o, table))
+    return _times(_f16x4(u0, u1, u2, u3, o + 2, table), _xsum(xs, xso, 2))
 
 
 @njit(**INLINE)
-def _dot4_q4_1(u0, u1, u2, u3, o, x, xo, table):
-    return _affine(u0, u1, u2, u3, o, _nibbles4(u0, u1, u2, u3, o + 4, x, xo), table)
+def _dot4_q5_0(acc, u0, u1, u2, u3, o, x, xo, xs, xso, table):
+    d = _f16x4(u0, u1, u2, u3, o, table)
+    _fives4(acc, u0, u1, u2, u3, o + 2, o + 6, x, xo, d)
+    return _times(d, f32(-16) * _xsum(xs, xso, 2))
 
 
 @njit(**INLINE)
-def _dot4_q5_0(u0, u1, u2, u3, o, x, xo, table):
-    return _offset(u0, u1, u2, u3, o, _fives4(u0, u1, u2, u3, o + 2, o + 6, x, xo), f32(16), table)
+def _dot4_q5_1(acc, u0, u1, u2, u3, o, x, xo, xs, xso, table):
+    _fives4(acc, u0, u1, u2, u3, o + 4, o + 8, x, xo, _f16x4(u0, u1, u2, u3, o, table))
+    return _times(_f16x4(u0, u1, u2, u3, o + 2, table), _xsum(xs, xso, 2))
 
 
 @njit(**INLINE)
-def _dot4_q5_1(u0, u1, u2, u3, o, x, xo, table):
-    return _affine(u0, u1, u2, u3, o, _fives4(u0, u1, u2, u3, o + 4, o + 8, x, xo), table)
-
-
-@njit(**INLINE)
-def _dot4_q8_0(u0, u1, u2, u3, o, x, xo, table):
+def _dot4_q8_0(acc, u0, u1, u2, u3, o, x, xo, xs, xso, table):
     q0, q1, q2, q3 = u0.view(np.int8), u1.view(np.int8), u2.view(np.int8), u3.view(np.int8)
-    s0 = s1 = s2 = s3 = f32(0)
+    d0, d1, d2, d3 = _f16x4(u0, u1, u2, u3, o, table)
     for l in range(32):
         xv = x[xo + l]
-        s0 += f32(q0[o + 2 + l]) * xv
-        s1 += f32(q1[o + 2 + l]) * xv
-        s2 += f32(q2[o + 2 + l]) * xv
-        s3 += f32(q3[o + 2 + l]) * xv
-    return (_f16(u0, o, table) * s0, _f16(u1, o, table) * s1, _f16(u2, o, table) * s2, _f16(u3, o, table) * s3)
+        acc[0, l] += d0 * f32(q0[o + 2 + l]) * xv
+        acc[1, l] += d1 * f32(q1[o + 2 + l]) * xv
+        acc[2, l] += d2 * f32(q2[o + 2 + l]) * xv
+        acc[3, l] += d3 * f32(q3[o + 2 + l]) * xv
+    return f32(0), f32(0), f32(0), f32(0)
 
 
 @njit(**INLINE)
-def _dot4_f16(u0, u1, u2, u3, o, x, xo, table):
-    s0 = s1 = s2 = s3 = f32(0)
+def _dot4_f16(acc, u0, u1, u2, u3, o, x, xo, xs, xso, table):
     for l in range(32):
         xv = x[xo + l]
-        s0 += _f16(u0, o + 2 * l, table) * xv
-        s1 += _f16(u1, o + 2 * l, table) * xv
-        s2 += _f16(u2, o + 2 * l, table) * xv
-        s3 += _f16(u3, o + 2 * l, table) * xv
-    return s0, s1, s2, s3
+        acc[0, l] += _f16(u0, o + 2 * l, table) * xv
+        acc[1, l] += _f16(u1, o + 2 * l, table) * xv
+        acc[2, l] += _f16(u2, o + 2 * l, table) * xv
+        acc[3, l] += _f16(u3, o + 2 * l, table) * xv
+    return f32(0), f32(0), f32(0), f32(0)
 
 
-@njit(**INLINE)
-def _scaled4(a, s, d0, d1, d2, d3, c0, c1, c2, c3, zero):
-    """a + d·c·(sums - zero·sum x) per row (a 4-tuple of accumulators)."""
-    return (a[0] + d0 * c0 * (s[0] - zero * s[4]), a[1] + d1 * c1 * (s[1] - zero * s[4]),
-            a[2] + d2 * c2 * (s[2] - zero * s[4]), a[3] + d3 * c3 * (s[3] - zero * s[4]))
-
+# K-quants: 256 values a block, a row at a time (acc[r]): their loops are long enough to vectorize alone.
+# Each value helper cuts one layout's values; the row dot and the row dequantizer share it.
 
 @njit(**INLINE)
-def _dot4_q2_k(u0, u1, u2, u3, o, x, xo, table):
-    # 16 groups of 16: value = (q >> 2j) & 3; byte `is` holds the group's scale (low nibble) and min (high)
-    d0, d1, d2, d3 = _f16(u0, o + 80, table), _f16(u1, o + 80, table), _f16(u2, o + 80, table), _f16(u3, o + 80, table)
-    m0, m1, m2, m3 = _f16(u0, o + 82, table), _f16(u1, o + 82, table), _f16(u2, o + 82, table), _f16(u3, o + 82, table)
-    a = (f32(0), f32(0), f32(0), f32(0))
-    for g in range(16):
-        half, j, part = g // 8, (g % 8) // 2, g % 2
-        qo = o + 16 + 32 * half + 16 * part
-        s = _bits4(u0, u1, u2, u3, qo, 2 * j, 3, qo, 0, 0, 0, x, xo + 128 * half + 32 * j + 16 * part, 16)
-        c0, c1, c2, c3 = u0[o + g], u1[o + g], u2[o + g], u3[o + g]
-        a = _scaled4(a, s, d0, d1, d2, d3, f32(c0 & 15), f32(c1 & 15), f32(c2 & 15), f32(c3 & 15), f32(0))
-        a = _scaled4(a, (f32(0), f32(0), f32(0), f32(0), s[4]), m0, m1, m2, m3,
-                     f32(c0 >> 4), f32(c1 >> 4), f32(c2 >> 4), f32(c3 >> 4), f32(1))
-    return a
+def _q2_k_group(u, o, g, scale, shift):
+    """scale·nibble of the Q2_K scale bytes of groups g, g + 2, g + 4, g + 6: shift 0 is the group's scale,
+    4 its min."""
+    return (scale * f32((u[o + g] >> shift) & 15), scale * f32((u[o + g + 2] >> shift) & 15),
+            scale * f32((u[o + g + 4] >> shift) & 15), scale * f32((u[o + g + 6] >> shift) & 15))
 
 
 @njit(**INLINE)
@@ -176,17 +222,17 @@ def _q3_k_scale(u, o, k):
 
 
 @njit(**INLINE)
-def _dot4_q3_k(u0, u1, u2, u3, o, x, xo, table):
-    # value = ((q >> 2j) & 3) | (bit (4·half + j) of hmask) << 2, minus 4
-    d0, d1, d2, d3 = _f16(u0, o + 108, table), _f16(u1, o + 108, table), _f16(u2, o + 108, table), _f16(u3, o + 108, table)
-    a = (f32(0), f32(0), f32(0), f32(0))
-    for g in range(16):
-        half, j, part = g // 8, (g % 8) // 2, g % 2
-        s = _bits4(u0, u1, u2, u3, o + 32 + 32 * half + 16 * part, 2 * j, 3, o + 16 * part, 4 * half + j, 1, 2,
-                   x, xo + 128 * half + 32 * j + 16 * part, 16)
-        a = _scaled4(a, s, d0, d1, d2, d3, _q3_k_scale(u0, o, g), _q3_k_scale(u1, o, g), _q3_k_scale(u2, o, g),
-                     _q3_k_scale(u3, o, g), f32(4))
-    return a
+def _q3_k_group(u, o, g, d):
+    """Q3_K coefficients of the four groups g, g + 2, g + 4, g + 6."""
+    return d * _q3_k_scale(u, o, g), d * _q3_k_scale(u, o, g + 2), d * _q3_k_scale(u, o, g + 4), \
+        d * _q3_k_scale(u, o, g + 6)
+
+
+@njit(**INLINE)
+def _q3_k_values(f, hm, half):
+    """Q3_K's four values of a quant byte f (2-bit fields) with bits 4·half.. of the hmask byte hm as bit 2."""
+    v, h = _crumbs(f), _low_bits(_shr(hm, 4 * half))
+    return v[0] + f32(4) * h[0], v[1] + f32(4) * h[1], v[2] + f32(4) * h[2], v[3] + f32(4) * h[3]
 
 
 @njit(**INLINE)
@@ -200,98 +246,149 @@ def _k4_scale_min(u, o, j):
 
 
 @njit(**INLINE)
-def _dot4_k_nibbles(u0, u1, u2, u3, o, x, xo, table, qs, hs):
-    """Q4_K (hs < 0) and Q5_K (high bits at o + hs): 8 groups of 32, d·scale·sum - dmin·min·sum x."""
-    # the mins enter as _scaled4 of zero sums with zero = 1: a + dmin·min·(0 - sum x)
-    d0, d1, d2, d3 = _f16(u0, o, table), _f16(u1, o, table), _f16(u2, o, table), _f16(u3, o, table)
-    m0, m1, m2, m3 = _f16(u0, o + 2, table), _f16(u1, o + 2, table), _f16(u2, o + 2, table), _f16(u3, o + 2, table)
-    a = (f32(0), f32(0), f32(0), f32(0))
-    for g in range(8):
-        qo = o + qs + 32 * (g // 2)
-        ho, hmask = (o + hs, 1) if hs >= 0 else (qo, 0)
-        s = _bits4(u0, u1, u2, u3, qo, 4 * (g % 2), 15, ho, g, hmask, 4, x, xo + 32 * g, 32)
-        c0, n0 = _k4_scale_min(u0, o, g)
-        c1, n1 = _k4_scale_min(u1, o, g)
-        c2, n2 = _k4_scale_min(u2, o, g)
-        c3, n3 = _k4_scale_min(u3, o, g)
-        a = _scaled4(a, s, d0, d1, d2, d3, c0, c1, c2, c3, f32(0))
-        a = _scaled4(a, (f32(0), f32(0), f32(0), f32(0), s[4]), m0, m1, m2, m3, n0, n1, n2, n3, f32(1))
-    return a
+def _k_values(u, qo, ho, p, l):
+    """Q4_K (ho < 0) and Q5_K values l of groups 2p, 2p + 1: low and high nibble of byte qo + l, plus bits 2p,
+    2p + 1 of byte ho + l as bit 4."""
+    lo, hi = _nibbles(f32(u[qo + l]))
+    if ho >= 0:
+        h = _low_bits(_shr(f32(u[ho + l]), 2 * p))
+        lo, hi = lo + f32(16) * h[0], hi + f32(16) * h[1]
+    return lo, hi
 
 
 @njit(**INLINE)
-def _dot4_q4_k(u0, u1, u2, u3, o, x, xo, table):
-    return _dot4_k_nibbles(u0, u1, u2, u3, o, x, xo, table, 16, -1)
+def _q6_k_values(fa, fb, h):
+    """Q6_K's four values (before minus 32): nibbles of ql bytes fa, fb plus the 2-bit fields of qh byte h."""
+    a, b, c = _nibbles(fa), _nibbles(fb), _crumbs(h)
+    return a[0] + f32(16) * c[0], b[0] + f32(16) * c[1], a[1] + f32(16) * c[2], b[1] + f32(16) * c[3]
 
 
 @njit(**INLINE)
-def _dot4_q5_k(u0, u1, u2, u3, o, x, xo, table):
-    return _dot4_k_nibbles(u0, u1, u2, u3, o, x, xo, table, 48, 16)
+def _dot4_values(v, c, x, e):
+    """Σ_t c[t]·v[t]·x[e + 32t] of four values 32 apart."""
+    return c[0] * v[0] * x[e] + c[1] * v[1] * x[e + 32] + c[2] * v[2] * x[e + 64] + c[3] * v[3] * x[e + 96]
 
 
 @njit(**INLINE)
-def _dot4_q6_k(u0, u1, u2, u3, o, x, xo, table):
-    # 16 groups of 16: low nibble of ql (t = 0, 1) or high (t = 2, 3), 2 bits of qh at 2t; int8 scales; minus 32
-    d0, d1, d2, d3 = _f16(u0, o + 208, table), _f16(u1, o + 208, table), _f16(u2, o + 208, table), _f16(u3, o + 208, table)
-    q0, q1, q2, q3 = u0.view(np.int8), u1.view(np.int8), u2.view(np.int8), u3.view(np.int8)
-    a = (f32(0), f32(0), f32(0), f32(0))
-    for g in range(16):
-        half, t, part = g // 8, (g % 8) // 2, g % 2
-        qo = o + 64 * half + 32 * (t % 2) + 16 * part
-        s = _bits4(u0, u1, u2, u3, qo, 4 * (t // 2), 15, o + 128 + 32 * half + 16 * part, 2 * t, 3, 4,
-                   x, xo + 128 * half + 32 * t + 16 * part, 16)
-        c = o + 192 + 8 * half + part + 2 * t
-        a = _scaled4(a, s, d0, d1, d2, d3, f32(q0[c]), f32(q1[c]), f32(q2[c]), f32(q3[c]), f32(32))
-    return a
-
-
-# ---- single rows dequantized, for the prefill path: one block of one row into out[oo:oo + block]
-
-@njit(**INLINE)
-def _bits1(u, qo, shift, mask, ho, hshift, hmask, hpos, out, oo, n, scale, offset):
-    """out[oo + l] = scale·v(l) + offset for l < n, v(l) as in _bits4."""
-    for l in range(n):
-        out[oo + l] = scale * f32(((u[qo + l] >> shift) & mask) | (((u[ho + l] >> hshift) & hmask) << hpos)) + offset
+def _xsums4(xs, i):
+    """The 16-sums at i, i + 2, i + 4, i + 6 (the four groups of a K-quant quarter)."""
+    return xs[i], xs[i + 2], xs[i + 4], xs[i + 6]
 
 
 @njit(**INLINE)
-def _deq_nibbles(u, o, qo, out, oo, table, zero, has_min):
-    """Q4_0 (values minus zero) and Q4_1 (plus m at o + 2): 16 bytes of nibbles, low then high."""
-    d = _f16(u, o, table)
-    offset = _f16(u, o + 2, table) if has_min else -zero * d
-    _bits1(u, qo, 0, 15, qo, 0, 0, 0, out, oo, 16, d, offset)
-    _bits1(u, qo, 4, 15, qo, 0, 0, 0, out, oo + 16, 16, d, offset)
+def _weighted(c, s):
+    """Σ c[t]·s[t] over four terms."""
+    return c[0] * s[0] + c[1] * s[1] + c[2] * s[2] + c[3] * s[3]
+
+
+# (half, part) quarters of Q2_K/Q3_K/Q6_K blocks: value l of group g + 2t sits at 128·half + 32t + 16·part + l,
+# g = 8·half + part
+
+@njit(**INLINE)
+def _q2_k_row(u, o, x, xo, xs, xso, table):
+    d, dmin, t = _f16(u, o + 80, table), _f16(u, o + 82, table), f32(0)
+    for half in range(2):
+        for part in range(2):
+            g, e, qo = 8 * half + part, xo + 128 * half + 16 * part, o + 16 + 32 * half + 16 * part
+            c, m = _q2_k_group(u, o, g, d, 0), _q2_k_group(u, o, g, dmin, 4)
+            t -= _weighted(m, _xsums4(xs, xso + g))
+            for l in range(16):
+                t += _dot4_values(_crumbs(f32(u[qo + l])), c, x, e + l)
+    return t
 
 
 @njit(**INLINE)
-def _deq_fives(u, o, hq, qo, out, oo, table, zero, has_min):
-    """Q5_0 and Q5_1: nibbles with bit 4 from the uint32 at hq."""
-    d, h = _f16(u, o, table), _u32(u, hq)
-    offset = _f16(u, o + 2, table) if has_min else -zero * d
+def _q3_k_row(u, o, x, xo, xs, xso, table):
+    d, t = _f16(u, o + 108, table), f32(0)
+    for half in range(2):
+        for part in range(2):
+            g, e, qo = 8 * half + part, xo + 128 * half + 16 * part, o + 32 + 32 * half + 16 * part
+            c = _q3_k_group(u, o, g, d)
+            t -= f32(4) * _weighted(c, _xsums4(xs, xso + g))
+            for l in range(16):
+                t += _dot4_values(_q3_k_values(f32(u[qo + l]), f32(u[o + 16 * part + l]), half), c, x, e + l)
+    return t
+
+
+@njit(**INLINE)
+def _k_nibbles_row(u, o, x, xo, xs, xso, table, qs, hs):
+    """Q4_K (hs < 0) and Q5_K (high bits at o + hs): 8 groups of 32, d·scale·value - dmin·min."""
+    d, dmin, t = _f16(u, o, table), _f16(u, o + 2, table), f32(0)
+    for p in range(4):
+        sl, ml = _k4_scale_min(u, o, 2 * p)
+        sh, mh = _k4_scale_min(u, o, 2 * p + 1)
+        cl, ch, e = d * sl, d * sh, xo + 64 * p
+        t -= dmin * (ml * _xsum(xs, xso + 4 * p, 2) + mh * _xsum(xs, xso + 4 * p + 2, 2))
+        for l in range(32):
+            lo, hi = _k_values(u, o + qs + 32 * p, o + hs if hs >= 0 else -1, p, l)
+            t += cl * lo * x[e + l] + ch * hi * x[e + 32 + l]
+    return t
+
+
+@njit(**INLINE)
+def _q6_k_row(u, o, x, xo, xs, xso, table):
+    # ql bytes at a and a + 32, qh bytes at hq; int8 scales at o + 192 + 8·half + part + 2t
+    d, t = _f16(u, o + 208, table), f32(0)
+    for half in range(2):
+        for part in range(2):
+            a, hq, e = o + 64 * half + 16 * part, o + 128 + 32 * half + 16 * part, xo + 128 * half + 16 * part
+            s = o + 192 + 8 * half + part
+            c = d * _i8(u, s), d * _i8(u, s + 2), d * _i8(u, s + 4), d * _i8(u, s + 6)
+            t -= f32(32) * _weighted(c, _xsums4(xs, xso + 8 * half + part))
+            for l in range(16):
+                t += _dot4_values(_q6_k_values(f32(u[a + l]), f32(u[a + 32 + l]), f32(u[hq + l])), c, x, e + l)
+    return t
+
+
+@njit(**INLINE)
+def _q4_k_row(u, o, x, xo, xs, xso, table):
+    return _k_nibbles_row(u, o, x, xo, xs, xso, table, 16, -1)
+
+
+@njit(**INLINE)
+def _q5_k_row(u, o, x, xo, xs, xso, table):
+    return _k_nibbles_row(u, o, x, xo, xs, xso, table, 48, 16)
+
+
+# ---- one row dequantized (prefill panels, the few-rows path): the block at byte o into out[oo:oo + block]
+
+@njit(**INLINE)
+def _deq_q4(u, qo, out, oo, d, offset):
+    """Q4_0/Q4_1: d·nibble + offset."""
     for l in range(16):
-        b = u[qo + l]
-        out[oo + l] = d * f32((b & 15) | (((h >> l) & 1) << 4)) + offset
-        out[oo + 16 + l] = d * f32((b >> 4) | (((h >> (l + 16)) & 1) << 4)) + offset
+        lo, hi = _nibbles(f32(u[qo + l]))
+        out[oo + l], out[oo + 16 + l] = d * lo + offset, d * hi + offset
+
+
+@njit(**INLINE)
+def _deq_q5(u, hq, qo, out, oo, d, offset):
+    """Q5_0/Q5_1: d·value + offset."""
+    hl, hh = _u16(u, hq), _u16(u, hq + 2)
+    for l in range(16):
+        lo, hi = _fives(f32(u[qo + l]), hl, hh, l)
+        out[oo + l], out[oo + 16 + l] = d * lo + offset, d * hi + offset
 
 
 @njit(**INLINE)
 def _deq_q4_0(u, o, out, oo, table):
-    _deq_nibbles(u, o, o + 2, out, oo, table, f32(8), False)
+    d = _f16(u, o, table)
+    _deq_q4(u, o + 2, out, oo, d, f32(-8) * d)
 
 
 @njit(**INLINE)
 def _deq_q4_1(u, o, out, oo, table):
-    _deq_nibbles(u, o, o + 4, out, oo, table, f32(0), True)
+    _deq_q4(u, o + 4, out, oo, _f16(u, o, table), _f16(u, o + 2, table))
 
 
 @njit(**INLINE)
 def _deq_q5_0(u, o, out, oo, table):
-    _deq_fives(u, o, o + 2, o + 6, out, oo, table, f32(16), False)
+    d = _f16(u, o, table)
+    _deq_q5(u, o + 2, o + 6, out, oo, d, f32(-16) * d)
 
 
 @njit(**INLINE)
 def _deq_q5_1(u, o, out, oo, table):
-    _deq_fives(u, o, o + 4, o + 8, out, oo, table, f32(0), True)
+    _deq_q5(u, o + 4, o + 8, out, oo, _f16(u, o, table), _f16(u, o + 2, table))
 
 
 @njit(**INLINE)
@@ -308,33 +405,45 @@ def _deq_f16(u, o, out, oo, table):
 
 
 @njit(**INLINE)
+def _put4(out, i, v, c, z):
+    """out[i + 32t] = c[t]·v[t] - z[t] for four values 32 apart."""
+    for t in range(4):
+        out[i + 32 * t] = c[t] * v[t] - z[t]
+
+
+@njit(**INLINE)
 def _deq_q2_k(u, o, out, oo, table):
     d, dmin = _f16(u, o + 80, table), _f16(u, o + 82, table)
-    for g in range(16):
-        half, j, part = g // 8, (g % 8) // 2, g % 2
-        qo, c = o + 16 + 32 * half + 16 * part, u[o + g]
-        _bits1(u, qo, 2 * j, 3, qo, 0, 0, 0, out, oo + 128 * half + 32 * j + 16 * part, 16,
-               d * f32(c & 15), -dmin * f32(c >> 4))
+    for half in range(2):
+        for part in range(2):
+            g, e, qo = 8 * half + part, oo + 128 * half + 16 * part, o + 16 + 32 * half + 16 * part
+            c, m = _q2_k_group(u, o, g, d, 0), _q2_k_group(u, o, g, dmin, 4)
+            for l in range(16):
+                _put4(out, e + l, _crumbs(f32(u[qo + l])), c, m)
 
 
 @njit(**INLINE)
 def _deq_q3_k(u, o, out, oo, table):
     d = _f16(u, o + 108, table)
-    for g in range(16):
-        half, j, part = g // 8, (g % 8) // 2, g % 2
-        scale = d * _q3_k_scale(u, o, g)
-        _bits1(u, o + 32 + 32 * half + 16 * part, 2 * j, 3, o + 16 * part, 4 * half + j, 1, 2,
-               out, oo + 128 * half + 32 * j + 16 * part, 16, scale, -4 * scale)
+    for half in range(2):
+        for part in range(2):
+            g, e, qo = 8 * half + part, oo + 128 * half + 16 * part, o + 32 + 32 * half + 16 * part
+            c = _q3_k_group(u, o, g, d)
+            z = f32(4) * c[0], f32(4) * c[1], f32(4) * c[2], f32(4) * c[3]
+            for l in range(16):
+                _put4(out, e + l, _q3_k_values(f32(u[qo + l]), f32(u[o + 16 * part + l]), half), c, z)
 
 
 @njit(**INLINE)
 def _deq_k_nibbles(u, o, out, oo, table, qs, hs):
     d, dmin = _f16(u, o, table), _f16(u, o + 2, table)
-    for g in range(8):
-        qo = o + qs + 32 * (g // 2)
-        ho, hmask = (o + hs, 1) if hs >= 0 else (qo, 0)
-        c, m = _k4_scale_min(u, o, g)
-        _bits1(u, qo, 4 * (g % 2), 15, ho, g, hmask, 4, out, oo + 32 * g, 32, d * c, -dmin * m)
+    for p in range(4):
+        sl, ml = _k4_scale_min(u, o, 2 * p)
+        sh, mh = _k4_scale_min(u, o, 2 * p + 1)
+        cl, ch, zl, zh, e = d * sl, d * sh, dmin * ml, dmin * mh, oo + 64 * p
+        for l in range(32):
+            lo, hi = _k_values(u, o + qs + 32 * p, o + hs if hs >= 0 else -1, p, l)
+            out[e + l], out[e + 32 + l] = cl * lo - zl, ch * hi - zh
 
 
 @njit(**INLINE)
@@ -349,37 +458,57 @@ def _deq_q5_k(u, o, out, oo, table):
 
 @njit(**INLINE)
 def _deq_q6_k(u, o, out, oo, table):
-    d, q = _f16(u, o + 208, table), u.view(np.int8)
-    for g in range(16):
-        half, t, part = g // 8, (g % 8) // 2, g % 2
-        scale = d * f32(q[o + 192 + 8 * half + part + 2 * t])
-        _bits1(u, o + 64 * half + 32 * (t % 2) + 16 * part, 4 * (t // 2), 15, o + 128 + 32 * half + 16 * part,
-               2 * t, 3, 4, out, oo + 128 * half + 32 * t + 16 * part, 16, scale, -32 * scale)
+    d = _f16(u, o + 208, table)
+    for half in range(2):
+        for part in range(2):
+            a, hq, e = o + 64 * half + 16 * part, o + 128 + 32 * half + 16 * part, oo + 128 * half + 16 * part
+            s = o + 192 + 8 * half + part
+            c = d * _i8(u, s), d * _i8(u, s + 2), d * _i8(u, s + 4), d * _i8(u, s + 6)
+            z = f32(32) * c[0], f32(32) * c[1], f32(32) * c[2], f32(32) * c[3]
+            for l in range(16):
+                _put4(out, e + l, _q6_k_values(f32(u[a + l]), f32(u[a + 32 + l]), f32(u[hq + l])), c, z)
 
 
-def _matvec(w, x, out, table):
-    """out[n, m] = w[m] · x[n] for a weight w of (M, bytes per row) blocks and x of (N, K) float32; DOT4, BLOCK
-    and TYPE_SIZE are the block type's, bound per type by _specialize."""
+def _matvec1(w, x, out, table):
+    """out[n, m] = w[m] · x[n] a weight row at a time, DOT reducing a whole block of one row (K-quants: their
+    blocks are long enough to vectorize alone, and four rows interleaved ran 3x slower)."""
+    xs = _sums16(x)
+    for m in prange(w.shape[0]):
+        u = w[m]
+        for n in range(x.shape[0]):
+            xr, xsr, t = x[n], xs[n], f32(0)
+            for b in range(x.shape[1] // BLOCK):  # noqa: F821
+                t += DOT(u, b * TYPE_SIZE, xr, b * BLOCK, xsr, b * (BLOCK // 16), table)  # noqa: F821
+            out[n, m] = t
+
+
+def _matvec4(w, x, out, table):
+    """out[n, m] = w[m] · x[n] for a weight w of (M, bytes per row) blocks and x of (N, K) float32, four weight
+    rows at a time into lane accumulators; DOT, BLOCK and TYPE_SIZE are the block type's, bound per type by
+    _specialize."""
     n_rows, n_blocks = w.shape[0], x.shape[1] // BLOCK  # noqa: F821
+    xs = _sums16(x)
     for group in prange((n_rows + 3) // 4):
         m = 4 * group
         u0, u1, u2, u3 = w[m], w[min(m + 1, n_rows - 1)], w[min(m + 2, n_rows - 1)], w[min(m + 3, n_rows - 1)]
+        acc = np.empty((4, 32), np.float32)
         for n in range(x.shape[0]):
-            xr = x[n]
+            acc[:] = 0
+            xr, xsr = x[n], xs[n]
             a0 = a1 = a2 = a3 = f32(0)
             for b in range(n_blocks):
-                s = DOT4(u0, u1, u2, u3, b * TYPE_SIZE, xr, b * BLOCK, table)  # noqa: F821
+                s = DOT(acc, u0, u1, u2, u3, b * TYPE_SIZE, xr, b * BLOCK, xsr, b * (BLOCK // 16), table)  # noqa: F821
                 a0 += s[0]
                 a1 += s[1]
                 a2 += s[2]
                 a3 += s[3]
-            out[n, m] = a0
+            out[n, m] = a0 + acc[0].sum()
             if m + 3 < n_rows:
-                out[n, m + 1], out[n, m + 2], out[n, m + 3] = a1, a2, a3
+                out[n, m + 1], out[n, m + 2], out[n, m + 3] = a1 + acc[1].sum(), a2 + acc[2].sum(), a3 + acc[3].sum()
             elif m + 1 < n_rows:
-                out[n, m + 1] = a1
+                out[n, m + 1] = a1 + acc[1].sum()
                 if m + 2 < n_rows:
-                    out[n, m + 2] = a2
+                    out[n, m + 2] = a2 + acc[2].sum()
 
 
 def _matmat(w, x, out, table):
@@ -388,7 +517,7 @@ def _matmat(w, x, out, table):
     n_rows, k = w.shape[0], x.shape[1]
     for group in prange((n_rows + 3) // 4):
         m = 4 * group
-        rows = np.zeros((4, k), np.float32)
+        rows = np.empty((4, k), np.float32)
         for r in range(min(4, n_rows - m)):
             for b in range(k // BLOCK):  # noqa: F821
                 DEQ(w[m + r], b * TYPE_SIZE, rows[r], b * BLOCK, table)  # noqa: F821
@@ -431,23 +560,37 @@ def _specialize(template, dtype: DType, parallel: bool, **constants):
 MATMAT_MIN_ROWS = 4  # activation rows from which dequantizing four weight rows once beats unpacking per row
 # (batched SmolLM2 decode: 2 rows 45 against 67 tok/s, 4 rows 81 against 73, 8 rows 121 against 74)
 
-# DType -> (elements, bytes) of the unit the block functions read (F16 rows: 32 at a time), the four-row dot
-# function and the one-row dequantizer
-BLOCK_TYPES: dict[DType, tuple[int, int, object, object]] = {
-    DType.Q4_0: (32, 18, _dot4_q4_0, _deq_q4_0), DType.Q4_1: (32, 20, _dot4_q4_1, _deq_q4_1),
-    DType.Q5_0: (32, 22, _dot4_q5_0, _deq_q5_0), DType.Q5_1: (32, 24, _dot4_q5_1, _deq_q5_1),
-    DType.Q8_0: (32, 34, _dot4_q8_0, _deq_q8_0), DType.Q2_K: (256, 84, _dot4_q2_k, _deq_q2_k),
-    DType.Q3_K: (256, 110, _dot4_q3_k, _deq_q3_k), DType.Q4_K: (256, 144, _dot4_q4_k, _deq_q4_k),
-    DType.Q5_K: (256, 176, _dot4_q5_k, _deq_q5_k), DType.Q6_K: (256, 210, _dot4_q6_k, _deq_q6_k),
-    DType.F16: (32, 64, _dot4_f16, _deq_f16),
+class BlockKernels(NamedTuple):
+    """A block type's unit (elements, bytes; F16 rows are read 32 at a time), its dot function and the mat-vec
+    template that calls it (_matvec4: four rows into lane accumulators, _matvec1: one row), and its one-row
+    dequantizer."""
+    block: int
+    type_size: int
+    dot: object
+    matvec: object
+    deq: object
+
+
+BLOCK_TYPES: dict[DType, BlockKernels] = {
+    DType.Q4_0: BlockKernels(32, 18, _dot4_q4_0, _matvec4, _deq_q4_0),
+    DType.Q4_1: BlockKernels(32, 20, _dot4_q4_1, _matvec4, _deq_q4_1),
+    DType.Q5_0: BlockKernels(32, 22, _dot4_q5_0, _matvec4, _deq_q5_0),
+    DType.Q5_1: BlockKernels(32, 24, _dot4_q5_1, _matvec4, _deq_q5_1),
+    DType.Q8_0: BlockKernels(32, 34, _dot4_q8_0, _matvec4, _deq_q8_0),
+    DType.Q2_K: BlockKernels(256, 84, _q2_k_row, _matvec1, _deq_q2_k),
+    DType.Q3_K: BlockKernels(256, 110, _q3_k_row, _matvec1, _deq_q3_k),
+    DType.Q4_K: BlockKernels(256, 144, _q4_k_row, _matvec1, _deq_q4_k),
+    DType.Q5_K: BlockKernels(256, 176, _q5_k_row, _matvec1, _deq_q5_k),
+    DType.Q6_K: BlockKernels(256, 210, _q6_k_row, _matvec1, _deq_q6_k),
+    DType.F16: BlockKernels(32, 64, _dot4_f16, _matvec4, _deq_f16),
 }
-MATVEC = {t: _specialize(_matvec, t, True, DOT4=dot4, BLOCK=block, TYPE_SIZE=size)
-          for t, (block, size, dot4, _) in BLOCK_TYPES.items()}
-MATMAT = {t: _specialize(_matmat, t, True, DEQ=deq, BLOCK=block, TYPE_SIZE=size)
-          for t, (block, size, _, deq) in BLOCK_TYPES.items()}
+MATVEC = {t: _specialize(k.matvec, t, True, DOT=k.dot, BLOCK=k.block, TYPE_SIZE=k.type_size)
+          for t, k in BLOCK_TYPES.items()}
+MATMAT = {t: _specialize(_matmat, t, True, DEQ=k.deq, BLOCK=k.block, TYPE_SIZE=k.type_size)
+          for t, k in BLOCK_TYPES.items()}
 # serial: the panels it fills go straight to BLAS, whose threads would wait on numba's spinning ones
-DEQUANTIZE = {t: _specialize(_dequantize, t, False, DEQ=deq, BLOCK=block, TYPE_SIZE=size)
-              for t, (block, size, _, deq) in BLOCK_TYPES.items()}
+DEQUANTIZE = {t: _specialize(_dequantize, t, False, DEQ=k.deq, BLOCK=k.block, TYPE_SIZE=k.type_size)
+              for t, k in BLOCK_TYPES.items()}
 
 
 def quantized_matvec(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
