@@ -574,8 +574,9 @@ def _specialize(template, dtype: DType, parallel: bool, **constants):
 
 
 GROUPS_PER_CHUNK = 64  # four-row groups per parallel task, which allocates its scratch once
-MATMAT_MIN_ROWS = 4  # activation rows from which dequantizing four weight rows once beats unpacking per row
-# (batched SmolLM2 decode: 2 rows 45 against 67 tok/s, 4 rows 81 against 73, 8 rows 121 against 74)
+MATMAT_MIN_ROWS = 8  # activation rows from which dequantizing four weight rows once beats unpacking per row
+# (examples/bench_matvec.py: with lane accumulators the mat-vec wins up to 4 rows, ties at 8, loses at 16)
+
 
 class BlockKernels(NamedTuple):
     """A block type's unit (elements, bytes; F16 rows are read 32 at a time), its dot function and the mat-vec

@@ -79,3 +79,10 @@ def test_synthetic_gguf_has_the_shapes_asked_for_and_runs(qtype, tmp_path):
     scale = np.asarray(model.gguf.tensor_data("blk.0.ffn_down.weight")).reshape(-1)[:2].view(np.float16)[0]
     assert scale == np.float16(1 / (synthetic.VALUE_STD[dtype] * np.sqrt(shape.n_ff)))
     assert np.isfinite(model.eval([1, 2, 3])).all()
+
+
+def test_bench_matvec_prints_a_row_per_type_and_row_count():
+    out = run_example("bench_matvec.py", "--types", "Q4_0", "Q6_K", "--rows", "1", "8", "--shape", "64", "256",
+                      "-r", "1", cwd=EXAMPLES)
+    rows = [line.split(" | ")[:2] for line in out.splitlines() if line.startswith("| Q")]
+    assert rows == [["| Q4_0", "1"], ["| Q4_0", "8"], ["| Q6_K", "1"], ["| Q6_K", "8"]]
