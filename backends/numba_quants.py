@@ -541,16 +541,22 @@ def _matmat(w, x, out, table):
                 for b in range(k // BLOCK):  # noqa: F821
                     DEQ(w[m + r], b * TYPE_SIZE, rows[r], b * BLOCK, table)  # noqa: F821
             r0, r1, r2, r3 = rows[0], rows[1], rows[2], rows[3]
-            for n in range(x.shape[0]):
-                xr = x[n]
-                a0 = a1 = a2 = a3 = f32(0)
+            for n in range(0, x.shape[0], 2):  # two activation rows a pass: 8 loads for 8 products, not 10
+                xa, xb = x[n], x[min(n + 1, x.shape[0] - 1)]
+                a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = f32(0)
                 for i in range(k):
-                    xv = xr[i]
-                    a0 += r0[i] * xv
-                    a1 += r1[i] * xv
-                    a2 += r2[i] * xv
-                    a3 += r3[i] * xv
+                    va, vb = xa[i], xb[i]
+                    a0 += r0[i] * va
+                    a1 += r1[i] * va
+                    a2 += r2[i] * va
+                    a3 += r3[i] * va
+                    b0 += r0[i] * vb
+                    b1 += r1[i] * vb
+                    b2 += r2[i] * vb
+                    b3 += r3[i] * vb
                 _store4(out[n], m, n_rows, a0, a1, a2, a3)
+                if n + 1 < x.shape[0]:
+                    _store4(out[n + 1], m, n_rows, b0, b1, b2, b3)
 
 
 def _dequantize(w, out, table):
