@@ -117,65 +117,67 @@ def _fives(f, hl, hh, j):
 
 
 @njit(**INLINE)
-def _pair_dot(v, xl, xh):
-    """v[0]·xl + v[1]·xh."""
-    return v[0] * xl + v[1] * xh
+def _pair_dot(v, zero, xl, xh):
+    """(v[0] - zero)·xl + (v[1] - zero)·xh: values centred before the products, so that the sums do not cancel."""
+    return (v[0] - zero) * xl + (v[1] - zero) * xh
 
 
 @njit(**INLINE)
 def _nibbles4(acc, u0, u1, u2, u3, qo, x, xo, d):
-    """16 bytes of nibbles at qo (low: values 0-15, high: 16-31) of four rows with scales d."""
+    """16 bytes of nibbles at qo (low: values 0-15, high: 16-31) of four rows with scales d, as nibble - 8."""
     for l in range(16):
         xl, xh = x[xo + l], x[xo + 16 + l]
-        acc[0, l] += d[0] * _pair_dot(_nibbles(f32(u0[qo + l])), xl, xh)
-        acc[1, l] += d[1] * _pair_dot(_nibbles(f32(u1[qo + l])), xl, xh)
-        acc[2, l] += d[2] * _pair_dot(_nibbles(f32(u2[qo + l])), xl, xh)
-        acc[3, l] += d[3] * _pair_dot(_nibbles(f32(u3[qo + l])), xl, xh)
+        acc[0, l] += d[0] * _pair_dot(_nibbles(f32(u0[qo + l])), f32(8), xl, xh)
+        acc[1, l] += d[1] * _pair_dot(_nibbles(f32(u1[qo + l])), f32(8), xl, xh)
+        acc[2, l] += d[2] * _pair_dot(_nibbles(f32(u2[qo + l])), f32(8), xl, xh)
+        acc[3, l] += d[3] * _pair_dot(_nibbles(f32(u3[qo + l])), f32(8), xl, xh)
 
 
 @njit(**INLINE)
 def _fives4(acc, u0, u1, u2, u3, hq, qo, x, xo, d):
-    """Q5_0/Q5_1 values of four rows: nibbles at qo, bit 4 of value l in bit l of the uint32 at hq."""
+    """Q5_0/Q5_1 values of four rows, minus 16: nibbles at qo, bit 4 of value l in bit l of the uint32 at hq."""
     l0, l1, l2, l3 = _u16(u0, hq), _u16(u1, hq), _u16(u2, hq), _u16(u3, hq)
     h0, h1, h2, h3 = _u16(u0, hq + 2), _u16(u1, hq + 2), _u16(u2, hq + 2), _u16(u3, hq + 2)
     for l in range(16):
         xl, xh = x[xo + l], x[xo + 16 + l]
-        acc[0, l] += d[0] * _pair_dot(_fives(f32(u0[qo + l]), l0, h0, l), xl, xh)
-        acc[1, l] += d[1] * _pair_dot(_fives(f32(u1[qo + l]), l1, h1, l), xl, xh)
-        acc[2, l] += d[2] * _pair_dot(_fives(f32(u2[qo + l]), l2, h2, l), xl, xh)
-        acc[3, l] += d[3] * _pair_dot(_fives(f32(u3[qo + l]), l3, h3, l), xl, xh)
-
-
-@njit(**INLINE)
-def _times(c, s):
-    """Each of four coefficients times s."""
-    return c[0] * s, c[1] * s, c[2] * s, c[3] * s
+        acc[0, l] += d[0] * _pair_dot(_fives(f32(u0[qo + l]), l0, h0, l), f32(16), xl, xh)
+        acc[1, l] += d[1] * _pair_dot(_fives(f32(u1[qo + l]), l1, h1, l), f32(16), xl, xh)
+        acc[2, l] += d[2] * _pair_dot(_fives(f32(u2[qo + l]), l2, h2, l), f32(16), xl, xh)
+        acc[3, l] += d[3] * _pair_dot(_fives(f32(u3[qo + l]), l3, h3, l), f32(16), xl, xh)
 
 
 @njit(**INLINE)
 def _dot4_q4_0(acc, u0, u1, u2, u3, o, x, xo, xs, xso, table):
-    d = _f16x4(u0, u1, u2, u3, o, table)
-    _nibbles4(acc, u0, u1, u2, u3, o + 2, x, xo, d)
-    return _times(d, f32(-8) * _xsum(xs, xso, 2))
+    _nibbles4(acc, u0, u1, u2, u3, o + 2, x, xo, _f16x4(u0, u1, u2, u3, o, table))
+    return f32(0), f32(0), f32(0), f32(0)
+
+
+@njit(**INLINE)
+def _affine_min(u0, u1, u2, u3, o, d, zero, xs, xso, table):
+    """(m + zero·d)·sum x of a 32-value block whose values were taken minus zero and whose min m is at o."""
+    m = _f16x4(u0, u1, u2, u3, o, table)
+    s = _xsum(xs, xso, 2)
+    return (m[0] + zero * d[0]) * s, (m[1] + zero * d[1]) * s, (m[2] + zero * d[2]) * s, (m[3] + zero * d[3]) * s
 
 
 @njit(**INLINE)
 def _dot4_q4_1(acc, u0, u1, u2, u3, o, x, xo, xs, xso, table):
-    _nibbles4(acc, u0, u1, u2, u3, o + 4, x, xo, _f16x4(u0, u1, u2, u3, o, table))
-    return _times(_f16x4(u0, u1, u2, u3, o + 2, table), _xsum(xs, xso, 2))
+    d = _f16x4(u0, u1, u2, u3, o, table)
+    _nibbles4(acc, u0, u1, u2, u3, o + 4, x, xo, d)
+    return _affine_min(u0, u1, u2, u3, o + 2, d, f32(8), xs, xso, table)
 
 
 @njit(**INLINE)
 def _dot4_q5_0(acc, u0, u1, u2, u3, o, x, xo, xs, xso, table):
-    d = _f16x4(u0, u1, u2, u3, o, table)
-    _fives4(acc, u0, u1, u2, u3, o + 2, o + 6, x, xo, d)
-    return _times(d, f32(-16) * _xsum(xs, xso, 2))
+    _fives4(acc, u0, u1, u2, u3, o + 2, o + 6, x, xo, _f16x4(u0, u1, u2, u3, o, table))
+    return f32(0), f32(0), f32(0), f32(0)
 
 
 @njit(**INLINE)
 def _dot4_q5_1(acc, u0, u1, u2, u3, o, x, xo, xs, xso, table):
-    _fives4(acc, u0, u1, u2, u3, o + 4, o + 8, x, xo, _f16x4(u0, u1, u2, u3, o, table))
-    return _times(_f16x4(u0, u1, u2, u3, o + 2, table), _xsum(xs, xso, 2))
+    d = _f16x4(u0, u1, u2, u3, o, table)
+    _fives4(acc, u0, u1, u2, u3, o + 4, o + 8, x, xo, d)
+    return _affine_min(u0, u1, u2, u3, o + 2, d, f32(16), xs, xso, table)
 
 
 @njit(**INLINE)
@@ -264,9 +266,10 @@ def _q6_k_values(fa, fb, h):
 
 
 @njit(**INLINE)
-def _dot4_values(v, c, x, e):
-    """Σ_t c[t]·v[t]·x[e + 32t] of four values 32 apart."""
-    return c[0] * v[0] * x[e] + c[1] * v[1] * x[e + 32] + c[2] * v[2] * x[e + 64] + c[3] * v[3] * x[e + 96]
+def _dot4_values(v, zero, c, x, e):
+    """Σ_t c[t]·(v[t] - zero)·x[e + 32t] of four values 32 apart (centred, so that the sums do not cancel)."""
+    return (c[0] * (v[0] - zero) * x[e] + c[1] * (v[1] - zero) * x[e + 32] + c[2] * (v[2] - zero) * x[e + 64]
+            + c[3] * (v[3] - zero) * x[e + 96])
 
 
 @njit(**INLINE)
@@ -291,9 +294,10 @@ def _q2_k_row(u, o, x, xo, xs, xso, table):
         for part in range(2):
             g, e, qo = 8 * half + part, xo + 128 * half + 16 * part, o + 16 + 32 * half + 16 * part
             c, m = _q2_k_group(u, o, g, d, 0), _q2_k_group(u, o, g, dmin, 4)
-            t -= _weighted(m, _xsums4(xs, xso + g))
+            sums = _xsums4(xs, xso + g)
+            t += f32(2) * _weighted(c, sums) - _weighted(m, sums)
             for l in range(16):
-                t += _dot4_values(_crumbs(f32(u[qo + l])), c, x, e + l)
+                t += _dot4_values(_crumbs(f32(u[qo + l])), f32(2), c, x, e + l)
     return t
 
 
@@ -304,9 +308,8 @@ def _q3_k_row(u, o, x, xo, xs, xso, table):
         for part in range(2):
             g, e, qo = 8 * half + part, xo + 128 * half + 16 * part, o + 32 + 32 * half + 16 * part
             c = _q3_k_group(u, o, g, d)
-            t -= f32(4) * _weighted(c, _xsums4(xs, xso + g))
             for l in range(16):
-                t += _dot4_values(_q3_k_values(f32(u[qo + l]), f32(u[o + 16 * part + l]), half), c, x, e + l)
+                t += _dot4_values(_q3_k_values(f32(u[qo + l]), f32(u[o + 16 * part + l]), half), f32(4), c, x, e + l)
     return t
 
 
@@ -318,10 +321,12 @@ def _k_nibbles_row(u, o, x, xo, xs, xso, table, qs, hs):
         sl, ml = _k4_scale_min(u, o, 2 * p)
         sh, mh = _k4_scale_min(u, o, 2 * p + 1)
         cl, ch, e = d * sl, d * sh, xo + 64 * p
-        t -= dmin * (ml * _xsum(xs, xso + 4 * p, 2) + mh * _xsum(xs, xso + 4 * p + 2, 2))
+        zero = f32(8) if hs < 0 else f32(16)  # the middle of the values: the sums do not cancel
+        sl, sh = _xsum(xs, xso + 4 * p, 2), _xsum(xs, xso + 4 * p + 2, 2)
+        t += zero * (cl * sl + ch * sh) - dmin * (ml * sl + mh * sh)
         for l in range(32):
             lo, hi = _k_values(u, o + qs + 32 * p, o + hs if hs >= 0 else -1, p, l)
-            t += cl * lo * x[e + l] + ch * hi * x[e + 32 + l]
+            t += cl * (lo - zero) * x[e + l] + ch * (hi - zero) * x[e + 32 + l]
     return t
 
 
@@ -334,9 +339,8 @@ def _q6_k_row(u, o, x, xo, xs, xso, table):
             a, hq, e = o + 64 * half + 16 * part, o + 128 + 32 * half + 16 * part, xo + 128 * half + 16 * part
             s = o + 192 + 8 * half + part
             c = d * _i8(u, s), d * _i8(u, s + 2), d * _i8(u, s + 4), d * _i8(u, s + 6)
-            t -= f32(32) * _weighted(c, _xsums4(xs, xso + 8 * half + part))
             for l in range(16):
-                t += _dot4_values(_q6_k_values(f32(u[a + l]), f32(u[a + 32 + l]), f32(u[hq + l])), c, x, e + l)
+                t += _dot4_values(_q6_k_values(f32(u[a + l]), f32(u[a + 32 + l]), f32(u[hq + l])), f32(32), c, x, e + l)
     return t
 
 
