@@ -322,8 +322,8 @@ def _k_nibbles_row(u, o, x, xo, xs, xso, table, qs, hs):
         sh, mh = _k4_scale_min(u, o, 2 * p + 1)
         cl, ch, e = d * sl, d * sh, xo + 64 * p
         zero = f32(8) if hs < 0 else f32(16)  # the middle of the values: the sums do not cancel
-        sl, sh = _xsum(xs, xso + 4 * p, 2), _xsum(xs, xso + 4 * p + 2, 2)
-        t += zero * (cl * sl + ch * sh) - dmin * (ml * sl + mh * sh)
+        xl, xh = _xsum(xs, xso + 4 * p, 2), _xsum(xs, xso + 4 * p + 2, 2)
+        t += zero * (cl * xl + ch * xh) - dmin * (ml * xl + mh * xh)
         for l in range(32):
             lo, hi = _k_values(u, o + qs + 32 * p, o + hs if hs >= 0 else -1, p, l)
             t += cl * (lo - zero) * x[e + l] + ch * (hi - zero) * x[e + 32 + l]
