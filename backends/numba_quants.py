@@ -482,16 +482,29 @@ def _lanes(acc, r):
     return s
 
 
+# A group g of four weight rows is rows g, g + G, g + 2G and g + 3G (G groups in all): four memory streams a
+# quarter of the weight apart. Four adjacent rows are one stream, which the prefetcher fed at half the rate on
+# short rows (Gemma 3's 262,144 x 640 output head: 32 against 15 ms on one thread).
+
 @njit(**INLINE)
-def _store4(out, m, n_rows, a0, a1, a2, a3):
-    """out[m:m + 4] = a0..a3, as many as there are rows from m."""
-    out[m] = a0
-    if m + 1 < n_rows:
-        out[m + 1] = a1
-    if m + 2 < n_rows:
-        out[m + 2] = a2
-    if m + 3 < n_rows:
-        out[m + 3] = a3
+def _group_rows(w, g, n_groups):
+    """The four weight rows of group g (the last row repeated where a quarter runs out)."""
+    last = w.shape[0] - 1
+    return (w[g], w[min(g + n_groups, last)], w[min(g + 2 * n_groups, last)],
+            w[min(g + 3 * n_groups, last)])
+
+
+@njit(**INLINE)
+def _store4(out, g, n_groups, a0, a1, a2, a3):
+    """out at group g's four rows = a0..a3, for the rows that exist."""
+    n = out.shape[0]
+    out[g] = a0
+    if g + n_groups < n:
+        out[g + n_groups] = a1
+    if g + 2 * n_groups < n:
+        out[g + 2 * n_groups] = a2
+    if g + 3 * n_groups < n:
+        out[g + 3 * n_groups] = a3
 
 
 def _matvec1(w, x, out, table):
@@ -511,13 +524,12 @@ def _matvec4(w, x, out, table):
     """out[n, m] = w[m] · x[n] for a weight w of (M, bytes per row) blocks and x of (N, K) float32, four weight
     rows at a time into lane accumulators; DOT, BLOCK and TYPE_SIZE are the block type's, bound per type by
     _specialize."""
-    n_rows, n_blocks, n_groups = w.shape[0], x.shape[1] // BLOCK, (w.shape[0] + 3) // 4  # noqa: F821
+    n_blocks, n_groups = x.shape[1] // BLOCK, (w.shape[0] + 3) // 4  # noqa: F821
     xs = _sums16(x)
     for chunk in prange((n_groups + GROUPS_PER_CHUNK - 1) // GROUPS_PER_CHUNK):
         acc = np.empty((4, 32), np.float32)  # once per chunk: an allocation per group cost 30 % on short rows
         for group in range(chunk * GROUPS_PER_CHUNK, min((chunk + 1) * GROUPS_PER_CHUNK, n_groups)):
-            m = 4 * group
-            u0, u1, u2, u3 = w[m], w[min(m + 1, n_rows - 1)], w[min(m + 2, n_rows - 1)], w[min(m + 3, n_rows - 1)]
+            u0, u1, u2, u3 = _group_rows(w, group, n_groups)
             for n in range(x.shape[0]):
                 for i in range(4):
                     for l in range(32):
@@ -530,20 +542,21 @@ def _matvec4(w, x, out, table):
                     a1 += s[1]
                     a2 += s[2]
                     a3 += s[3]
-                _store4(out[n], m, n_rows, a0 + _lanes(acc, 0), a1 + _lanes(acc, 1), a2 + _lanes(acc, 2), a3 + _lanes(acc, 3))
+                _store4(out[n], group, n_groups, a0 + _lanes(acc, 0), a1 + _lanes(acc, 1), a2 + _lanes(acc, 2),
+                        a3 + _lanes(acc, 3))
 
 
 def _matmat(w, x, out, table):
     """out[n, m] = w[m] · x[n] for a few activation rows: four weight rows dequantized once into a scratch, then
     each activation row against them (the block mat-vec would unpack the blocks again for every row)."""
-    n_rows, k, n_groups = w.shape[0], x.shape[1], (w.shape[0] + 3) // 4
+    k, n_groups = x.shape[1], (w.shape[0] + 3) // 4
     for chunk in prange((n_groups + GROUPS_PER_CHUNK - 1) // GROUPS_PER_CHUNK):
         rows = np.empty((4, k), np.float32)
         for group in range(chunk * GROUPS_PER_CHUNK, min((chunk + 1) * GROUPS_PER_CHUNK, n_groups)):
-            m = 4 * group
-            for r in range(min(4, n_rows - m)):
+            u = _group_rows(w, group, n_groups)
+            for r in range(4):
                 for b in range(k // BLOCK):  # noqa: F821
-                    DEQ(w[m + r], b * TYPE_SIZE, rows[r], b * BLOCK, table)  # noqa: F821
+                    DEQ(u[r], b * TYPE_SIZE, rows[r], b * BLOCK, table)  # noqa: F821
             r0, r1, r2, r3 = rows[0], rows[1], rows[2], rows[3]
             for n in range(0, x.shape[0], 2):  # two activation rows a pass: 8 loads for 8 products, not 10
                 xa, xb = x[n], x[min(n + 1, x.shape[0] - 1)]
@@ -558,9 +571,9 @@ def _matmat(w, x, out, table):
                     b1 += r1[i] * vb
                     b2 += r2[i] * vb
                     b3 += r3[i] * vb
-                _store4(out[n], m, n_rows, a0, a1, a2, a3)
+                _store4(out[n], group, n_groups, a0, a1, a2, a3)
                 if n + 1 < x.shape[0]:
-                    _store4(out[n + 1], m, n_rows, b0, b1, b2, b3)
+                    _store4(out[n + 1], group, n_groups, b0, b1, b2, b3)
 
 
 def _dequantize(w, out, table):
