@@ -22,8 +22,9 @@ from .numpy_backend import NumpyBackend
 from .numpy_kernels import KERNELS, mul_mat as numpy_mul_mat
 from .numba_quants import BLOCK_TYPES, dequantize_into, quantized_matvec
 
-MATVEC_MAX_ROWS = 16  # activation rows up to which the block kernels beat dequantized panels + BLAS (measured on
-# batched SmolLM2 decode: 16 sequences at 79 tok/s through the block mat-vec, 59 through panels)
+MATVEC_MAX_ROWS = 32  # activation rows up to which the block kernels beat dequantized panels + BLAS
+# (examples/bench_matvec.py: the dequantize-once path ties with panels + BLAS at 32 rows of a 2048 x 2048 Q4_0
+# weight and is 1.6x faster at 32 rows of SmolLM2's 1536 x 576)
 PANEL_ELEMENTS = 1 << 20  # weight elements dequantized at a time on the prefill path (4 MiB of F32)
 
 

@@ -354,57 +354,59 @@ def _q5_k_row(u, o, x, xo, xs, xso, table):
     return _k_nibbles_row(u, o, x, xo, xs, xso, table, 48, 16)
 
 
-# ---- one row dequantized (prefill panels, the few-rows path): the block at byte o into out[oo:oo + block]
+# ---- one row dequantized (prefill panels, the few-rows path): the block at byte o into out[oo:oo + block].
+# n16 is 16, passed at run time: with constant trip counts LLVM unrolled these short loops into scalar code
+# (2.4 G values/s for Q8_0); with a run-time one it vectorizes them (9 G/s).
 
 @njit(**INLINE)
-def _deq_q4(u, qo, out, oo, d, offset):
+def _deq_q4(u, qo, out, oo, d, offset, n16):
     """Q4_0/Q4_1: d·nibble + offset."""
-    for l in range(16):
+    for l in range(n16):
         lo, hi = _nibbles(f32(u[qo + l]))
         out[oo + l], out[oo + 16 + l] = d * lo + offset, d * hi + offset
 
 
 @njit(**INLINE)
-def _deq_q5(u, hq, qo, out, oo, d, offset):
+def _deq_q5(u, hq, qo, out, oo, d, offset, n16):
     """Q5_0/Q5_1: d·value + offset."""
     hl, hh = _u16(u, hq), _u16(u, hq + 2)
-    for l in range(16):
+    for l in range(n16):
         lo, hi = _fives(f32(u[qo + l]), hl, hh, l)
         out[oo + l], out[oo + 16 + l] = d * lo + offset, d * hi + offset
 
 
 @njit(**INLINE)
-def _deq_q4_0(u, o, out, oo, table):
+def _deq_q4_0(u, o, out, oo, table, n16):
     d = _f16(u, o, table)
-    _deq_q4(u, o + 2, out, oo, d, f32(-8) * d)
+    _deq_q4(u, o + 2, out, oo, d, f32(-8) * d, n16)
 
 
 @njit(**INLINE)
-def _deq_q4_1(u, o, out, oo, table):
-    _deq_q4(u, o + 4, out, oo, _f16(u, o, table), _f16(u, o + 2, table))
+def _deq_q4_1(u, o, out, oo, table, n16):
+    _deq_q4(u, o + 4, out, oo, _f16(u, o, table), _f16(u, o + 2, table), n16)
 
 
 @njit(**INLINE)
-def _deq_q5_0(u, o, out, oo, table):
+def _deq_q5_0(u, o, out, oo, table, n16):
     d = _f16(u, o, table)
-    _deq_q5(u, o + 2, o + 6, out, oo, d, f32(-16) * d)
+    _deq_q5(u, o + 2, o + 6, out, oo, d, f32(-16) * d, n16)
 
 
 @njit(**INLINE)
-def _deq_q5_1(u, o, out, oo, table):
-    _deq_q5(u, o + 4, o + 8, out, oo, _f16(u, o, table), _f16(u, o + 2, table))
+def _deq_q5_1(u, o, out, oo, table, n16):
+    _deq_q5(u, o + 4, o + 8, out, oo, _f16(u, o, table), _f16(u, o + 2, table), n16)
 
 
 @njit(**INLINE)
-def _deq_q8_0(u, o, out, oo, table):
+def _deq_q8_0(u, o, out, oo, table, n16):
     d, q = _f16(u, o, table), u.view(np.int8)
-    for l in range(32):
+    for l in range(2 * n16):
         out[oo + l] = d * f32(q[o + 2 + l])
 
 
 @njit(**INLINE)
-def _deq_f16(u, o, out, oo, table):
-    for l in range(32):
+def _deq_f16(u, o, out, oo, table, n16):
+    for l in range(2 * n16):
         out[oo + l] = _f16(u, o + 2 * l, table)
 
 
@@ -416,52 +418,52 @@ def _put4(out, i, v, c, z):
 
 
 @njit(**INLINE)
-def _deq_q2_k(u, o, out, oo, table):
+def _deq_q2_k(u, o, out, oo, table, n16):
     d, dmin = _f16(u, o + 80, table), _f16(u, o + 82, table)
     for half in range(2):
         for part in range(2):
             g, e, qo = 8 * half + part, oo + 128 * half + 16 * part, o + 16 + 32 * half + 16 * part
             c, m = _q2_k_group(u, o, g, d, 0), _q2_k_group(u, o, g, dmin, 4)
-            for l in range(16):
+            for l in range(n16):
                 _put4(out, e + l, _crumbs(f32(u[qo + l])), c, m)
 
 
 @njit(**INLINE)
-def _deq_q3_k(u, o, out, oo, table):
+def _deq_q3_k(u, o, out, oo, table, n16):
     d = _f16(u, o + 108, table)
     for half in range(2):
         for part in range(2):
             g, e, qo = 8 * half + part, oo + 128 * half + 16 * part, o + 32 + 32 * half + 16 * part
             c = _q3_k_group(u, o, g, d)
             z = f32(4) * c[0], f32(4) * c[1], f32(4) * c[2], f32(4) * c[3]
-            for l in range(16):
+            for l in range(n16):
                 _put4(out, e + l, _q3_k_values(f32(u[qo + l]), f32(u[o + 16 * part + l]), half), c, z)
 
 
 @njit(**INLINE)
-def _deq_k_nibbles(u, o, out, oo, table, qs, hs):
+def _deq_k_nibbles(u, o, out, oo, table, n16, qs, hs):
     d, dmin = _f16(u, o, table), _f16(u, o + 2, table)
     for p in range(4):
         sl, ml = _k4_scale_min(u, o, 2 * p)
         sh, mh = _k4_scale_min(u, o, 2 * p + 1)
         cl, ch, zl, zh, e = d * sl, d * sh, dmin * ml, dmin * mh, oo + 64 * p
-        for l in range(32):
+        for l in range(2 * n16):
             lo, hi = _k_values(u, o + qs + 32 * p, o + hs if hs >= 0 else -1, p, l)
             out[e + l], out[e + 32 + l] = cl * lo - zl, ch * hi - zh
 
 
 @njit(**INLINE)
-def _deq_q4_k(u, o, out, oo, table):
-    _deq_k_nibbles(u, o, out, oo, table, 16, -1)
+def _deq_q4_k(u, o, out, oo, table, n16):
+    _deq_k_nibbles(u, o, out, oo, table, n16, 16, -1)
 
 
 @njit(**INLINE)
-def _deq_q5_k(u, o, out, oo, table):
-    _deq_k_nibbles(u, o, out, oo, table, 48, 16)
+def _deq_q5_k(u, o, out, oo, table, n16):
+    _deq_k_nibbles(u, o, out, oo, table, n16, 48, 16)
 
 
 @njit(**INLINE)
-def _deq_q6_k(u, o, out, oo, table):
+def _deq_q6_k(u, o, out, oo, table, n16):
     d = _f16(u, o + 208, table)
     for half in range(2):
         for part in range(2):
@@ -469,7 +471,7 @@ def _deq_q6_k(u, o, out, oo, table):
             s = o + 192 + 8 * half + part
             c = d * _i8(u, s), d * _i8(u, s + 2), d * _i8(u, s + 4), d * _i8(u, s + 6)
             z = f32(32) * c[0], f32(32) * c[1], f32(32) * c[2], f32(32) * c[3]
-            for l in range(16):
+            for l in range(n16):
                 _put4(out, e + l, _q6_k_values(f32(u[a + l]), f32(u[a + 32 + l]), f32(u[hq + l])), c, z)
 
 
@@ -546,7 +548,7 @@ def _matvec4(w, x, out, table):
                         a3 + _lanes(acc, 3))
 
 
-def _matmat(w, x, out, table):
+def _matmat(w, x, out, table, n16):
     """out[n, m] = w[m] · x[n] for a few activation rows: four weight rows dequantized once into a scratch, then
     each activation row against them (the block mat-vec would unpack the blocks again for every row)."""
     k, n_groups = x.shape[1], (w.shape[0] + 3) // 4
@@ -556,7 +558,7 @@ def _matmat(w, x, out, table):
             u = _group_rows(w, group, n_groups)
             for r in range(4):
                 for b in range(k // BLOCK):  # noqa: F821
-                    DEQ(u[r], b * TYPE_SIZE, rows[r], b * BLOCK, table)  # noqa: F821
+                    DEQ(u[r], b * TYPE_SIZE, rows[r], b * BLOCK, table, n16)  # noqa: F821
             r0, r1, r2, r3 = rows[0], rows[1], rows[2], rows[3]
             for n in range(0, x.shape[0], 2):  # two activation rows a pass: 8 loads for 8 products, not 10
                 xa, xb = x[n], x[min(n + 1, x.shape[0] - 1)]
@@ -576,12 +578,12 @@ def _matmat(w, x, out, table):
                     _store4(out[n + 1], group, n_groups, b0, b1, b2, b3)
 
 
-def _dequantize(w, out, table):
+def _dequantize(w, out, table, n16):
     """out (M, K) float32 from w (M, bytes per row) blocks; DEQ, BLOCK and TYPE_SIZE bound per type."""
     for m in range(w.shape[0]):
         u, row = w[m], out[m]
         for b in range(out.shape[1] // BLOCK):  # noqa: F821
-            DEQ(u, b * TYPE_SIZE, row, b * BLOCK, table)  # noqa: F821
+            DEQ(u, b * TYPE_SIZE, row, b * BLOCK, table, n16)  # noqa: F821
 
 
 def _specialize(template, dtype: DType, parallel: bool, **constants):
@@ -597,8 +599,8 @@ def _specialize(template, dtype: DType, parallel: bool, **constants):
 
 
 GROUPS_PER_CHUNK = 64  # four-row groups per parallel task, which allocates its scratch once
-MATMAT_MIN_ROWS = 8  # activation rows from which dequantizing four weight rows once beats unpacking per row
-# (examples/bench_matvec.py: with lane accumulators the mat-vec wins up to 4 rows, ties at 8, loses at 16)
+MATMAT_MIN_ROWS = 2  # activation rows from which dequantizing four weight rows once beats unpacking per row
+# (examples/bench_matvec.py: ties at 2 rows, 2x faster at 4, 2.7x at 8)
 
 
 class BlockKernels(NamedTuple):
@@ -637,9 +639,12 @@ DEQUANTIZE = {t: _specialize(_dequantize, t, False, DEQ=k.deq, BLOCK=k.block, TY
 def quantized_matvec(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
     """out (N, M) = x (N, K) @ dequantize(w).T for w held as (M, bytes per row) blocks of dtype: one activation
     row through the fused block kernel, a few through rows dequantized once."""
-    (MATVEC if len(x) < MATMAT_MIN_ROWS else MATMAT)[dtype](w, x, out, F16_TABLE)
+    if len(x) < MATMAT_MIN_ROWS:
+        MATVEC[dtype](w, x, out, F16_TABLE)
+    else:
+        MATMAT[dtype](w, x, out, F16_TABLE, 16)
 
 
 def dequantize_into(dtype: DType, w: np.ndarray, out: np.ndarray) -> None:
     """out (M, K) float32 = the values of w's (M, bytes per row) blocks of dtype."""
-    DEQUANTIZE[dtype](w, out, F16_TABLE)
+    DEQUANTIZE[dtype](w, out, F16_TABLE, 16)
