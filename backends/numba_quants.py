@@ -560,22 +560,37 @@ def _matmat(w, x, out, table, n16):
                 for b in range(k // BLOCK):  # noqa: F821
                     DEQ(u[r], b * TYPE_SIZE, rows[r], b * BLOCK, table, n16)  # noqa: F821
             r0, r1, r2, r3 = rows[0], rows[1], rows[2], rows[3]
-            for n in range(0, x.shape[0], 2):  # two activation rows a pass: 8 loads for 8 products, not 10
-                xa, xb = x[n], x[min(n + 1, x.shape[0] - 1)]
+            for n in range(0, x.shape[0], 4):  # four activation rows a pass: 8 loads for 16 products
+                last = x.shape[0] - 1
+                xa, xb, xc, xd = x[n], x[min(n + 1, last)], x[min(n + 2, last)], x[min(n + 3, last)]
                 a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = f32(0)
+                c0 = c1 = c2 = c3 = e0 = e1 = e2 = e3 = f32(0)
                 for i in range(k):
-                    va, vb = xa[i], xb[i]
-                    a0 += r0[i] * va
-                    a1 += r1[i] * va
-                    a2 += r2[i] * va
-                    a3 += r3[i] * va
-                    b0 += r0[i] * vb
-                    b1 += r1[i] * vb
-                    b2 += r2[i] * vb
-                    b3 += r3[i] * vb
+                    va, vb, vc, vd = xa[i], xb[i], xc[i], xd[i]
+                    w0, w1, w2, w3 = r0[i], r1[i], r2[i], r3[i]
+                    a0 += w0 * va
+                    a1 += w1 * va
+                    a2 += w2 * va
+                    a3 += w3 * va
+                    b0 += w0 * vb
+                    b1 += w1 * vb
+                    b2 += w2 * vb
+                    b3 += w3 * vb
+                    c0 += w0 * vc
+                    c1 += w1 * vc
+                    c2 += w2 * vc
+                    c3 += w3 * vc
+                    e0 += w0 * vd
+                    e1 += w1 * vd
+                    e2 += w2 * vd
+                    e3 += w3 * vd
                 _store4(out[n], group, n_groups, a0, a1, a2, a3)
-                if n + 1 < x.shape[0]:
+                if n + 1 <= last:
                     _store4(out[n + 1], group, n_groups, b0, b1, b2, b3)
+                if n + 2 <= last:
+                    _store4(out[n + 2], group, n_groups, c0, c1, c2, c3)
+                if n + 3 <= last:
+                    _store4(out[n + 3], group, n_groups, e0, e1, e2, e3)
 
 
 def _dequantize(w, out, table, n16):
