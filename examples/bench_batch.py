@@ -1,6 +1,6 @@
 """Aggregate decode tokens/s of batched decode at several concurrencies, and KV memory paged vs preallocated.
 
-    python examples/bench_batch.py [--model smollm2-135m] [--batches 1 2 4 8 16] [--tokens 128]
+    python examples/bench_batch.py [--model smollm2-135m] [--batches 1 2 4 8 16] [--tokens 128] [--repeats 3]
 """
 from __future__ import annotations
 
@@ -60,15 +60,17 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--ctx", type=int, default=2048)
+    ap.add_argument("-r", "--repeats", type=int, default=1, help="pairs of runs per batch size (medians reported)")
     args = ap.parse_args()
     model = pyggml.load(args.model, n_ctx=args.ctx)
     print("| sequences | aggregate decode tok/s (wall) | per sequence | 1 sequence just before | ratio | "
           "ratio by CPU time |\n|---|---|---|---|---|---|")
     for b in args.batches:  # each run is paired with a 1-sequence run made just before it, under the same load
-        (one, one_cpu), (rate, cpu_rate) = (decode_rate(context(model, n, args.tokens), prompts(model, n),
-                                                        args.tokens) for n in (1, b))
-        print(f"| {b} | {rate:.1f} | {rate / b:.1f} | {one:.1f} | {rate / one:.2f}x | {cpu_rate / one_cpu:.2f}x |",
-              flush=True)
+        pairs = [[decode_rate(context(model, n, args.tokens), prompts(model, n), args.tokens) for n in (1, b)]
+                 for _ in range(args.repeats)]
+        one, rate = (float(np.median([p[i][0] for p in pairs])) for i in (0, 1))
+        ratio, cpu_ratio = (float(np.median([p[1][i] / p[0][i] for p in pairs])) for i in (0, 1))
+        print(f"| {b} | {rate:.1f} | {rate / b:.1f} | {one:.1f} | {ratio:.2f}x | {cpu_ratio:.2f}x |", flush=True)
     lengths = np.random.default_rng(0).integers(16, args.ctx, 16).tolist()
     bc = model.batch_context(sum(-(-n // 16) for n in lengths))
     paged, full = kv_memory(model, bc, lengths)
