@@ -613,6 +613,7 @@ def _specialize(template, dtype: DType, parallel: bool, **constants):
     return njit(parallel=parallel, cache=True, fastmath=FAST)(fn)
 
 
+N16 = 16  # the dequantizers' loop length, an argument so that it is no compile-time constant (see the dequantizers)
 GROUPS_PER_CHUNK = 64  # four-row groups per parallel task, which allocates its scratch once
 MATMAT_MIN_ROWS = 2  # activation rows from which dequantizing four weight rows once beats unpacking per row
 # (examples/bench_matvec.py: ties at 2 rows, 2x faster at 4, 2.7x at 8)
@@ -657,9 +658,9 @@ def quantized_matvec(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray
     if len(x) < MATMAT_MIN_ROWS:
         MATVEC[dtype](w, x, out, F16_TABLE)
     else:
-        MATMAT[dtype](w, x, out, F16_TABLE, 16)
+        MATMAT[dtype](w, x, out, F16_TABLE, N16)
 
 
 def dequantize_into(dtype: DType, w: np.ndarray, out: np.ndarray) -> None:
     """out (M, K) float32 = the values of w's (M, bytes per row) blocks of dtype."""
-    DEQUANTIZE[dtype](w, out, F16_TABLE, 16)
+    DEQUANTIZE[dtype](w, out, F16_TABLE, N16)

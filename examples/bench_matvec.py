@@ -33,7 +33,7 @@ def paths(dtype: DType, w: np.ndarray, x: np.ndarray, dense: np.ndarray, out: np
     panel = np.empty_like(dense)
     table = numba_quants.F16_TABLE
     return {"mat-vec": lambda: numba_quants.MATVEC[dtype](w, x, out, table),
-            "dequantize once": lambda: numba_quants.MATMAT[dtype](w, x, out, table),
+            "dequantize once": lambda: numba_quants.MATMAT[dtype](w, x, out, table, numba_quants.N16),
             "panel + BLAS": lambda: (numba_quants.dequantize_into(dtype, w, panel), np.matmul(x, panel.T, out=out)),
             "F32 copy": lambda: np.matmul(x, dense.T, out=out)}
 
