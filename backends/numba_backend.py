@@ -1,9 +1,9 @@
 """The compiled CPU backend: quantized weights stay GGUF blocks and mul_mat reads them with numba kernels.
 
-A weight read by mul_mat keeps its memory-mapped blocks (F16 weights stay F16); a step with up to 16 activation
-rows (decode, batched decode) runs the block kernels of numba_quants.py, a longer one (prefill) dequantizes a
-panel of weight rows at a time into a reused scratch and multiplies it with BLAS. Every other op is the NumPy
-backend's kernel.
+A weight read by mul_mat keeps its memory-mapped blocks (F16 weights stay F16); a step with up to
+BLOCK_KERNEL_MAX_ROWS activation rows (decode, batched decode) runs the block kernels of numba_quants.py, a
+longer one (prefill) dequantizes a panel of weight rows at a time into a reused scratch and multiplies it with
+BLAS. Every other op is the NumPy backend's kernel.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from .numpy_backend import NumpyBackend
 from .numpy_kernels import KERNELS, mul_mat as numpy_mul_mat
 from .numba_quants import BLOCK_TYPES, dequantize_into, quantized_matvec
 
-MATVEC_MAX_ROWS = 32  # activation rows up to which the block kernels beat dequantized panels + BLAS
+BLOCK_KERNEL_MAX_ROWS = 32  # activation rows up to which the block kernels beat dequantized panels + BLAS
 # (examples/bench_matvec.py: the dequantize-once path ties with panels + BLAS at 32 rows of a 2048 x 2048 Q4_0
 # weight and is 1.6x faster at 32 rows of SmolLM2's 1536 x 576)
 PANEL_ELEMENTS = 1 << 20  # weight elements dequantized at a time on the prefill path (4 MiB of F32)
@@ -38,7 +38,7 @@ def one_blas_thread(factory: Callable) -> Callable:
     went from 3 to 20 tok/s with its ring cache)."""
     def make(node: Tensor, out: np.ndarray, *srcs: np.ndarray) -> Callable[[], None]:
         step = factory(node, out, *srcs)
-        if node.shape[-2] > MATVEC_MAX_ROWS:
+        if node.shape[-2] > BLOCK_KERNEL_MAX_ROWS:
             return step
 
         def run() -> None:
@@ -75,7 +75,7 @@ def _panel_scratch(n: int) -> np.ndarray:
     return held[:n]
 
 
-def _panel_product(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray) -> Callable[[], None]:
+def panel_product(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray) -> Callable[[], None]:
     """out = x @ W.T, W dequantized PANEL_ELEMENTS at a time from its blocks w into the thread's scratch."""
     n_out, k = out.shape[1], x.shape[1]
     step = min(n_out, max(1, PANEL_ELEMENTS // k))
@@ -98,10 +98,10 @@ def mul_mat(node: Tensor, out: np.ndarray, a: np.ndarray, b: np.ndarray) -> Call
     n_rows = out.size // n_out
     x, refresh = _rows_of(b, n_rows, k)
     w, o = a.reshape(n_out, -1).view(np.uint8), out.reshape(n_rows, n_out)
-    if n_rows <= MATVEC_MAX_ROWS:
+    if n_rows <= BLOCK_KERNEL_MAX_ROWS:
         product = functools.partial(quantized_matvec, w_type, w, x, o)
     else:
-        product = _panel_product(w_type, w, x, o)
+        product = panel_product(w_type, w, x, o)
     if refresh is None:
         return product
     return lambda: (refresh(), product())

@@ -1,12 +1,13 @@
-"""Numba kernels that read GGUF blocks directly: a quantized mat-vec for a few activation rows, and exact
-dequantizers for the rest.
+"""Numba kernels that read GGUF blocks directly: a quantized mat-vec for one activation row, four weight rows
+dequantized once for a few rows, and exact dequantizers for prefill panels.
 
-The mat-vec does four weight rows at a time. Each block function adds coefficient · value · activation into
-per-lane accumulators (`acc`, four rows of 32 float32 lanes, summed once per row at the end) and returns each
-row's scalar term: a block's offset or min times the sum of its activations, taken from sums of 16
-activations made once per call. Bit fields are cut in float32 (`_shr`: floor(byte / 2^k)), because numba
-widens integer arithmetic to int64, which AVX2 cannot convert to float in vectors; every step is exact for
-bytes. Each block type's loop is compiled on its own (`_specialize`). Block layouts are ggml's (see
+For 32-value blocks the mat-vec does four weight rows at a time: each block function adds coefficient · value ·
+activation into per-lane accumulators (`acc`, four rows of 32 float32 lanes, summed once per row at the end)
+and returns each row's scalar term, a block's offset or min times the sum of its activations (from sums of 16
+activations made once per call). K-quants reduce a whole block of one row. Values are centred before the
+products so that the sums do not cancel. Bit fields are cut in float32 (`_shr`: floor(byte / 2^k)), because
+numba widens integer arithmetic to int64, which AVX2 cannot convert to float in vectors; every step is exact
+for bytes. Each block type's loops are compiled on their own (`_specialize`). Block layouts are ggml's (see
 quants.py). Kernels compile once per machine into numba's cache (`cache=True`).
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pyggml.graph.dtypes import DType
 
 # every float16 bit pattern -> float32: a scale is one table load (256 KiB, stays in L2)
 F16_TABLE = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
-BIT_SCALE = (0.5 ** np.arange(17)).astype(np.float32)  # 2^-j: bit j of lane j's 16-bit word, in _bit
+BIT_SCALE = (0.5 ** np.arange(16)).astype(np.float32)  # 2^-j: bit j of lane j's 16-bit word, in _bit
 # no nnan/ninf: an inf or nan scale must give inf/nan, as dequantization does
 FAST = {"reassoc", "contract", "nsz", "arcp"}
 INLINE = dict(inline="always", cache=True, fastmath=FAST)
@@ -204,8 +205,9 @@ def _dot4_f16(acc, u0, u1, u2, u3, o, x, xo, xs, xso, table):
     return f32(0), f32(0), f32(0), f32(0)
 
 
-# K-quants: 256 values a block, a row at a time (acc[r]): their loops are long enough to vectorize alone.
-# Each value helper cuts one layout's values; the row dot and the row dequantizer share it.
+# K-quants: 256 values a block, a row at a time, each block reduced to one sum: their loops are long enough to
+# vectorize alone. Each value helper cuts one layout's values or scales; the row dot and the row dequantizer
+# share it.
 
 @njit(**INLINE)
 def _q2_k_group(u, o, g, scale, shift):
@@ -248,6 +250,14 @@ def _k4_scale_min(u, o, j):
 
 
 @njit(**INLINE)
+def _k_pair(u, o, p, d, dmin):
+    """(d·scale, dmin·min) of groups 2p and 2p + 1 of a Q4_K/Q5_K block: (cl, ch, zl, zh)."""
+    sl, ml = _k4_scale_min(u, o, 2 * p)
+    sh, mh = _k4_scale_min(u, o, 2 * p + 1)
+    return d * sl, d * sh, dmin * ml, dmin * mh
+
+
+@njit(**INLINE)
 def _k_values(u, qo, ho, p, l):
     """Q4_K (ho < 0) and Q5_K values l of groups 2p, 2p + 1: low and high nibble of byte qo + l, plus bits 2p,
     2p + 1 of byte ho + l as bit 4."""
@@ -256,6 +266,12 @@ def _k_values(u, qo, ho, p, l):
         h = _low_bits(_shr(f32(u[ho + l]), 2 * p))
         lo, hi = lo + f32(16) * h[0], hi + f32(16) * h[1]
     return lo, hi
+
+
+@njit(**INLINE)
+def _q6_k_group(u, s, d):
+    """Q6_K coefficients d·scale of the four groups whose int8 scales are at s, s + 2, s + 4, s + 6."""
+    return d * _i8(u, s), d * _i8(u, s + 2), d * _i8(u, s + 4), d * _i8(u, s + 6)
 
 
 @njit(**INLINE)
@@ -318,12 +334,10 @@ def _k_nibbles_row(u, o, x, xo, xs, xso, table, qs, hs):
     """Q4_K (hs < 0) and Q5_K (high bits at o + hs): 8 groups of 32, d·scale·value - dmin·min."""
     d, dmin, t = _f16(u, o, table), _f16(u, o + 2, table), f32(0)
     for p in range(4):
-        sl, ml = _k4_scale_min(u, o, 2 * p)
-        sh, mh = _k4_scale_min(u, o, 2 * p + 1)
-        cl, ch, e = d * sl, d * sh, xo + 64 * p
-        zero = f32(8) if hs < 0 else f32(16)  # the middle of the values: the sums do not cancel
+        cl, ch, zl, zh = _k_pair(u, o, p, d, dmin)
+        e, zero = xo + 64 * p, f32(8) if hs < 0 else f32(16)  # the middle of the values: the sums do not cancel
         xl, xh = _xsum(xs, xso + 4 * p, 2), _xsum(xs, xso + 4 * p + 2, 2)
-        t += zero * (cl * xl + ch * xh) - dmin * (ml * xl + mh * xh)
+        t += (zero * cl - zl) * xl + (zero * ch - zh) * xh
         for l in range(32):
             lo, hi = _k_values(u, o + qs + 32 * p, o + hs if hs >= 0 else -1, p, l)
             t += cl * (lo - zero) * x[e + l] + ch * (hi - zero) * x[e + 32 + l]
@@ -337,8 +351,7 @@ def _q6_k_row(u, o, x, xo, xs, xso, table):
     for half in range(2):
         for part in range(2):
             a, hq, e = o + 64 * half + 16 * part, o + 128 + 32 * half + 16 * part, xo + 128 * half + 16 * part
-            s = o + 192 + 8 * half + part
-            c = d * _i8(u, s), d * _i8(u, s + 2), d * _i8(u, s + 4), d * _i8(u, s + 6)
+            c = _q6_k_group(u, o + 192 + 8 * half + part, d)
             for l in range(16):
                 t += _dot4_values(_q6_k_values(f32(u[a + l]), f32(u[a + 32 + l]), f32(u[hq + l])), f32(32), c, x, e + l)
     return t
@@ -444,9 +457,8 @@ def _deq_q3_k(u, o, out, oo, table, n16):
 def _deq_k_nibbles(u, o, out, oo, table, n16, qs, hs):
     d, dmin = _f16(u, o, table), _f16(u, o + 2, table)
     for p in range(4):
-        sl, ml = _k4_scale_min(u, o, 2 * p)
-        sh, mh = _k4_scale_min(u, o, 2 * p + 1)
-        cl, ch, zl, zh, e = d * sl, d * sh, dmin * ml, dmin * mh, oo + 64 * p
+        cl, ch, zl, zh = _k_pair(u, o, p, d, dmin)
+        e = oo + 64 * p
         for l in range(2 * n16):
             lo, hi = _k_values(u, o + qs + 32 * p, o + hs if hs >= 0 else -1, p, l)
             out[e + l], out[e + 32 + l] = cl * lo - zl, ch * hi - zh
@@ -468,8 +480,7 @@ def _deq_q6_k(u, o, out, oo, table, n16):
     for half in range(2):
         for part in range(2):
             a, hq, e = o + 64 * half + 16 * part, o + 128 + 32 * half + 16 * part, oo + 128 * half + 16 * part
-            s = o + 192 + 8 * half + part
-            c = d * _i8(u, s), d * _i8(u, s + 2), d * _i8(u, s + 4), d * _i8(u, s + 6)
+            c = _q6_k_group(u, o + 192 + 8 * half + part, d)
             z = f32(32) * c[0], f32(32) * c[1], f32(32) * c[2], f32(32) * c[3]
             for l in range(n16):
                 _put4(out, e + l, _q6_k_values(f32(u[a + l]), f32(u[a + 32 + l]), f32(u[hq + l])), c, z)
@@ -487,6 +498,12 @@ def _lanes(acc, r):
 # A group g of four weight rows is rows g, g + G, g + 2G and g + 3G (G groups in all): four memory streams a
 # quarter of the weight apart. Four adjacent rows are one stream, which the prefetcher fed at half the rate on
 # short rows (Gemma 3's 262,144 x 640 output head: 32 against 15 ms on one thread).
+
+@njit(**INLINE)
+def _chunk_groups(chunk, n_groups):
+    """The groups [start, stop) of parallel task `chunk`."""
+    return chunk * GROUPS_PER_CHUNK, min((chunk + 1) * GROUPS_PER_CHUNK, n_groups)
+
 
 @njit(**INLINE)
 def _group_rows(w, g, n_groups):
@@ -529,13 +546,12 @@ def _matvec4(w, x, out, table):
     n_blocks, n_groups = x.shape[1] // BLOCK, (w.shape[0] + 3) // 4  # noqa: F821
     xs = _sums16(x)
     for chunk in prange((n_groups + GROUPS_PER_CHUNK - 1) // GROUPS_PER_CHUNK):
-        acc = np.empty((4, 32), np.float32)  # once per chunk: an allocation per group cost 30 % on short rows
-        for group in range(chunk * GROUPS_PER_CHUNK, min((chunk + 1) * GROUPS_PER_CHUNK, n_groups)):
+        acc = np.empty((4, 32), np.float32)  # once per task, not per group
+        start, stop = _chunk_groups(chunk, n_groups)
+        for group in range(start, stop):
             u0, u1, u2, u3 = _group_rows(w, group, n_groups)
             for n in range(x.shape[0]):
-                for i in range(4):
-                    for l in range(32):
-                        acc[i, l] = 0
+                acc[:] = 0
                 xr, xsr = x[n], xs[n]
                 a0 = a1 = a2 = a3 = f32(0)
                 for b in range(n_blocks):
@@ -550,18 +566,19 @@ def _matvec4(w, x, out, table):
 
 def _matmat(w, x, out, table, n16):
     """out[n, m] = w[m] · x[n] for a few activation rows: four weight rows dequantized once into a scratch, then
-    each activation row against them (the block mat-vec would unpack the blocks again for every row)."""
-    k, n_groups = x.shape[1], (w.shape[0] + 3) // 4
+    four activation rows at a time against them (the block mat-vec would unpack the blocks again for every
+    row); DEQ, BLOCK and TYPE_SIZE bound per type."""
+    k, n_groups, last = x.shape[1], (w.shape[0] + 3) // 4, x.shape[0] - 1
     for chunk in prange((n_groups + GROUPS_PER_CHUNK - 1) // GROUPS_PER_CHUNK):
         rows = np.empty((4, k), np.float32)
-        for group in range(chunk * GROUPS_PER_CHUNK, min((chunk + 1) * GROUPS_PER_CHUNK, n_groups)):
+        start, stop = _chunk_groups(chunk, n_groups)
+        for group in range(start, stop):
             u = _group_rows(w, group, n_groups)
             for r in range(4):
                 for b in range(k // BLOCK):  # noqa: F821
                     DEQ(u[r], b * TYPE_SIZE, rows[r], b * BLOCK, table, n16)  # noqa: F821
             r0, r1, r2, r3 = rows[0], rows[1], rows[2], rows[3]
             for n in range(0, x.shape[0], 4):  # four activation rows a pass: 8 loads for 16 products
-                last = x.shape[0] - 1
                 xa, xb, xc, xd = x[n], x[min(n + 1, last)], x[min(n + 2, last)], x[min(n + 3, last)]
                 a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = f32(0)
                 c0 = c1 = c2 = c3 = e0 = e1 = e2 = e3 = f32(0)

@@ -13,6 +13,7 @@ from bench_dequant import random_tensor
 from compare_backends import cpu_name
 
 from pyggml.backends import numba_quants
+from pyggml.backends.numba_backend import panel_product
 from pyggml.backends.quants import dequantize
 from pyggml.graph.dtypes import DType
 
@@ -30,11 +31,10 @@ def best_ms(fn, repeats: int) -> float:
 
 def paths(dtype: DType, w: np.ndarray, x: np.ndarray, dense: np.ndarray, out: np.ndarray) -> dict:
     """Name -> the call of each way to compute out = x @ W.T."""
-    panel = np.empty_like(dense)
     table = numba_quants.F16_TABLE
     return {"mat-vec": lambda: numba_quants.MATVEC[dtype](w, x, out, table),
             "dequantize once": lambda: numba_quants.MATMAT[dtype](w, x, out, table, numba_quants.N16),
-            "panel + BLAS": lambda: (numba_quants.dequantize_into(dtype, w, panel), np.matmul(x, panel.T, out=out)),
+            "panel + BLAS": panel_product(dtype, w, x, out),
             "F32 copy": lambda: np.matmul(x, dense.T, out=out)}
 
 
