@@ -1,8 +1,8 @@
-"""The sampler chain, in llama.cpp's order: penalties, top-k, top-p, min-p, temperature, then a draw."""
+"""The sampler chain, in llama.cpp's order: logit bias, penalties, top-k, top-p, min-p, temperature, then a draw."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,12 +19,23 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     seed: int | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit (-100: banned)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """log p of each token under the model's distribution."""
     z = logits.astype(np.float64) - logits.max()
     return z - np.log(np.exp(z).sum())
+
+
+def apply_logit_bias(logits: np.ndarray, bias: dict[int, float]) -> np.ndarray:
+    """logits with each biased token's bias added."""
+    if not bias:
+        return logits
+    out = logits.copy()
+    ids = np.fromiter(bias, np.int64, len(bias))
+    out[ids] += np.fromiter(bias.values(), np.float32, len(bias))
+    return out
 
 
 def apply_penalties(logits: np.ndarray, history: Sequence[int], p: SamplingParams) -> np.ndarray:
@@ -81,7 +92,7 @@ class Sampler:
     def candidates(self, logits: np.ndarray, history: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
         """The surviving (ids, probabilities) after the whole chain, before the draw."""
         p = self.params
-        logits = apply_penalties(np.asarray(logits, np.float32), history, p)
+        logits = apply_penalties(apply_logit_bias(np.asarray(logits, np.float32), p.logit_bias), history, p)
         if p.temperature <= 0:
             best = int(np.argmax(logits))
             return np.array([best]), np.array([1.0])

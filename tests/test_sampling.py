@@ -27,6 +27,13 @@ def test_temperature_sharpens_as_power_of_probabilities():
     np.testing.assert_allclose([survivors(temperature=0.5, **OFF)[i] for i in range(5)], want, rtol=1e-5)
 
 
+def test_logit_bias_multiplies_probabilities_by_exp_bias_and_bans_at_minus_100():
+    got = survivors(temperature=1.0, logit_bias={1: np.log(2.0), 4: -100.0}, **OFF)
+    want = np.exp(LOGITS) * [1, 2, 1, 1, np.exp(-100)]
+    np.testing.assert_allclose([got[i] for i in range(5)], want / want.sum(), rtol=1e-5, atol=1e-30)
+    assert Sampler(SamplingParams(temperature=0, logit_bias={0: -100.0})).sample(LOGITS) == 1
+
+
 def test_top_k_keeps_k_largest_renormalised():
     got = survivors(temperature=1.0, **{**OFF, "top_k": 2})
     assert set(got) == {0, 1}

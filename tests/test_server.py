@@ -107,7 +107,9 @@ BAD = [("{not json", "body"), ('["a list"]', "body"), ('{"prompt": ""}', "prompt
        ('{"prompt": "hi", "max_tokens": "8"}', "max_tokens"), ('{"prompt": "hi", "max_tokens": 0}', "max_tokens"),
        ('{"prompt": "hi", "temperature": 3}', "temperature"), ('{"prompt": "hi", "n": 2}', "n"),
        ('{"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}', "stop"), ('{"prompt": [1, 99999]}', "prompt"),
-       ('{"prompt": "hi", "stream": "yes"}', "stream")]
+       ('{"prompt": "hi", "stream": "yes"}', "stream"), ('{"prompt": "hi", "logit_bias": {"x": 1}}', "logit_bias"),
+       ('{"prompt": "hi", "logit_bias": {"5": 101}}', "logit_bias"),
+       ('{"prompt": "hi", "logit_bias": {"99999": 1}}', "logit_bias")]
 
 
 def test_bad_input_gets_400_with_an_openai_error_body(tiny):
@@ -155,7 +157,8 @@ def test_clients_that_go_away_free_their_blocks_and_faults_do_not_stop_the_serve
         reasons, finish, step = [], engine._finish, engine.step
         engine._finish = lambda req, reason, *a, **k: (reasons.append(reason), finish(req, reason, *a, **k))
         engine.step = lambda: (time.sleep(0.01), step())  # slow enough to leave mid-generation
-        body = {"prompt": "ab", "max_tokens": 200, "temperature": 0.7}
+        no_end = {str(t): -100 for t in tiny.tokenizer.eog_ids}  # the requests run until they are cut off
+        body = {"prompt": "ab", "max_tokens": 200, "temperature": 0.7, "logit_bias": no_end}
         conn = connect(url, 30)
         conn.request("POST", "/v1/completions", json.dumps({**body, "stream": True}))
         assert conn.getresponse().readline().startswith(b"data: ")

@@ -77,14 +77,15 @@ def create_app(model: Model, engine: Engine, model_name: str) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: Request):
         body = await read_body(request)
-        params = api.parse_params(body, api.completion_prompt(body))
+        params = api.parse_params(body, api.completion_prompt(body), model.hparams.n_vocab)
         return await answer(request, engine, model_name, prompt_ids(model, engine, params.prompt, TEXT), params, TEXT)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body = await read_body(request)
         text = model.apply_chat_template(api.chat_messages(body))
-        params = api.parse_params(body, text, ("max_tokens", "max_completion_tokens"), engine.n_ctx)
+        params = api.parse_params(body, text, model.hparams.n_vocab, ("max_tokens", "max_completion_tokens"),
+                                  engine.n_ctx)
         return await answer(request, engine, model_name, prompt_ids(model, engine, text, CHAT), params, CHAT)
     return app
 

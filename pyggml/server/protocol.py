@@ -10,6 +10,7 @@ from typing import Any
 from pyggml.model.sampling import SamplingParams
 
 MAX_STOPS = 4
+MAX_BIAS = 100.0  # OpenAI's bound on a logit_bias value
 
 
 class APIError(Exception):
@@ -61,9 +62,26 @@ def _stop(body: Mapping) -> list[str]:
     return stops
 
 
-def parse_params(body: Any, prompt: str | list[int], max_tokens_names: tuple[str, ...] = ("max_tokens",),
-                 default_max_tokens: int = 16) -> Params:
-    """Sampling and streaming fields common to both endpoints; n other than 1 is refused."""
+def _logit_bias(body: Mapping, n_vocab: int) -> dict[int, float]:
+    """logit_bias: {"token id": bias in [-100, 100]}, ids in the vocabulary."""
+    bias = _get(body, "logit_bias", dict, {})
+    try:
+        parsed = {int(k): v for k, v in bias.items()}
+    except ValueError:
+        raise APIError(400, "'logit_bias' keys must be token ids", "logit_bias") from None
+    if any(not 0 <= t < n_vocab for t in parsed):
+        raise APIError(400, f"'logit_bias' token ids must be in [0, {n_vocab})", "logit_bias")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                             and -MAX_BIAS <= v <= MAX_BIAS for v in parsed.values()):
+        raise APIError(400, f"'logit_bias' must map token ids to numbers in [-{MAX_BIAS:g}, {MAX_BIAS:g}]",
+                       "logit_bias")
+    return {t: float(v) for t, v in parsed.items()}
+
+
+def parse_params(body: Any, prompt: str | list[int], n_vocab: int,
+                 max_tokens_names: tuple[str, ...] = ("max_tokens",), default_max_tokens: int = 16) -> Params:
+    """Sampling and streaming fields common to both endpoints (token ids checked against n_vocab); n other than 1
+    is refused."""
     if _get(body, "n", int, 1) != 1:
         raise APIError(400, "only n=1 is supported", "n")
     max_tokens = default_max_tokens
@@ -74,7 +92,7 @@ def parse_params(body: Any, prompt: str | list[int], max_tokens_names: tuple[str
                               top_p=_get(body, "top_p", number, 1.0, 0, 1), top_k=0, min_p=0.0,
                               frequency_penalty=_get(body, "frequency_penalty", number, 0.0, -2, 2),
                               presence_penalty=_get(body, "presence_penalty", number, 0.0, -2, 2),
-                              seed=_get(body, "seed", int))
+                              seed=_get(body, "seed", int), logit_bias=_logit_bias(body, n_vocab))
     options = _get(body, "stream_options", dict, {})
     return Params(prompt, max_tokens, sampling, _stop(body), _get(body, "stream", bool, False),
                   bool(options.get("include_usage")))
