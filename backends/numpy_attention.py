@@ -1,4 +1,5 @@
-"""NumPy kernels of the attention ops: masked softmax with ALiBi, rope (NORMAL/NEOX, YaRN), fused attention."""
+"""NumPy kernels of the attention ops: masked softmax with ALiBi, rope (NORMAL/NEOX, YaRN), fused attention over
+whole K/V or over rows picked per query (paged)."""
 from __future__ import annotations
 
 import math
@@ -201,4 +202,33 @@ def flash_attn_ext(node: Tensor, out, q, k, v, mask=None):
             s += get_mask()
         softmax_into(s, s)
         np.matmul(s, vf, out=out_g)
+    return run
+
+
+@kernel("paged_attn")
+@f32_compute
+def paged_attn(node: Tensor, out, q, k, v, rows):
+    scale, softcap = F32(node.params["scale"]), node.params["logit_softcap"]
+    n_tok, n_kv_head = q.shape[0], k.shape[1]
+    q_g = q.reshape(n_tok, n_kv_head, q.shape[1] // n_kv_head, 1, q.shape[2])  # (T, Hkv, G, 1, D)
+    out_g = out.reshape(n_tok, n_kv_head, q_g.shape[2], 1, out.shape[2])
+
+    def run():
+        seen = rows >= 0
+        picked = np.where(seen, rows, 0)
+        kr = np.swapaxes(k[picked], 1, 2)[:, :, None]  # (T, Hkv, 1, L, D)
+        vr = np.swapaxes(v[picked], 1, 2)[:, :, None]
+        s = np.matmul(q_g, np.swapaxes(kr, -1, -2))  # (T, Hkv, G, 1, L)
+        s *= scale
+        if softcap:
+            s /= F32(softcap)
+            np.tanh(s, out=s)
+            s *= F32(softcap)
+        s[~np.broadcast_to(seen[:, None, None, None, :], s.shape)] = -np.inf
+        top = s.max(axis=-1, keepdims=True)
+        s -= np.where(np.isfinite(top), top, F32(0))
+        np.exp(s, out=s)
+        total = s.sum(axis=-1, keepdims=True)
+        s /= np.where(total > 0, total, F32(1))  # a row that sees no key: all weights 0, output 0
+        np.matmul(s, vr, out=out_g)
     return run

@@ -52,11 +52,14 @@ class BatchContext:
             for w, src, dst in self.cache.reserve(entry.seq, len(entry.tokens)):
                 self._copy_block(w, src, dst)
         tokens, pos, out_ids, out_rows, spans = self._rows(entries)
-        kinds = {w: self._kind_inputs(entries, spans, pos, w) for w in self.cache.pools}
-        plan, inp = self._plan(len(tokens), len(out_ids), tuple((w, len(g)) for w, (_, g, _) in kinds.items()))
+        paged = all(len(e.tokens) == 1 for e in entries)  # decode: each row reads its own sequence's rows
+        kinds = {w: self._kind_inputs(entries, spans, pos, w, paged) for w in self.cache.pools}
+        n_kv = tuple((w, read[-1].shape[-1]) for w, (_, read) in kinds.items())
+        plan, inp = self._plan(len(tokens), len(out_ids), n_kv, paged)
         values = {inp.tokens: tokens, inp.pos: pos, inp.out_ids: out_ids}
-        for w, (idx, gather, mask) in kinds.items():
-            values.update({inp.kv_idx[w]: idx, inp.kv_gather[w]: gather, inp.kq_mask[w]: mask})
+        for w, (idx, read) in kinds.items():
+            names = (inp.kv_rows[w],) if paged else (inp.kv_gather[w], inp.kq_mask[w])
+            values.update(zip((inp.kv_idx[w], *names), (idx, *read)))
         logits = plan.run(values)[0]
         for entry in entries:
             self.cache.commit(entry.seq, list(entry.tokens))
@@ -81,37 +84,55 @@ class BatchContext:
         return tokens, pos, out_ids, out_rows, spans
 
     def _kind_inputs(self, entries: Sequence[Entry], spans: list[tuple[int, int]], pos: np.ndarray,
-                     w: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Rows to write (T,), rows to gather (n_kv,) and the mask (T, n_kv) of kind w: each row sees its own
-        sequence's positions, causally and within the window."""
-        n_tok = len(pos)
-        idx = np.full(n_tok, SCRATCH * self.cache.block_size, np.int64)
-        parts = [self.cache.gather(e.seq, w) for e in entries]
-        total = sum(len(rows) for rows, _ in parts)
-        n_kv = bucket(total, KV_PAD)
+                     w: int | None, paged: bool) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """Rows to write (T,) of kind w, and what the rows read: each row sees its own sequence's positions,
+        causally and within the window. Paged: (the rows each token reads (T, L), -1 where none,); else the
+        rows gathered for all (n_kv,) and the mask (T, n_kv)."""
+        idx = np.full(len(pos), SCRATCH * self.cache.block_size, np.int64)
+        parts = []
+        for e, (lo, hi) in zip(entries, spans):
+            rows, cols = self.cache.gather(e.seq, w)
+            p = pos[lo:hi]
+            idx[lo:hi] = self.cache.rows(e.seq, w, p.astype(np.int64))
+            seen = cols[None, :] <= p[:, None]
+            if w is not None:
+                seen &= p[:, None] - cols[None, :] < w
+            parts.append((rows, seen))
+        return idx, (self._own_rows if paged else self._shared_rows)(len(pos), spans, parts)
+
+    @staticmethod
+    def _own_rows(n_tok: int, spans: list[tuple[int, int]], parts: list) -> tuple[np.ndarray]:
+        """((T, L) I32,): the rows each token sees, -1 padded (padding rows see none)."""
+        read = np.full((n_tok, bucket(max(len(rows) for rows, _ in parts), KV_PAD)), -1, np.int32)
+        for (lo, hi), (rows, seen) in zip(spans, parts):
+            read[lo:hi, :len(rows)] = np.where(seen, rows, -1)
+        return (read,)
+
+    def _shared_rows(self, n_tok: int, spans: list[tuple[int, int]], parts: list) -> tuple[np.ndarray, np.ndarray]:
+        """Every sequence's rows gathered once (n_kv,) and the mask (T, n_kv) that gives each row its own."""
+        n_kv = bucket(sum(len(rows) for rows, _ in parts), KV_PAD)
         gather = np.full(n_kv, SCRATCH * self.cache.block_size, np.int32)
         visible = np.zeros((n_tok, n_kv), bool)
         visible[spans[-1][1]:, 0] = True  # padding rows see one row, so their softmax stays finite
         col = 0
-        for e, (lo, hi), (rows, cols) in zip(entries, spans, parts):
-            p = pos[lo:hi]
-            idx[lo:hi] = self.cache.rows(e.seq, w, p.astype(np.int64))
+        for (lo, hi), (rows, seen) in zip(spans, parts):
             gather[col:col + len(rows)] = rows
-            seen = cols[None, :] <= p[:, None]
-            if w is not None:
-                seen &= p[:, None] - cols[None, :] < w
             visible[lo:hi, col:col + len(rows)] = seen
             col += len(rows)
-        return idx, gather, additive_mask(visible)
+        return gather, additive_mask(visible)
 
-    def _plan(self, n_tok: int, n_out: int, n_kv: tuple) -> tuple[Plan, StepInputs]:
+    def _plan(self, n_tok: int, n_out: int, n_kv: tuple, paged: bool) -> tuple[Plan, StepInputs]:
         """The plan of a padded shape, compiled on first use; the least recently used ones are dropped."""
-        key = (n_tok, n_out, n_kv)
+        key = (n_tok, n_out, n_kv, paged)
         if key in self._plans:
             self._plans.move_to_end(key)
         else:
             inp = StepInputs.create(n_tok, n_out, dict(n_kv))
-            inp.kv_gather = {w: input_tensor((n,), DType.I32, f"inp_kv_gather_{w or 'full'}") for w, n in n_kv}
+            if paged:
+                inp.kq_mask = {}
+                inp.kv_rows = {w: input_tensor((n_tok, n), DType.I32, f"inp_kv_rows_{w or 'full'}") for w, n in n_kv}
+            else:
+                inp.kv_gather = {w: input_tensor((n,), DType.I32, f"inp_kv_gather_{w or 'full'}") for w, n in n_kv}
             self._plans[key] = (compile_plan(self.build(self.weights, self.hp, inp, self.cache), self.backend), inp)
             self.n_compiled += 1
             if len(self._plans) > MAX_PLANS:

@@ -24,6 +24,8 @@ class StepInputs:
     kv_idx: dict[int | None, Tensor] = field(default_factory=dict)  # per cache kind: (T,) I64 rows to write
     kq_mask: dict[int | None, Tensor] = field(default_factory=dict)  # per cache kind: (T, n_kv) F32
     kv_gather: dict[int | None, Tensor] = field(default_factory=dict)  # per cache kind: (n_kv,) I32 rows read
+    kv_rows: dict[int | None, Tensor] = field(default_factory=dict)  # per cache kind: (T, L) I32 rows each token
+    # reads (negative: none), for paged_attn instead of a mask over gathered rows
 
     @classmethod
     def create(cls, n_tokens: int, n_out: int, n_kv: dict[int | None, int]) -> StepInputs:
@@ -67,12 +69,16 @@ def attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, inp: StepInp
                 freq_factors=spec.freq_factors, **(asdict(spec.yarn) if spec.yarn else {}))
     q = named(ops.rope(q, inp.pos, **rope), "Qcur", il)
     k = named(ops.rope(k, inp.pos, **rope), "Kcur", il)
+    scale = spec.scale if spec.scale is not None else 1.0 / math.sqrt(head_dim)
+    if inp.kv_rows:  # a paged cache read through each token's own rows
+        keys, values = cache.kv_stores(k, v, inp, il, spec.window)
+        kqv = ops.paged_attn(q, keys, values, inp.kv_rows[spec.window], scale, spec.softcap or 0.0)
+        return named(ops.reshape(kqv, (n_tokens, n_head * values.shape[-1])), "kqv_out", il)
     if cache is None:  # no cache: attend over this step's own keys and values
         keys, values = ops.permute(k, 1, 0, 2), ops.permute(v, 1, 0, 2)
     else:
         keys, values = cache.kv_views(k, v, inp, il, spec.window)
     mask = inp.kq_mask[spec.window]
-    scale = spec.scale if spec.scale is not None else 1.0 / math.sqrt(head_dim)
     if spec.softcap:  # in llama.cpp's order: Q scaled, Q·K soft-capped, then a softmax without further scale
         q, scale = named(ops.scale(q, scale), "Qcur_scaled", il), 1.0
     kq = named(ops.mul_mat(keys, ops.permute(q, 1, 0, 2)), "kq", il)  # (H, T, n_kv)

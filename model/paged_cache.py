@@ -195,16 +195,24 @@ class PagedKVCache:
         positions = np.concatenate([j * self.block_size + offsets for j, _ in held] or [offsets[:0]])
         return rows, positions
 
+    def _written(self, k: Tensor, v: Tensor, inp: StepInputs, il: int, window: int | None) -> list[Tensor]:
+        """Layer il's K and V stores (rows, Hkv * D) after this step's k, v rows (T, Hkv, D) are written at
+        their physical rows."""
+        return [ops.set_rows(store, ops.reshape(cur, (cur.shape[0], cur.shape[1] * cur.shape[2])), inp.kv_idx[window])
+                for cur, store in ((k, self.k[il]), (v, self.v[il]))]
+
+    def kv_stores(self, k: Tensor, v: Tensor, inp: StepInputs, il: int, window: int | None) -> tuple[Tensor, Tensor]:
+        """Write this step's k, v rows; layer il's whole K and V stores as (rows, Hkv, D), for paged_attn."""
+        stores = [ops.reshape(w, (w.shape[0], cur.shape[1], cur.shape[2]))
+                  for w, cur in zip(self._written(k, v, inp, il, window), (k, v))]
+        return stores[0], stores[1]
+
     def kv_views(self, k: Tensor, v: Tensor, inp: StepInputs, il: int, window: int | None) -> tuple[Tensor, Tensor]:
-        """Write this step's k, v rows (T, Hkv, D) at their physical rows; gather the rows the step attends to
-        as (Hkv, n_kv, D)."""
-        n_tokens, n_kv_head = k.shape[0], k.shape[1]
+        """Write this step's k, v rows; gather the rows the step attends to as (Hkv, n_kv, D)."""
         gather = inp.kv_gather[window]
         views = []
-        for cur, store, name in ((k, self.k[il], "k_cache"), (v, self.v[il], "v_cache")):
-            dim = cur.shape[-1]
-            written = ops.set_rows(store, ops.reshape(cur, (n_tokens, n_kv_head * dim)), inp.kv_idx[window])
-            rows = ops.reshape(ops.get_rows(written, gather), (gather.shape[0], n_kv_head, dim))
+        for written, cur, name in zip(self._written(k, v, inp, il, window), (k, v), ("k_cache", "v_cache")):
+            rows = ops.reshape(ops.get_rows(written, gather), (gather.shape[0], cur.shape[1], cur.shape[2]))
             views.append(ops.permute(rows, 1, 0, 2).set_name(f"{name}-{il}"))
         return views[0], views[1]
 

@@ -79,3 +79,19 @@ def flash_attn_ext(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, 
     shape = q.shape[:-3] + (q.shape[-2], q.shape[-3], v.shape[-1])
     return make("flash_attn_ext", shape, srcs, DType.F32, scale=float(scale), max_bias=float(max_bias),
                 logit_softcap=float(logit_softcap))
+
+
+# paged_attn: q (T, H, D), k (R, Hkv, D), v (R, Hkv, Dv), rows (T, L) I32/I64 -> (T, H, Dv)
+def paged_attn(q: Tensor, k: Tensor, v: Tensor, rows: Tensor, scale: float = 1.0,
+               logit_softcap: float = 0.0) -> Tensor:
+    """Attention of each query row t over the key/value rows rows[t] of k and v (a negative index is no key; a
+    row that sees none gives zeros): softmax(softcap(q k^T * scale)) v per head, GQA as flash_attn_ext. The
+    rows are a paged cache's block tables spelled out per query row (vLLM's PagedAttention)."""
+    need_float("paged_attn", q, k, v)
+    need_index("paged_attn", rows, ndim=2)
+    ok = q.ndim == k.ndim == v.ndim == 3 and k.shape[-1] == q.shape[-1] and k.shape[:-1] == v.shape[:-1]
+    if not ok or k.shape[1] == 0 or q.shape[1] % k.shape[1] or rows.shape[:1] != q.shape[:1] or rows.ndim != 2:
+        raise fail("paged_attn", "needs q (T, H, D), k (R, Hkv, D), v (R, Hkv, Dv), rows (T, L), H a multiple of Hkv",
+                   q, k, v, rows)
+    return make("paged_attn", q.shape[:2] + v.shape[-1:], (q, k, v, rows), DType.F32, scale=float(scale),
+                logit_softcap=float(logit_softcap))

@@ -56,7 +56,7 @@ OPS: dict[str, OpSpec] = _specs(
     OpSpec("concat", (2, 2), MOVE),
     OpSpec("sum_rows", (1, 1)), OpSpec("mean", (1, 1)), OpSpec("argmax", (1, 1)),
     OpSpec("clamp", (1, 1), inplace=True), OpSpec("diag_mask_inf", (1, 1), inplace=True),
-    OpSpec("flash_attn_ext", (3, 4)),
+    OpSpec("flash_attn_ext", (3, 4)), OpSpec("paged_attn", (4, 4)),
 )
 
 

@@ -32,6 +32,13 @@ def mask(rng: np.random.Generator, rows: int, cols: int) -> pg.Tensor:
     return pg.from_numpy(m)
 
 
+def kv_rows(rng: np.random.Generator, n_tok: int, n_read: int, n_rows: int) -> pg.Tensor:
+    """(n_tok, n_read) rows for paged_attn: random rows of n_rows, about a third -1 (none), the last token none."""
+    rows = np.where(rng.random((n_tok, n_read)) < 0.3, -1, rng.integers(0, n_rows, (n_tok, n_read)))
+    rows[-1] = -1
+    return pg.from_numpy(rows.astype(np.int32))
+
+
 def q8_rows(rng: np.random.Generator) -> pg.Tensor:
     return pg.from_numpy(quants.quantize(rng.standard_normal((6, 64)).astype(np.float32), DType.Q8_0), dtype=DType.Q8_0)
 
@@ -92,6 +99,9 @@ CASES: dict[str, list[Case]] = {
     "flash_attn_ext": [lambda g: pg.flash_attn_ext(r(g, 4, 3, 8), r(g, 2, 7, 8), r(g, 2, 7, 8), mask(g, 3, 7), 0.35),
                        lambda g: pg.flash_attn_ext(r(g, 4, 3, 8), r(g, 2, 7, 8), r(g, 2, 7, 8), mask(g, 3, 7), 0.35,
                                                    logit_softcap=5.0)],
+    "paged_attn": [lambda g: pg.paged_attn(r(g, 3, 4, 8), r(g, 20, 2, 8), r(g, 20, 2, 5), kv_rows(g, 3, 6, 20), 0.35),
+                   lambda g: pg.paged_attn(r(g, 2, 6, 8), r(g, 20, 3, 8), r(g, 20, 3, 8), kv_rows(g, 2, 9, 20), 0.35,
+                                           logit_softcap=5.0)],
 }
 CASE_IDS = [(op, i) for op, cases in CASES.items() for i in range(len(cases))]
 
@@ -137,6 +147,8 @@ HALF_CASES = {
     "set_rows": lambda g, t: pg.set_rows(half(g, 6, 8, dtype=t), r(g, 2, 8), pg.from_numpy(np.array([3, 1]))),
     "cpy": lambda g, t: pg.cpy(r(g, 4, 8), half(g, 4, 8, dtype=t)),
     "soft_max_ext": lambda g, t: pg.soft_max_ext(r(g, 2, 3, 7), half(g, 3, 7, dtype=t), scale=0.5),
+    "paged_attn": lambda g, t: pg.paged_attn(r(g, 3, 4, 8), half(g, 20, 2, 8, dtype=t), half(g, 20, 2, 8, dtype=t),
+                                             kv_rows(g, 3, 6, 20), 0.35),
 }
 
 

@@ -291,3 +291,32 @@ def test_flash_attn_ext_with_permuted_q_k_v(rng):
     got = pg.compute(pg.flash_attn_ext(q, k, v, pg.from_numpy(mask), 0.4))
     want = reference_attention(*(np.transpose(x, (1, 0, 2)) for x in (q_rows, k_rows, v_rows)), mask, 0.4)
     close(got, want, tol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- paged_attn
+
+@pytest.mark.parametrize("n_head,n_kv_head", [(2, 2), (6, 2), (4, 1)])
+@pytest.mark.parametrize("softcap", [0.0, 1.5])
+def test_paged_attn_reads_each_tokens_own_rows(rng, n_head, n_kv_head, softcap):
+    k, v = rand(rng, 12, n_kv_head, 8), rand(rng, 12, n_kv_head, 5)
+    q = rand(rng, 4, n_head, 8)
+    rows = np.array([[3, 7, -1, 0], [11, -1, -1, -1], [5, 5, 2, 9], [-1, -1, -1, -1]], np.int32)
+    got = pg.compute(pg.paged_attn(*(pg.from_numpy(x) for x in (q, k, v, rows)), 0.35, softcap))
+    for t, row in enumerate(rows):
+        seen = row[row >= 0]
+        if len(seen) == 0:  # a token that sees no row gets zeros
+            np.testing.assert_array_equal(got[t], 0)
+            continue
+        want = reference_attention(q[t][:, None], np.swapaxes(k[seen], 0, 1), np.swapaxes(v[seen], 0, 1), None,
+                                   0.35, softcap)
+        close(got[t], want[0], tol=1e-4)
+
+
+def test_paged_attn_refuses_mismatched_shapes(rng):
+    q, k, v = (pg.from_numpy(x) for x in (rand(rng, 2, 4, 8), rand(rng, 9, 3, 8), rand(rng, 9, 3, 8)))
+    rows = pg.from_numpy(np.zeros((2, 5), np.int32))
+    with pytest.raises(pg.ShapeError, match=r"paged_attn: .*H a multiple of Hkv.*\[2, 4, 8\] F32, \[9, 3, 8\] F32"):
+        pg.paged_attn(q, k, v, rows)
+    with pytest.raises(pg.ShapeError, match=r"paged_attn: .*rows \(T, L\)"):
+        pg.paged_attn(q, pg.from_numpy(rand(rng, 9, 2, 8)), pg.from_numpy(rand(rng, 9, 2, 8)),
+                      pg.from_numpy(np.zeros((3, 5), np.int32)))
