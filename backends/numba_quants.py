@@ -16,7 +16,7 @@ import types
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 
 from pyggml.graph.dtypes import DType
 
@@ -499,10 +499,15 @@ def _lanes(acc, r):
 # quarter of the weight apart. Four adjacent rows are one stream, which the prefetcher fed at half the rate on
 # short rows (Gemma 3's 262,144 x 640 output head: 32 against 15 ms on one thread).
 
+# The kernels run one parallel task per thread (n_tasks, from numba.get_num_threads(): called inside a kernel it
+# keeps numba from caching it), each taking an equal share of the work and allocating its scratch once. With 64
+# groups a task, 144 groups (a 576-row weight) split 2:1 between two threads and 48 (192 rows) ran on one thread:
+# equal shares made SmolLM2's 211 products at 8 rows 29 -> 23 ms, and at 1 row 10.3 -> 8.2 ms.
+
 @njit(**INLINE)
-def _chunk_groups(chunk, n_groups):
-    """The groups [start, stop) of parallel task `chunk`."""
-    return chunk * GROUPS_PER_CHUNK, min((chunk + 1) * GROUPS_PER_CHUNK, n_groups)
+def _share(task, n_tasks, n):
+    """The items [start, stop) of n that parallel task `task` of n_tasks takes."""
+    return task * n // n_tasks, (task + 1) * n // n_tasks
 
 
 @njit(**INLINE)
@@ -526,28 +531,32 @@ def _store4(out, g, n_groups, a0, a1, a2, a3):
         out[g + 3 * n_groups] = a3
 
 
-def _matvec1(w, x, out, table):
+def _matvec1(w, x, out, table, n_tasks):
     """out[n, m] = w[m] · x[n] a weight row at a time, DOT reducing a whole block of one row (K-quants: their
     blocks are long enough to vectorize alone, and four rows interleaved ran 3x slower)."""
     xs = _sums16(x)
-    for m in prange(w.shape[0]):
-        u = w[m]
-        for n in range(x.shape[0]):
-            xr, xsr, t = x[n], xs[n], f32(0)
-            for b in range(x.shape[1] // BLOCK):  # noqa: F821
-                t += DOT(u, b * TYPE_SIZE, xr, b * BLOCK, xsr, b * (BLOCK // 16), table)  # noqa: F821
-            out[n, m] = t
+    n_tasks = min(n_tasks, w.shape[0])
+    for task in prange(n_tasks):
+        start, stop = _share(task, n_tasks, w.shape[0])
+        for m in range(start, stop):
+            u = w[m]
+            for n in range(x.shape[0]):
+                xr, xsr, t = x[n], xs[n], f32(0)
+                for b in range(x.shape[1] // BLOCK):  # noqa: F821
+                    t += DOT(u, b * TYPE_SIZE, xr, b * BLOCK, xsr, b * (BLOCK // 16), table)  # noqa: F821
+                out[n, m] = t
 
 
-def _matvec4(w, x, out, table):
+def _matvec4(w, x, out, table, n_tasks):
     """out[n, m] = w[m] · x[n] for a weight w of (M, bytes per row) blocks and x of (N, K) float32, four weight
     rows at a time into lane accumulators; DOT, BLOCK and TYPE_SIZE are the block type's, bound per type by
     _specialize."""
     n_blocks, n_groups = x.shape[1] // BLOCK, (w.shape[0] + 3) // 4  # noqa: F821
     xs = _sums16(x)
-    for chunk in prange((n_groups + GROUPS_PER_CHUNK - 1) // GROUPS_PER_CHUNK):
+    n_tasks = min(n_tasks, n_groups)
+    for task in prange(n_tasks):
         acc = np.empty((4, 32), np.float32)  # once per task, not per group
-        start, stop = _chunk_groups(chunk, n_groups)
+        start, stop = _share(task, n_tasks, n_groups)
         for group in range(start, stop):
             u0, u1, u2, u3 = _group_rows(w, group, n_groups)
             for n in range(x.shape[0]):
@@ -564,14 +573,15 @@ def _matvec4(w, x, out, table):
                         a3 + _lanes(acc, 3))
 
 
-def _matmat(w, x, out, table, n16):
+def _matmat(w, x, out, table, n16, n_tasks):
     """out[n, m] = w[m] · x[n] for a few activation rows: four weight rows dequantized once into a scratch, then
     four activation rows at a time against them (the block mat-vec would unpack the blocks again for every
     row); DEQ, BLOCK and TYPE_SIZE bound per type."""
     k, n_groups, last = x.shape[1], (w.shape[0] + 3) // 4, x.shape[0] - 1
-    for chunk in prange((n_groups + GROUPS_PER_CHUNK - 1) // GROUPS_PER_CHUNK):
+    n_tasks = min(n_tasks, n_groups)
+    for task in prange(n_tasks):
         rows = np.empty((4, k), np.float32)
-        start, stop = _chunk_groups(chunk, n_groups)
+        start, stop = _share(task, n_tasks, n_groups)
         for group in range(start, stop):
             u = _group_rows(w, group, n_groups)
             for r in range(4):
@@ -631,7 +641,6 @@ def _specialize(template, dtype: DType, parallel: bool, **constants):
 
 
 N16 = 16  # the dequantizers' loop length, an argument so that it is no compile-time constant (see the dequantizers)
-GROUPS_PER_CHUNK = 64  # four-row groups per parallel task, which allocates its scratch once
 MATMAT_MIN_ROWS = 2  # activation rows from which dequantizing four weight rows once beats unpacking per row
 # (examples/bench_matvec.py: ties at 2 rows, 2x faster at 4, 2.7x at 8)
 
@@ -673,9 +682,9 @@ def quantized_matvec(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray
     """out (N, M) = x (N, K) @ dequantize(w).T for w held as (M, bytes per row) blocks of dtype: one activation
     row through the fused block kernel, a few through rows dequantized once."""
     if len(x) < MATMAT_MIN_ROWS:
-        MATVEC[dtype](w, x, out, F16_TABLE)
+        MATVEC[dtype](w, x, out, F16_TABLE, get_num_threads())
     else:
-        MATMAT[dtype](w, x, out, F16_TABLE, N16)
+        MATMAT[dtype](w, x, out, F16_TABLE, N16, get_num_threads())
 
 
 def dequantize_into(dtype: DType, w: np.ndarray, out: np.ndarray) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import numba
 import numpy as np
 from bench_dequant import random_tensor
 from compare_backends import cpu_name
@@ -32,15 +33,17 @@ def best_ms(fn, repeats: int) -> float:
 def paths(dtype: DType, w: np.ndarray, x: np.ndarray, dense: np.ndarray, out: np.ndarray) -> dict:
     """Name -> the call of each way to compute out = x @ W.T."""
     table = numba_quants.F16_TABLE
-    return {"mat-vec": lambda: numba_quants.MATVEC[dtype](w, x, out, table),
-            "dequantize once": lambda: numba_quants.MATMAT[dtype](w, x, out, table, numba_quants.N16),
+    threads = numba.get_num_threads()
+    return {"mat-vec": lambda: numba_quants.MATVEC[dtype](w, x, out, table, threads),
+            "dequantize once": lambda: numba_quants.MATMAT[dtype](w, x, out, table, numba_quants.N16, threads),
             "panel + BLAS": panel_product(dtype, w, x, out),
             "F32 copy": lambda: np.matmul(x, dense.T, out=out)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--types", nargs="+", default=[t.name for t in numba_quants.BLOCK_TYPES])
+    parser.add_argument("--types", nargs="+", type=str.upper, choices=[t.name for t in numba_quants.BLOCK_TYPES],
+                        default=[t.name for t in numba_quants.BLOCK_TYPES])
     parser.add_argument("--rows", nargs="+", type=int, default=[1, 4, 8, 16])
     parser.add_argument("--shape", nargs=2, type=int, default=[4096, 4096], metavar=("M", "K"))
     parser.add_argument("-r", "--repeats", type=int, default=10)
