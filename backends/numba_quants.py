@@ -573,11 +573,58 @@ def _matvec4(w, x, out, table, n_tasks):
                         a3 + _lanes(acc, 3))
 
 
+@njit(**INLINE)
+def _tile4x4(rows, x, n, out, group, n_groups):
+    """Activation rows n..n+3 against the four dequantized weight rows: 8 loads for 16 products."""
+    r0, r1, r2, r3 = rows[0], rows[1], rows[2], rows[3]
+    xa, xb, xc, xd = x[n], x[n + 1], x[n + 2], x[n + 3]
+    a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = f32(0)
+    c0 = c1 = c2 = c3 = e0 = e1 = e2 = e3 = f32(0)
+    for i in range(x.shape[1]):
+        va, vb, vc, vd = xa[i], xb[i], xc[i], xd[i]
+        w0, w1, w2, w3 = r0[i], r1[i], r2[i], r3[i]
+        a0 += w0 * va
+        a1 += w1 * va
+        a2 += w2 * va
+        a3 += w3 * va
+        b0 += w0 * vb
+        b1 += w1 * vb
+        b2 += w2 * vb
+        b3 += w3 * vb
+        c0 += w0 * vc
+        c1 += w1 * vc
+        c2 += w2 * vc
+        c3 += w3 * vc
+        e0 += w0 * vd
+        e1 += w1 * vd
+        e2 += w2 * vd
+        e3 += w3 * vd
+    _store4(out[n], group, n_groups, a0, a1, a2, a3)
+    _store4(out[n + 1], group, n_groups, b0, b1, b2, b3)
+    _store4(out[n + 2], group, n_groups, c0, c1, c2, c3)
+    _store4(out[n + 3], group, n_groups, e0, e1, e2, e3)
+
+
+@njit(**INLINE)
+def _tile4x1(rows, x, n, out, group, n_groups):
+    """Activation row n against the four dequantized weight rows."""
+    r0, r1, r2, r3, xa = rows[0], rows[1], rows[2], rows[3], x[n]
+    a0 = a1 = a2 = a3 = f32(0)
+    for i in range(x.shape[1]):
+        va = xa[i]
+        a0 += r0[i] * va
+        a1 += r1[i] * va
+        a2 += r2[i] * va
+        a3 += r3[i] * va
+    _store4(out[n], group, n_groups, a0, a1, a2, a3)
+
+
 def _matmat(w, x, out, table, n16, n_tasks):
     """out[n, m] = w[m] · x[n] for a few activation rows: four weight rows dequantized once into a scratch, then
-    four activation rows at a time against them (the block mat-vec would unpack the blocks again for every
-    row); DEQ, BLOCK and TYPE_SIZE bound per type."""
-    k, n_groups, last = x.shape[1], (w.shape[0] + 3) // 4, x.shape[0] - 1
+    four activation rows at a time against them and the last (up to three) one at a time (a four-row tile
+    filled with repeated rows cost two rows 1.6x the time); the block mat-vec would unpack the blocks again
+    for every row. DEQ, BLOCK and TYPE_SIZE bound per type."""
+    k, n_groups, quads = x.shape[1], (w.shape[0] + 3) // 4, x.shape[0] - x.shape[0] % 4
     n_tasks = min(n_tasks, n_groups)
     for task in prange(n_tasks):
         rows = np.empty((4, k), np.float32)
@@ -587,37 +634,10 @@ def _matmat(w, x, out, table, n16, n_tasks):
             for r in range(4):
                 for b in range(k // BLOCK):  # noqa: F821
                     DEQ(u[r], b * TYPE_SIZE, rows[r], b * BLOCK, table, n16)  # noqa: F821
-            r0, r1, r2, r3 = rows[0], rows[1], rows[2], rows[3]
-            for n in range(0, x.shape[0], 4):  # four activation rows a pass: 8 loads for 16 products
-                xa, xb, xc, xd = x[n], x[min(n + 1, last)], x[min(n + 2, last)], x[min(n + 3, last)]
-                a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = f32(0)
-                c0 = c1 = c2 = c3 = e0 = e1 = e2 = e3 = f32(0)
-                for i in range(k):
-                    va, vb, vc, vd = xa[i], xb[i], xc[i], xd[i]
-                    w0, w1, w2, w3 = r0[i], r1[i], r2[i], r3[i]
-                    a0 += w0 * va
-                    a1 += w1 * va
-                    a2 += w2 * va
-                    a3 += w3 * va
-                    b0 += w0 * vb
-                    b1 += w1 * vb
-                    b2 += w2 * vb
-                    b3 += w3 * vb
-                    c0 += w0 * vc
-                    c1 += w1 * vc
-                    c2 += w2 * vc
-                    c3 += w3 * vc
-                    e0 += w0 * vd
-                    e1 += w1 * vd
-                    e2 += w2 * vd
-                    e3 += w3 * vd
-                _store4(out[n], group, n_groups, a0, a1, a2, a3)
-                if n + 1 <= last:
-                    _store4(out[n + 1], group, n_groups, b0, b1, b2, b3)
-                if n + 2 <= last:
-                    _store4(out[n + 2], group, n_groups, c0, c1, c2, c3)
-                if n + 3 <= last:
-                    _store4(out[n + 3], group, n_groups, e0, e1, e2, e3)
+            for n in range(0, quads, 4):
+                _tile4x4(rows, x, n, out, group, n_groups)
+            for n in range(quads, x.shape[0]):
+                _tile4x1(rows, x, n, out, group, n_groups)
 
 
 def _dequantize(w, out, table, n16):
