@@ -7,10 +7,10 @@ BLAS. paged_attn has a numba kernel too (numba_attention.py); every other op is 
 """
 from __future__ import annotations
 
-import functools
 import threading
 from collections.abc import Callable
 
+import numba
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
@@ -21,7 +21,7 @@ from .fusion import FUSIONS, mul_mat_permuted_kernel
 from .numba_attention import paged_attn
 from .numpy_backend import NumpyBackend
 from .numpy_kernels import KERNELS, mul_mat as numpy_mul_mat
-from .numba_quants import BLOCK_TYPES, dequantize_into, quantized_matvec
+from .numba_quants import BLOCK_TYPES, block_product, dequantize_into
 
 BLOCK_KERNEL_MAX_ROWS = 32  # activation rows up to which the block kernels beat dequantized panels + BLAS
 # (examples/bench_matvec.py: the dequantize-once path ties with panels + BLAS at 32 rows of a 2048 x 2048 Q4_0
@@ -100,7 +100,7 @@ def mul_mat(node: Tensor, out: np.ndarray, a: np.ndarray, b: np.ndarray) -> Call
     x, refresh = _rows_of(b, n_rows, k)
     w, o = a.reshape(n_out, -1).view(np.uint8), out.reshape(n_rows, n_out)
     if n_rows <= BLOCK_KERNEL_MAX_ROWS:
-        product = functools.partial(quantized_matvec, w_type, w, x, o)
+        product = block_product(w_type, w, x, o, numba.get_num_threads())
     else:
         product = panel_product(w_type, w, x, o)
     if refresh is None:

@@ -12,11 +12,13 @@ quants.py). Kernels compile once per machine into numba's cache (`cache=True`).
 """
 from __future__ import annotations
 
+import functools
 import types
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
 
 from pyggml.graph.dtypes import DType
 
@@ -499,8 +501,8 @@ def _lanes(acc, r):
 # quarter of the weight apart. Four adjacent rows are one stream, which the prefetcher fed at half the rate on
 # short rows (Gemma 3's 262,144 x 640 output head: 32 against 15 ms on one thread).
 
-# The kernels run one parallel task per thread (n_tasks, from numba.get_num_threads(): called inside a kernel it
-# keeps numba from caching it), each taking an equal share of the work and allocating its scratch once. With 64
+# The kernels run one parallel task per thread (n_tasks, numba.get_num_threads() when the step is made: called
+# inside a kernel it keeps numba from caching it, and called per run it cost 1 ms a step), each taking an equal share of the work and allocating its scratch once. With 64
 # groups a task, 144 groups (a 576-row weight) split 2:1 between two threads and 48 (192 rows) ran on one thread:
 # equal shares made SmolLM2's 211 products at 8 rows 29 -> 23 ms, and at 1 row 10.3 -> 8.2 ms.
 
@@ -698,13 +700,13 @@ DEQUANTIZE = {t: _specialize(_dequantize, t, False, DEQ=k.deq, BLOCK=k.block, TY
               for t, k in BLOCK_TYPES.items()}
 
 
-def quantized_matvec(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
-    """out (N, M) = x (N, K) @ dequantize(w).T for w held as (M, bytes per row) blocks of dtype: one activation
-    row through the fused block kernel, a few through rows dequantized once."""
+def block_product(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray,
+                     n_tasks: int) -> Callable[[], None]:
+    """The step out (N, M) = x (N, K) @ dequantize(w).T for w held as (M, bytes per row) blocks of dtype, in n_tasks
+    parallel tasks: one activation row through the fused block kernel, a few through rows dequantized once."""
     if len(x) < MATMAT_MIN_ROWS:
-        MATVEC[dtype](w, x, out, F16_TABLE, get_num_threads())
-    else:
-        MATMAT[dtype](w, x, out, F16_TABLE, N16, get_num_threads())
+        return functools.partial(MATVEC[dtype], w, x, out, F16_TABLE, n_tasks)
+    return functools.partial(MATMAT[dtype], w, x, out, F16_TABLE, N16, n_tasks)
 
 
 def dequantize_into(dtype: DType, w: np.ndarray, out: np.ndarray) -> None:
