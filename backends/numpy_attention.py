@@ -205,6 +205,9 @@ def flash_attn_ext(node: Tensor, out, q, k, v, mask=None):
     return run
 
 
+PAGED_GATHER = 1 << 22  # K (and V) values gathered at a time by paged_attn: tokens are taken in chunks
+
+
 @kernel("paged_attn")
 @f32_compute
 def paged_attn(node: Tensor, out, q, k, v, rows):
@@ -212,13 +215,14 @@ def paged_attn(node: Tensor, out, q, k, v, rows):
     n_tok, n_kv_head = q.shape[0], k.shape[1]
     q_g = q.reshape(n_tok, n_kv_head, q.shape[1] // n_kv_head, 1, q.shape[2])  # (T, Hkv, G, 1, D)
     out_g = out.reshape(n_tok, n_kv_head, q_g.shape[2], 1, out.shape[2])
+    chunk = max(1, PAGED_GATHER // max(1, rows.shape[1] * k.shape[1] * max(k.shape[2], v.shape[2])))
 
-    def run():
-        seen = rows >= 0
-        picked = np.where(seen, rows, 0)
-        kr = np.swapaxes(k[picked], 1, 2)[:, :, None]  # (T, Hkv, 1, L, D)
+    def attend(lo: int, hi: int) -> None:
+        seen = rows[lo:hi] >= 0
+        picked = np.where(seen, rows[lo:hi], 0)
+        kr = np.swapaxes(k[picked], 1, 2)[:, :, None]  # (t, Hkv, 1, L, D)
         vr = np.swapaxes(v[picked], 1, 2)[:, :, None]
-        s = np.matmul(q_g, np.swapaxes(kr, -1, -2))  # (T, Hkv, G, 1, L)
+        s = np.matmul(q_g[lo:hi], np.swapaxes(kr, -1, -2))  # (t, Hkv, G, 1, L)
         s *= scale
         if softcap:
             s /= F32(softcap)
@@ -230,5 +234,9 @@ def paged_attn(node: Tensor, out, q, k, v, rows):
         np.exp(s, out=s)
         total = s.sum(axis=-1, keepdims=True)
         s /= np.where(total > 0, total, F32(1))  # a row that sees no key: all weights 0, output 0
-        np.matmul(s, vr, out=out_g)
+        np.matmul(s, vr, out=out_g[lo:hi])
+
+    def run():
+        for lo in range(0, n_tok, chunk):
+            attend(lo, min(lo + chunk, n_tok))
     return run

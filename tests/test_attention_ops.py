@@ -312,6 +312,16 @@ def test_paged_attn_reads_each_tokens_own_rows(rng, n_head, n_kv_head, softcap):
         close(got[t], want[0], tol=1e-4)
 
 
+def test_paged_attn_takes_tokens_in_chunks_on_the_numpy_backend(rng, monkeypatch):
+    from pyggml.backends import numpy_attention
+    q, k, v = rand(rng, 5, 4, 8), rand(rng, 12, 2, 8), rand(rng, 12, 2, 8)
+    rows = np.where(rng.random((5, 7)) < 0.3, -1, rng.integers(0, 12, (5, 7))).astype(np.int32)
+    node = pg.paged_attn(*(pg.from_numpy(x) for x in (q, k, v, rows)), 0.35)
+    whole = pg.compute(node, backend=pg.NumpyBackend())
+    monkeypatch.setattr(numpy_attention, "PAGED_GATHER", 2 * 7 * 2 * 8)  # two tokens a chunk
+    close(pg.compute(node, backend=pg.NumpyBackend()), whole, tol=1e-7)
+
+
 def test_paged_attn_refuses_mismatched_shapes(rng):
     q, k, v = (pg.from_numpy(x) for x in (rand(rng, 2, 4, 8), rand(rng, 9, 3, 8), rand(rng, 9, 3, 8)))
     rows = pg.from_numpy(np.zeros((2, 5), np.int32))

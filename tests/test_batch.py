@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pyggml.model.batch import Entry, bucket
+from pyggml.model.batch import BatchContext, Entry, bucket
 from pyggml.model.model import Model
 
 TOL = 1e-4
@@ -89,6 +89,25 @@ def test_shared_prefix_is_held_once_and_copied_on_write(smollm2):
     assert sa.tables[None][:shared] == sb.tables[None][:shared]
     bc.cache.release(sa)
     bc.cache.release(sb)
+    assert bc.cache.n_used == 0
+
+
+def test_a_prompt_chunk_next_to_long_sequences_reads_its_own_rows(smollm2):
+    """A step where a new prompt's chunk joins two long sequences' decode tokens takes the paged form (the mask
+    would cover far more pairs than the tokens' own); every entry still gives the single path's logits."""
+    long_a, long_b = (smollm2.tokenize(t * 4) for t in TEXTS[1:3])
+    short = smollm2.tokenize(TEXTS[0])
+    bc = smollm2.batch_context(64)
+    sa, sb, sc = (bc.cache.new_sequence() for _ in range(3))
+    la, lb = bc.step([Entry(sa, long_a), Entry(sb, long_b)])
+    na, nb = int(np.argmax(la)), int(np.argmax(lb))
+    entries = [Entry(sa, [na]), Entry(sc, short), Entry(sb, [nb])]
+    assert BatchContext._paged(entries) and not BatchContext._paged([Entry(sc, short)])
+    got = bc.step(entries)
+    for row, tokens in zip(got, (long_a + [na], short, long_b + [nb])):
+        np.testing.assert_allclose(row, single_logits(smollm2, tokens), atol=TOL, rtol=0)
+    for s in (sa, sb, sc):
+        bc.cache.release(s)
     assert bc.cache.n_used == 0
 
 
