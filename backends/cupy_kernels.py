@@ -156,10 +156,10 @@ def mul_mat(dev, node: Tensor, out, a, b) -> Step:
     return product if not fills else _Marked(run, getattr(product, "blas", False))
 
 
-@device_kernel("flash_attn_ext")
-def flash_attn_ext(dev, node: Tensor, out, *srcs) -> Step:
+@device_kernel("flash_attn_ext", "paged_attn")
+def batched_attention(dev, node: Tensor, out, *srcs) -> Step:
     """The NumPy kernel (two batched products through cuBLAS) where no raw decode kernel applies."""
-    return uses_blas(NUMPY_KERNELS["flash_attn_ext"](node, out, *srcs))
+    return uses_blas(NUMPY_KERNELS[node.op](node, out, *srcs))
 
 
 def is_capturable(step: Any) -> bool:

@@ -228,7 +228,7 @@ def paged_attn(node: Tensor, out, q, k, v, rows):
             s /= F32(softcap)
             np.tanh(s, out=s)
             s *= F32(softcap)
-        s[~np.broadcast_to(seen[:, None, None, None, :], s.shape)] = -np.inf
+        s = np.where(seen[:, None, None, None, :], s, F32(-np.inf))  # no boolean indexing: it syncs a device
         top = s.max(axis=-1, keepdims=True)
         s -= np.where(np.isfinite(top), top, F32(0))
         np.exp(s, out=s)

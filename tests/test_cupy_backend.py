@@ -134,6 +134,21 @@ def test_generation_matches_numpy(model, graphs, request):
     np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-5)
 
 
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graph-replay"])
+def test_batched_steps_match_numpy(tiny_q8, graphs):
+    """Two sequences over a paged cache: a prefill step (masked attention), then decode steps (paged_attn)."""
+    from pyggml.model.batch import Entry
+    logits = []
+    for backend in (NumpyBackend(), device(cuda_graphs=graphs)):
+        bc = Model(tiny_q8, n_ctx=64, backend=backend).batch_context(8)
+        seqs = [bc.cache.new_sequence() for _ in range(2)]
+        steps = [bc.step([Entry(seqs[0], [1, 2, 3]), Entry(seqs[1], [4, 5])])]
+        for token in (6, 7, 8):
+            steps.append(bc.step([Entry(seqs[0], [token]), Entry(seqs[1], [token + 3])]))
+        logits.append(np.array(steps))
+    np.testing.assert_allclose(logits[1], logits[0], atol=1e-5)
+
+
 def decode_plan(model: Model):
     return next(p for key, (p, _) in model.context._plans.items() if key[0] == 1)
 
