@@ -69,3 +69,12 @@ def test_decode_step_on_the_numba_backend_has_fewer_nodes_and_the_same_logits(tm
     # per layer: two norms, the attention output's permute (a view node) and copy; once: the final norm and
     # both last-row gathers
     assert plain - fused == 4 * cfg.n_layer + 3
+
+
+@pytest.mark.parametrize("shape", [(1, 16), (3, 16), (2, 3, 16)])
+def test_rms_norm_mul_kernel_of_the_numba_backend_equals_the_formula(shape):
+    x, w = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+    plan = pg.compile([pg.mul(pg.rms_norm(pg.from_numpy(x), 1e-5), pg.from_numpy(w))], NumbaBackend())
+    assert [n.op for n in plan.graph.nodes] == ["rms_norm_mul"]
+    want = x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-5) * w
+    np.testing.assert_allclose(plan.run()[0], want, rtol=1e-5, atol=1e-6)
