@@ -1,6 +1,6 @@
 """Aggregate decode tokens/s of batched decode at several concurrencies, and KV memory paged vs preallocated.
 
-    python examples/bench_batch.py [--model smollm2-135m] [--batches 1 2 4 8 16] [--tokens 128] [--repeats 3]
+    python examples/bench_batch.py [--model smollm2-135m] [--batches 1 2 4 8 16] [--tokens 128] [--repeats 4]
 """
 from __future__ import annotations
 
@@ -34,6 +34,15 @@ def decode_rate(bc: BatchContext, prompts: list[list[int]], n_tokens: int) -> tu
     return len(prompts) * timed / wall, len(prompts) * timed / cpu
 
 
+def paired_rates(model, b: int, n_tokens: int, second_first: bool) -> list[tuple[float, float]]:
+    """[1-sequence rates, b-sequence rates], run in this order or (second_first) the other: pairs alternate the
+    order, so that a drift of the machine's speed within a pair favours neither side (two runs in a row of the
+    same thing differ by up to 20% on a shared machine)."""
+    order = (b, 1) if second_first else (1, b)
+    runs = [decode_rate(context(model, n, n_tokens), prompts(model, n), n_tokens) for n in order]
+    return runs[::-1] if second_first else runs
+
+
 def context(model, n_seqs: int, n_tokens: int) -> BatchContext:
     """A batch context with room for n_seqs sequences of a short prompt and n_tokens more."""
     return model.batch_context(n_seqs * -(-(n_tokens + 32) // 16))
@@ -60,14 +69,15 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--ctx", type=int, default=2048)
-    ap.add_argument("-r", "--repeats", type=int, default=1, help="pairs of runs per batch size (medians reported)")
+    ap.add_argument("-r", "--repeats", type=int, default=2,
+                    help="pairs of runs per batch size, alternating which runs first (medians reported)")
     args = ap.parse_args()
     model = pyggml.load(args.model, n_ctx=args.ctx)
-    print("| sequences | aggregate decode tok/s (wall) | per sequence | 1 sequence just before | ratio | "
+    print("| sequences | aggregate decode tok/s (wall) | per sequence | 1 sequence next to it | ratio | "
           "ratio by CPU time |\n|---|---|---|---|---|---|")
-    for b in args.batches:  # each run is paired with a 1-sequence run made just before it, under the same load
-        pairs = [[decode_rate(context(model, n, args.tokens), prompts(model, n), args.tokens) for n in (1, b)]
-                 for _ in range(args.repeats)]
+    decode_rate(context(model, 1, 8), prompts(model, 1), 8)  # warm-up: numba loads its kernels on first use
+    for b in args.batches:  # each run is paired with a 1-sequence run made next to it, under the same load
+        pairs = [paired_rates(model, b, args.tokens, second_first=r % 2 == 1) for r in range(args.repeats)]
         one, rate = (float(np.median([p[i][0] for p in pairs])) for i in (0, 1))
         ratio, cpu_ratio = (float(np.median([p[1][i] / p[0][i] for p in pairs])) for i in (0, 1))
         print(f"| {b} | {rate:.1f} | {rate / b:.1f} | {one:.1f} | {ratio:.2f}x | {cpu_ratio:.2f}x |", flush=True)
