@@ -1,6 +1,8 @@
-"""Aggregate decode tokens/s of batched decode at several concurrencies, and KV memory paged vs preallocated.
+"""Aggregate decode tokens/s of batched decode at several concurrencies, and KV memory paged vs preallocated;
+with --weights, a decode step's weight products alone at each batch size (how far they let batching scale).
 
     python examples/bench_batch.py [--model smollm2-135m] [--batches 1 2 4 8 16] [--tokens 128] [--repeats 4]
+    python examples/bench_batch.py --weights [--batches 1 2 4 8 16]
 """
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ import time
 import numpy as np
 
 import pyggml
+from pyggml import DType, compile as compile_plan, input_tensor, mul_mat, view
 from pyggml.model.batch import BatchContext, Entry
+from pyggml.model.profile import placed_weights, step_plan
 
 PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "The best way to learn is",
            "In 1492, Columbus", "Water boils at", "My favourite food is", "The theory of relativity"]
@@ -63,6 +67,33 @@ def kv_memory(model, bc: BatchContext, lengths: list[int]) -> tuple[int, int]:
     return paged, len(lengths) * model.cache.nbytes
 
 
+def weight_plan(model, n_rows: int):
+    """A plan holding only a decode step's weight products, each with n_rows activation rows, on the model's
+    backend (the kernels a batched step of n_rows sequences runs), and its input values. Each product's output
+    is one element of it, so that a run downloads nothing big."""
+    weights = list(placed_weights(step_plan(model.context, [0])))
+    xs = {k: input_tensor((n_rows, k), DType.F32, f"x_{k}") for k in {w.shape[-1] for w in weights}}
+    plan = compile_plan([view(mul_mat(w, xs[w.shape[-1]]), (1,)) for w in weights], model.backend)
+    return plan, {x: np.ones(x.shape, np.float32) for x in xs.values()}
+
+
+def print_weight_products(model, batches: list[int], repeats: int) -> None:
+    """A decode step's weight products at each batch size, against one row (the step's ratio cannot pass it);
+    the sizes take turns, so that a drift of the machine's speed reaches them all."""
+    plans = {b: weight_plan(model, b) for b in sorted({1, *batches})}
+    times = {b: [] for b in plans}
+    for _ in range(repeats + 1):  # the first round loads the kernels
+        for b, (plan, values) in plans.items():
+            t0 = time.perf_counter()
+            plan.run(values)
+            times[b].append(time.perf_counter() - t0)
+    one = float(np.median(times[1][1:]))
+    print(f"| rows | weight products (ms, median of {repeats}) | vs 1 row | rows per 1-row time |\n|---|---|---|---|")
+    for b in batches:
+        t = float(np.median(times[b][1:]))
+        print(f"| {b} | {t * 1e3:.2f} | {t / one:.2f}x | {b * one / t:.2f}x |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -71,8 +102,11 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=2048)
     ap.add_argument("-r", "--repeats", type=int, default=2,
                     help="pairs of runs per batch size, alternating which runs first (medians reported)")
+    ap.add_argument("--weights", action="store_true", help="time the weight products alone instead")
     args = ap.parse_args()
     model = pyggml.load(args.model, n_ctx=args.ctx)
+    if args.weights:
+        return print_weight_products(model, args.batches, 10 * args.repeats)
     print("| sequences | aggregate decode tok/s (wall) | per sequence | 1 sequence next to it | ratio | "
           "ratio by CPU time |\n|---|---|---|---|---|---|")
     decode_rate(context(model, 1, 8), prompts(model, 1), 8)  # warm-up: numba loads its kernels on first use

@@ -86,3 +86,17 @@ def test_bench_matvec_prints_a_row_per_type_and_row_count():
                       "-r", "1", cwd=EXAMPLES)
     rows = [line.split(" | ")[:2] for line in out.splitlines() if line.startswith("| Q")]
     assert rows == [["| Q4_0", "1"], ["| Q4_0", "8"], ["| Q6_K", "1"], ["| Q6_K", "8"]]
+
+
+def test_bench_batch_prints_rates_and_weight_products(tmp_path):
+    synthetic = _load_example("synthetic_gguf")
+    path = tmp_path / "s.gguf"
+    synthetic.write(path, synthetic.Shape(n_layer=2, n_embd=64, n_ff=96, n_head=4, n_head_kv=2, n_vocab=300,
+                                          tied=False), gguf.GGMLQuantizationType.Q8_0)
+    args = ("--model", str(path), "--batches", "1", "3", "--ctx", "64", "-r", "1")
+    out = run_example("bench_batch.py", *args, "--tokens", "3", cwd=EXAMPLES)
+    assert [line.split(" | ")[0] for line in out.splitlines() if line[:3] in ("| 1", "| 3")] == ["| 1", "| 3"]
+    assert "KV memory of 16 sequences" in out and "paged" in out
+    out = run_example("bench_batch.py", *args, "--weights", cwd=EXAMPLES)
+    rows = [line.split(" | ") for line in out.splitlines() if line[:3] in ("| 1", "| 3")]
+    assert [r[0] for r in rows] == ["| 1", "| 3"] and rows[0][2] == "1.00x"
