@@ -22,6 +22,9 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit (-100: banned)
 
 
+TOP_P_FIRST = 64  # candidates top_p looks at first
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """log p of each token under the model's distribution."""
     z = logits.astype(np.float64) - logits.max()
@@ -52,12 +55,13 @@ def apply_penalties(logits: np.ndarray, history: Sequence[int], p: SamplingParam
 
 
 def top_k(ids: np.ndarray, logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the k largest logits, sorted descending (k <= 0 keeps all, sorted)."""
-    if 0 < k < len(logits):
-        keep = np.argpartition(-logits, k - 1)[:k]
-        ids, logits = ids[keep], logits[keep]
-    order = np.argsort(-logits, kind="stable")
-    return ids[order], logits[order]
+    """Keep the k largest logits, sorted descending (k <= 0 keeps all, in their order: sorting a whole
+    vocabulary took 5 ms a token)."""
+    if not 0 < k < len(logits):
+        return ids, logits
+    keep = np.argpartition(-logits, k - 1)[:k]
+    order = np.argsort(-logits[keep], kind="stable")
+    return ids[keep][order], logits[keep][order]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -66,12 +70,20 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def top_p(ids: np.ndarray, logits: np.ndarray, p: float) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the smallest sorted prefix whose probability reaches p (at least one token)."""
+    """Keep the smallest set of most probable tokens whose probability reaches p (at least one), sorted
+    descending. Found among the k most probable for k = 64, 512, ...: the whole vocabulary is sorted only when
+    the set needs it."""
     if p >= 1.0:
         return ids, logits
-    cum = np.cumsum(softmax(logits))
-    n = int(np.searchsorted(cum, p)) + 1
-    return ids[:n], logits[:n]
+    probs, k = softmax(logits), min(TOP_P_FIRST, len(logits))
+    while True:
+        best = np.argpartition(-probs, k - 1)[:k] if k < len(probs) else np.arange(len(probs))
+        best = best[np.argsort(-probs[best], kind="stable")]
+        cum = np.cumsum(probs[best])
+        if cum[-1] >= p or k == len(probs):
+            keep = best[:min(int(np.searchsorted(cum, p)) + 1, k)]
+            return ids[keep], logits[keep]
+        k = min(8 * k, len(probs))
 
 
 def min_p(ids: np.ndarray, logits: np.ndarray, p: float) -> tuple[np.ndarray, np.ndarray]:

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from pyggml.model.sampling import Sampler, SamplingParams
+from pyggml.model.sampling import Sampler, SamplingParams, top_p
 
 LOGITS = np.log(np.array([0.5, 0.2, 0.15, 0.1, 0.05], np.float32))
 OFF = dict(top_k=0, top_p=1.0, min_p=0.0)
@@ -43,6 +44,18 @@ def test_top_k_keeps_k_largest_renormalised():
 def test_top_p_keeps_smallest_prefix_reaching_p():
     assert set(survivors(temperature=1.0, **{**OFF, "top_p": 0.8})) == {0, 1, 2}  # 0.5+0.2 < 0.8 <= 0.85
     assert set(survivors(temperature=1.0, **{**OFF, "top_p": 0.5})) == {0}
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9, 0.999])
+def test_top_p_on_a_large_vocabulary_keeps_the_prefix_a_full_sort_gives(p):
+    """top_p looks at growing partitions instead of sorting everything: the kept set is the full sort's."""
+    logits = np.random.default_rng(5).standard_normal(5000).astype(np.float32) * 2
+    probs = np.exp(logits.astype(np.float64) - logits.max())
+    probs /= probs.sum()
+    order = np.argsort(-probs, kind="stable")
+    n = int(np.searchsorted(np.cumsum(probs[order]), p)) + 1
+    ids, kept = top_p(np.arange(5000), logits, p)
+    assert ids.tolist() == order[:n].tolist() and np.array_equal(kept, logits[ids])
 
 
 def test_min_p_keeps_tokens_above_fraction_of_best():
