@@ -122,16 +122,15 @@ class Engine:
             self.step()
 
     def step(self) -> None:
-        """One round: retire cancelled requests, admit waiting ones, a prefill chunk, then a decode step."""
+        """One round: retire cancelled requests, admit waiting ones, then one step of every running sequence's next
+        token and a chunk of the prompts not yet evaluated (one pass over the weights for both)."""
         for req in [r for r in self.active if r.cancelled.is_set()]:
             self._finish(req, "cancelled")
         self._admit()
-        prefill = self._prefill_entries()
-        if prefill:
-            self._run(prefill)
         decode = [(r, Entry(r.seq, r.tokens[-1:])) for r in self.active if r.prefilled and r.tokens]
-        if decode:
-            self._run(decode)
+        work = decode + self._prefill_entries()
+        if work:
+            self._run(work)
 
     def _admit(self) -> None:
         """Move waiting requests into the batch while slots and blocks allow, sharing a common prefix."""

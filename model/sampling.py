@@ -116,4 +116,7 @@ class Sampler:
     def sample(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
         """The next token id."""
         ids, probs = self.candidates(logits, history)
-        return int(ids[0]) if len(ids) == 1 else int(self.rng.choice(ids, p=probs))
+        if len(ids) == 1:
+            return int(ids[0])
+        cum = np.cumsum(probs)  # the inverse of the distribution function (rng.choice's checks of p took 0.3 ms)
+        return int(ids[min(int(np.searchsorted(cum, self.rng.random() * cum[-1], side="right")), len(ids) - 1)])
