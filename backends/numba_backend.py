@@ -1,9 +1,9 @@
 """The compiled CPU backend: quantized weights stay GGUF blocks and mul_mat reads them with numba kernels.
 
 A weight read by mul_mat keeps its memory-mapped blocks (F16 weights stay F16); a step with up to
-BLOCK_KERNEL_MAX_ROWS activation rows (decode, batched decode) runs the block kernels of numba_quants.py, a
-longer one (prefill) dequantizes a panel of weight rows at a time into a reused scratch and multiplies it with
-BLAS. paged_attn and rms_norm_mul have numba kernels too (numba_kernels.py); every other op is the NumPy
+BLOCK_KERNEL_MAX_ROWS activation rows (decode, batched decode, prefill chunks) runs the block kernels of
+numba_quants.py, a longer one dequantizes a panel of weight rows at a time into a reused scratch and multiplies
+it with BLAS. paged_attn and rms_norm_mul have numba kernels too (numba_kernels.py); every other op is the NumPy
 backend's kernel.
 """
 from __future__ import annotations
@@ -24,9 +24,10 @@ from .numpy_backend import NumpyBackend
 from .numpy_kernels import KERNELS, mul_mat as numpy_mul_mat
 from .numba_quants import BLOCK_TYPES, block_product, dequantize_into
 
-BLOCK_KERNEL_MAX_ROWS = 32  # activation rows up to which the block kernels beat dequantized panels + BLAS
-# (examples/bench_matvec.py: the dequantize-once path ties with panels + BLAS at 32 rows of a 2048 x 2048 Q4_0
-# weight and is 1.6x faster at 32 rows of SmolLM2's 1536 x 576)
+BLOCK_KERNEL_MAX_ROWS = 256  # activation rows up to which the block kernels beat dequantized panels + BLAS
+# (examples/bench_matvec.py, with one task per thread and the one-row tile: the dequantize-once path is faster at
+# 256 rows, 2.5 against 3.5 ms for SmolLM2's 1536 x 576 Q4_1, 52 against 80 ms for 4096 x 4096 Q4_0, and ties at
+# 512)
 PANEL_ELEMENTS = 1 << 20  # weight elements dequantized at a time on the prefill path (4 MiB of F32)
 
 
@@ -35,9 +36,10 @@ _THREAD = threading.local()
 
 
 def one_blas_thread(factory: Callable) -> Callable:
-    """A kernel factory whose steps with few rows (a decode step's attention products) run BLAS on one thread:
-    woken for them, BLAS's second thread spins against numba's between the block mat-vecs (Gemma 3's decode
-    went from 3 to 20 tok/s with its ring cache)."""
+    """A kernel factory whose steps in a step of the block kernels' size (its attention products) run BLAS on
+    one thread: woken for them, BLAS's second thread spins against numba's between the block products (Gemma
+    3's decode went from 3 to 20 tok/s with its ring cache; SmolLM2's pp256 ran at 225 tok/s with two BLAS
+    threads and 525 with one)."""
     def make(node: Tensor, out: np.ndarray, *srcs: np.ndarray) -> Callable[[], None]:
         step = factory(node, out, *srcs)
         if node.shape[-2] > BLOCK_KERNEL_MAX_ROWS:

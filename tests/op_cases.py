@@ -60,8 +60,8 @@ CASES: dict[str, list[Case]] = {
                                      r(g, 3, 8)),
                 # weights as stored in a GGUF (every block type, F16): 7 rows (a partial group of four for the
                 # numba kernels), 1 activation row (block mat-vec), 3 and 6 (rows dequantized once: one-row and
-                # four-row tiles), 40 (panels and BLAS)
-                *[lambda g, t=t, n=n: stored_product(g, t, n) for t in STORED_TYPES for n in (1, 3, 6, 40)]],
+                # four-row tiles), 300 (panels and BLAS)
+                *[lambda g, t=t, n=n: stored_product(g, t, n) for t in STORED_TYPES for n in (1, 3, 6, 300)]],
     **{op: [lambda g, op=op: getattr(pg, op)(r(g, 4, 6, 8), r(g, 6, 8)),
             lambda g, op=op: getattr(pg, op)(pg.permute(r(g, 8, 6, 4), 2, 1, 0), r(g, 1, 8))]
        for op in ("add", "sub", "mul")},
