@@ -56,6 +56,7 @@ def _paged_attn(q, k, v, rows, scale, softcap, out):
                     for d in range(vr.shape[0]):
                         os[g, d] += p * vr[d]
 
+
 def paged_attn(node: Tensor, out: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
                rows: np.ndarray) -> Callable[[], None]:
     """paged_attn through the numba kernel for an F32 cache; an F16 one goes through the NumPy kernel."""
