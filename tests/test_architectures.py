@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pyggml.graph.errors import PyggmlError
+from pyggml.model.batch import Entry
 from pyggml.model.model import Model
 from synthetic_llama import TinyLlama, make_weights, reference_logits, write_gguf
 
@@ -85,6 +86,21 @@ def test_uncached_matches_numpy_forward(case, tokens):
     cfg, weights, path, _ = case
     got = Model(path, n_ctx=64).context.eval_uncached(tokens.tolist(), all_logits=True)
     np.testing.assert_allclose(got, reference_logits(cfg, weights, tokens), **TOL)
+
+
+def test_batched_steps_match_numpy_forward(case, tokens):
+    """Two sequences of different lengths prefilled in one step, then decoded together (paged_attn reading each
+    one's own cache rows), against the transcription of each."""
+    cfg, weights, path, _ = case
+    bc = Model(path, n_ctx=64).batch_context(8)
+    texts, starts = (tokens.tolist(), tokens[::-1].tolist()), (5, 2)
+    seqs = [bc.cache.new_sequence() for _ in texts]
+    got = [[row] for row in bc.step([Entry(s, t[:n]) for s, t, n in zip(seqs, texts, starts)])]
+    for i in range(4):
+        for rows, row in zip(got, bc.step([Entry(s, t[n + i:n + i + 1]) for s, t, n in zip(seqs, texts, starts)])):
+            rows.append(row)
+    for rows, text, n in zip(got, texts, starts):
+        np.testing.assert_allclose(np.stack(rows), reference_logits(cfg, weights, np.array(text))[n - 1:n + 4], **TOL)
 
 
 def test_chat_template_renders_through_jinja2(case):
