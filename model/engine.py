@@ -1,6 +1,7 @@
 """Engine: continuous batching over a paged KV cache. Requests wait in a bounded queue, are admitted while
-slots and KV blocks allow, prefill in chunks, then decode together one token per step; each yields its own
-events. Finished, cancelled and failed requests give their blocks back."""
+slots and KV blocks allow, and step together: each step carries every running sequence's next token and a chunk
+of the prompts not yet evaluated; each request yields its own events (with log-probabilities when asked).
+Finished, cancelled and failed requests give their blocks back."""
 from __future__ import annotations
 
 import collections
@@ -9,6 +10,8 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 from typing import TYPE_CHECKING
 
 from pyggml.graph.errors import PyggmlError
@@ -16,7 +19,7 @@ from pyggml.graph.errors import PyggmlError
 from .batch import Entry
 from .generation import TextPieces
 from .paged_cache import BLOCK_SIZE, SeqBlocks
-from .sampling import Sampler, SamplingParams
+from .sampling import Sampler, SamplingParams, log_softmax
 
 if TYPE_CHECKING:
     from .model import Model
@@ -29,12 +32,30 @@ class QueueFull(PyggmlError):
 
 
 @dataclass
+class TokenLogprob:
+    """A sampled token's log-probability under the model, and the most likely tokens' (id, log-probability)."""
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+def token_logprob(logits: np.ndarray, token: int, n_top: int) -> TokenLogprob:
+    """The log-probabilities of token and of the n_top most likely tokens, most likely first."""
+    lp = log_softmax(logits)
+    n_top = min(n_top, len(lp))
+    best = np.argpartition(-lp, n_top - 1)[:n_top] if n_top else np.arange(0)
+    best = best[np.argsort(-lp[best], kind="stable")]
+    return TokenLogprob(token, float(lp[token]), [(int(i), float(lp[i])) for i in best])
+
+
+@dataclass
 class Event:
     """A request's progress: a token and the text it completes; the last event has a finish_reason."""
     token: int | None
     text: str = ""
     finish_reason: str | None = None  # "stop", "length", "cancelled" or "error"
     error: str | None = None
+    logprob: TokenLogprob | None = None  # when the request asked for log-probabilities
 
 
 @dataclass
@@ -52,6 +73,7 @@ class Request:
     timings: dict[str, float] = field(default_factory=dict)
     events: queue.Queue = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    logprobs: int | None = None  # None: no log-probabilities; else each token's and this many top ones
 
     def cancel(self) -> None:
         """Ask the engine to stop this request and free its blocks (thread-safe)."""
@@ -87,15 +109,17 @@ class Engine:
         self._stopping = False
 
     def submit(self, prompt_ids: Sequence[int], max_tokens: int = 128, sampling: SamplingParams | None = None,
-               stop: Sequence[str] = (), events=None) -> Request:
-        """Queue a request (its events go to `events`, anything with put(), or to its own queue); PyggmlError
-        if it can never fit, QueueFull if the queue is full."""
+               stop: Sequence[str] = (), events=None, logprobs: int | None = None) -> Request:
+        """Queue a request (its events go to `events`, anything with put(), or to its own queue; with logprobs,
+        each token's event carries its log-probability and that many top ones); PyggmlError if it can never
+        fit, QueueFull if the queue is full."""
         if max_tokens < 1:
             raise PyggmlError(f"max_tokens must be at least 1, not {max_tokens}")
         if not prompt_ids or len(prompt_ids) >= self.n_ctx:
             raise PyggmlError(f"the prompt has {len(prompt_ids)} tokens; the context holds {self.n_ctx}")
         req = Request(list(prompt_ids), max_tokens, Sampler(sampling), TextPieces(self.model.tokenizer, stop))
         req.events = events if events is not None else req.events
+        req.logprobs = logprobs
         if self._budget(req) > self.cache.n_blocks - 1:
             raise PyggmlError(f"the request needs {self._budget(req)} KV blocks; "
                               f"the pool has {self.cache.n_blocks - 1}")
@@ -177,17 +201,18 @@ class Engine:
         for (req, _), row in zip(work, logits):
             if row is not None:
                 try:
-                    self._accept(req, req.sampler.sample(row, req.prompt_ids + req.tokens))
+                    self._accept(req, req.sampler.sample(row, req.prompt_ids + req.tokens), row)
                 except Exception as exc:
                     self._finish(req, "error", f"{type(exc).__name__}: {exc}")
 
-    def _accept(self, req: Request, token: int) -> None:
+    def _accept(self, req: Request, token: int, logits: np.ndarray) -> None:
         """Record a sampled token, emit its text, and finish the request when it is done."""
         req.timings.setdefault("first_token", time.perf_counter())
         req.tokens.append(token)
         piece = req.pieces.feed(token)
         req.text += piece
-        req.events.put(Event(token, piece))
+        logprob = None if req.logprobs is None else token_logprob(logits, token, req.logprobs)
+        req.events.put(Event(token, piece, logprob=logprob))
         if req.pieces.finish_reason:
             self._finish(req, req.pieces.finish_reason)
         elif len(req.tokens) >= req.max_tokens or len(req.prompt_ids) + len(req.tokens) >= self.n_ctx:

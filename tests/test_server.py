@@ -10,6 +10,7 @@ import time
 from contextlib import contextmanager
 from urllib.parse import urlparse
 
+import numpy as np
 import openai
 import pytest
 import uvicorn
@@ -103,13 +104,40 @@ def test_openai_client_gets_what_generate_gives(smollm2):
         assert health(url)["kv_blocks_used"] == 0
 
 
+def test_logprobs_are_the_models_and_come_in_both_shapes(smollm2):
+    """Completions' logprobs (tokens, token_logprobs, top_logprobs, text_offset) and chat's (content entries with
+    bytes and top_logprobs), whole and streamed, against generate's own log-probabilities (the single path)."""
+    prompt = "The capital of France is"
+    smollm2.reset()
+    want = smollm2.generate(prompt, max_tokens=6, temperature=0, logprobs=True)
+    with serving(smollm2, n_parallel=2, n_ctx=256) as (url, _):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
+        done = client.completions.create(model="m", prompt=prompt, max_tokens=6, temperature=0, logprobs=3)
+        lp = done.choices[0].logprobs
+        assert "".join(lp.tokens) == done.choices[0].text == want.text
+        np.testing.assert_allclose(lp.token_logprobs, want.logprobs, atol=1e-3)
+        assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+        for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+            assert len(top) == 3 and top[token] == logprob == max(top.values())  # greedy: the most likely
+        chunks = list(client.chat.completions.create(model="m", messages=[{"role": "user", "content": prompt}],
+                                                     max_tokens=6, temperature=0, logprobs=True, top_logprobs=2,
+                                                     stream=True))
+        entries = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+        assert len(entries) == 6 and "".join(e.token for e in entries) == "".join(
+            c.choices[0].delta.content or "" for c in chunks if c.choices)
+        for e in entries:
+            assert bytes(e.bytes).decode() == e.token and len(e.top_logprobs) == 2
+            assert e.top_logprobs[0].logprob == e.logprob >= e.top_logprobs[1].logprob
+        assert client.completions.create(model="m", prompt=prompt, max_tokens=2).choices[0].logprobs is None
+
+
 BAD = [("{not json", "body"), ('["a list"]', "body"), ('{"prompt": ""}', "prompt"), ('{"prompt": 5}', "prompt"),
        ('{"prompt": "hi", "max_tokens": "8"}', "max_tokens"), ('{"prompt": "hi", "max_tokens": 0}', "max_tokens"),
        ('{"prompt": "hi", "temperature": 3}', "temperature"), ('{"prompt": "hi", "n": 2}', "n"),
        ('{"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}', "stop"), ('{"prompt": [1, 99999]}', "prompt"),
        ('{"prompt": "hi", "stream": "yes"}', "stream"), ('{"prompt": "hi", "logit_bias": {"x": 1}}', "logit_bias"),
        ('{"prompt": "hi", "logit_bias": {"5": 101}}', "logit_bias"),
-       ('{"prompt": "hi", "logit_bias": {"99999": 1}}', "logit_bias")]
+       ('{"prompt": "hi", "logit_bias": {"99999": 1}}', "logit_bias"), ('{"prompt": "hi", "logprobs": 21}', "logprobs")]
 
 
 def test_bad_input_gets_400_with_an_openai_error_body(tiny):
@@ -121,6 +149,9 @@ def test_bad_input_gets_400_with_an_openai_error_body(tiny):
             assert error["type"] == "invalid_request_error" and error["param"] in (param, None), body
         status, answer = call(url, "/v1/chat/completions", {"messages": "hi"})
         assert status == 400 and answer["error"]["param"] == "messages"
+        status, answer = call(url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                                                            "top_logprobs": 2})
+        assert status == 400 and answer["error"]["param"] == "top_logprobs"
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=30)
         with pytest.raises(openai.BadRequestError) as e:
             client.completions.create(model="m", prompt="x" * 64, max_tokens=4)

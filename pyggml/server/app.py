@@ -3,6 +3,7 @@ events, as one JSON body or as server-sent events; a client that goes away cance
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -14,7 +15,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from pyggml.graph.errors import PyggmlError
-from pyggml.model.engine import Engine, Event, QueueFull
+from pyggml.model.engine import Engine, Event, QueueFull, TokenLogprob
 from pyggml.model.engine import Request as EngineRequest
 from pyggml.model.model import Model
 
@@ -29,14 +30,17 @@ class Shape:
     id_prefix: str
     obj: str
     chunk_obj: str
-    choice: Callable[[str, str | None], dict]
-    chunk: Callable[[str, str | None], dict]
+    choice: Callable[[str, str | None, dict | None], dict]  # (text, finish reason, logprobs)
+    chunk: Callable[[str, str | None, dict | None], dict]
+    logprobs: Callable[[list[TokenLogprob], api.Piece, int], dict]  # (entries, token bytes, text offset)
     param: str  # the field a too-long prompt is blamed on
 
 
-TEXT = Shape("cmpl", "text_completion", "text_completion", api.text_choice, api.text_choice, "prompt")
+TEXT = Shape("cmpl", "text_completion", "text_completion", api.text_choice, api.text_choice,
+             api.completion_logprobs, "prompt")
 CHAT = Shape("chatcmpl", "chat.completion", "chat.completion.chunk", api.message_choice,
-             lambda text, reason: api.delta_choice({"content": text} if text else {}, reason), "messages")
+             lambda text, reason, lp=None: api.delta_choice({"content": text} if text else {}, reason, lp),
+             api.chat_logprobs, "messages")
 
 
 class AsyncSink:
@@ -85,7 +89,7 @@ def create_app(model: Model, engine: Engine, model_name: str) -> FastAPI:
         body = await read_body(request)
         text = model.apply_chat_template(api.chat_messages(body))
         params = api.parse_params(body, text, model.hparams.n_vocab, ("max_tokens", "max_completion_tokens"),
-                                  engine.n_ctx)
+                                  engine.n_ctx, chat=True)
         return await answer(request, engine, model_name, prompt_ids(model, engine, text, CHAT), params, CHAT)
     return app
 
@@ -128,7 +132,8 @@ def submit(engine: Engine, ids: list[int], params: api.Params) -> tuple[EngineRe
     """Hand the request to the engine: 503 when its queue is full, 400 when it can never fit."""
     sink = AsyncSink()
     try:
-        return engine.submit(ids, params.max_tokens, params.sampling, params.stop, events=sink), sink
+        return engine.submit(ids, params.max_tokens, params.sampling, params.stop, events=sink,
+                             logprobs=params.logprobs), sink
     except QueueFull as e:
         raise api.APIError(503, f"the server is busy: {e}; retry later", code="queue_full",
                            kind="server_error") from None
@@ -139,17 +144,19 @@ def submit(engine: Engine, ids: list[int], params: api.Params) -> tuple[EngineRe
 async def answer(request: Request, engine: Engine, name: str, ids: list[int], params: api.Params, shape: Shape):
     """The whole completion as one body, or a stream of server-sent events."""
     req, sink = submit(engine, ids, params)
-    rid = api.new_id(shape.id_prefix)
+    rid, piece = api.new_id(shape.id_prefix), token_bytes(engine)
     if params.stream:
-        return StreamingResponse(stream(req, sink, name, rid, len(ids), params, shape),
+        return StreamingResponse(stream(req, sink, name, rid, len(ids), params, shape, piece),
                                  media_type="text/event-stream")
     watcher = asyncio.create_task(cancel_when_gone(request, req))
     try:
-        event = Event(None)
+        event, entries = Event(None), []
         while not event.finish_reason:
             event = await sink.queue.get()
+            entries += [event.logprob] if event.logprob is not None else []
         failed(event)
-        return api.envelope(rid, shape.obj, name, shape.choice(req.text, event.finish_reason),
+        logprobs = None if params.logprobs is None else shape.logprobs(entries, piece, 0)
+        return api.envelope(rid, shape.obj, name, shape.choice(req.text, event.finish_reason, logprobs),
                             api.usage(len(ids), len(req.tokens)))
     finally:
         watcher.cancel()
@@ -175,9 +182,16 @@ def sse(body: dict) -> str:
     return f"data: {json.dumps(body)}\n\n"
 
 
+def token_bytes(engine: Engine) -> api.Piece:
+    """A token id's bytes as the model's tokenizer writes them, special tokens included."""
+    return functools.partial(engine.model.tokenizer.token_to_piece, special=True)
+
+
 async def stream(req: EngineRequest, sink: AsyncSink, name: str, rid: str, n_prompt: int, params: api.Params,
-                 shape: Shape) -> AsyncIterator[str]:
-    """Server-sent events: a chunk per piece of text, the finish reason, usage if asked for, then [DONE]."""
+                 shape: Shape, piece: api.Piece) -> AsyncIterator[str]:
+    """Server-sent events: a chunk per piece of text (and per token, with its log-probabilities, when asked),
+    the finish reason, usage if asked for, then [DONE]."""
+    offset = 0  # of the next token's text in the completion, for logprobs' text_offset
     try:
         if shape is CHAT:
             yield sse(api.envelope(rid, shape.chunk_obj, name, api.delta_choice({"role": "assistant", "content": ""},
@@ -190,8 +204,13 @@ async def stream(req: EngineRequest, sink: AsyncSink, name: str, rid: str, n_pro
                 except api.APIError as e:
                     yield sse(e.body())
                 break
-            if event.text or event.finish_reason:
-                yield sse(api.envelope(rid, shape.chunk_obj, name, shape.chunk(event.text, event.finish_reason)))
+            logprobs = None
+            if event.logprob is not None:
+                logprobs = shape.logprobs([event.logprob], piece, offset)
+                offset += len(api.token_text(piece, event.token))
+            if event.text or event.finish_reason or logprobs:
+                yield sse(api.envelope(rid, shape.chunk_obj, name,
+                                       shape.chunk(event.text, event.finish_reason, logprobs)))
             if event.finish_reason:
                 if params.include_usage:
                     use = api.usage(n_prompt, len(req.tokens))

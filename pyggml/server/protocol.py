@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyggml.model.engine import TokenLogprob
 from pyggml.model.sampling import SamplingParams
 
 MAX_STOPS = 4
 MAX_BIAS = 100.0  # OpenAI's bound on a logit_bias value
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound on top_logprobs
 
 
 class APIError(Exception):
@@ -34,6 +36,7 @@ class Params:
     stop: list[str] = field(default_factory=list)
     stream: bool = False
     include_usage: bool = False
+    logprobs: int | None = None  # None: none asked; else each token's log-probability and this many top ones
 
 
 def _get(body: Mapping, name: str, kinds: type | tuple, default: Any = None, low: float | None = None,
@@ -78,8 +81,22 @@ def _logit_bias(body: Mapping, n_vocab: int) -> dict[int, float]:
     return {t: float(v) for t, v in parsed.items()}
 
 
+def _logprobs(body: Mapping, chat: bool) -> int | None:
+    """How many top log-probabilities a token's entry holds, or None when none are asked: completions' logprobs
+    (an integer), chat's logprobs (true) with top_logprobs."""
+    if not chat:
+        return _get(body, "logprobs", int, None, 0, MAX_TOP_LOGPROBS)
+    top = _get(body, "top_logprobs", int, None, 0, MAX_TOP_LOGPROBS)
+    if not _get(body, "logprobs", bool, False):
+        if top is not None:
+            raise APIError(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs")
+        return None
+    return top or 0
+
+
 def parse_params(body: Any, prompt: str | list[int], n_vocab: int,
-                 max_tokens_names: tuple[str, ...] = ("max_tokens",), default_max_tokens: int = 16) -> Params:
+                 max_tokens_names: tuple[str, ...] = ("max_tokens",), default_max_tokens: int = 16,
+                 chat: bool = False) -> Params:
     """Sampling and streaming fields common to both endpoints (token ids checked against n_vocab); n other than 1
     is refused."""
     if _get(body, "n", int, 1) != 1:
@@ -95,7 +112,7 @@ def parse_params(body: Any, prompt: str | list[int], n_vocab: int,
                               seed=_get(body, "seed", int), logit_bias=_logit_bias(body, n_vocab))
     options = _get(body, "stream_options", dict, {})
     return Params(prompt, max_tokens, sampling, _stop(body), _get(body, "stream", bool, False),
-                  bool(options.get("include_usage")))
+                  bool(options.get("include_usage")), _logprobs(body, chat))
 
 
 def need_object(body: Any) -> Mapping:
@@ -152,14 +169,40 @@ def envelope(rid: str, obj: str, model: str, choice: dict, use: dict | None = No
     return body
 
 
-def text_choice(text: str, finish_reason: str | None) -> dict:
-    return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+def text_choice(text: str, finish_reason: str | None, logprobs: dict | None = None) -> dict:
+    return {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
 
 
-def message_choice(text: str, finish_reason: str | None) -> dict:
-    return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+def message_choice(text: str, finish_reason: str | None, logprobs: dict | None = None) -> dict:
+    return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
             "finish_reason": finish_reason}
 
 
-def delta_choice(delta: dict, finish_reason: str | None) -> dict:
-    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+def delta_choice(delta: dict, finish_reason: str | None, logprobs: dict | None = None) -> dict:
+    return {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+
+
+Piece = Callable[[int], bytes]  # a token id's bytes
+
+
+def token_text(piece: Piece, token: int) -> str:
+    """A token's text (bytes that are not whole UTF-8 characters become U+FFFD)."""
+    return piece(token).decode("utf-8", errors="replace")
+
+
+def completion_logprobs(entries: list[TokenLogprob], piece: Piece, offset: int = 0) -> dict:
+    """/v1/completions' logprobs: tokens, their log-probabilities, the top ones as {token: logprob}, and each
+    token's offset in the text (from `offset`)."""
+    tokens = [token_text(piece, e.token) for e in entries]
+    offsets = [offset + sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+    return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [{token_text(piece, i): lp for i, lp in e.top} for e in entries], "text_offset": offsets}
+
+
+def chat_logprobs(entries: list[TokenLogprob], piece: Piece, offset: int = 0) -> dict:
+    """/v1/chat/completions' logprobs: per token its text, log-probability, bytes and top alternatives (offset:
+    unused, chat gives none)."""
+    def item(token: int, logprob: float) -> dict:
+        return {"token": token_text(piece, token), "logprob": logprob, "bytes": list(piece(token))}
+    return {"content": [{**item(e.token, e.logprob), "top_logprobs": [item(i, lp) for i, lp in e.top]}
+                        for e in entries], "refusal": None}
