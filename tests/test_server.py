@@ -137,7 +137,9 @@ BAD = [("{not json", "body"), ('["a list"]', "body"), ('{"prompt": ""}', "prompt
        ('{"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}', "stop"), ('{"prompt": [1, 99999]}', "prompt"),
        ('{"prompt": "hi", "stream": "yes"}', "stream"), ('{"prompt": "hi", "logit_bias": {"x": 1}}', "logit_bias"),
        ('{"prompt": "hi", "logit_bias": {"5": 101}}', "logit_bias"),
-       ('{"prompt": "hi", "logit_bias": {"99999": 1}}', "logit_bias"), ('{"prompt": "hi", "logprobs": 21}', "logprobs")]
+       ('{"prompt": "hi", "logit_bias": {"99999": 1}}', "logit_bias"), ('{"prompt": "hi", "logprobs": 21}', "logprobs"),
+       ('{"prompt": "hi", "echo": true}', "echo"), ('{"prompt": "hi", "best_of": 3}', "best_of"),
+       ('{"prompt": "hi", "response_format": {"type": "json_object"}}', "response_format")]
 
 
 def test_bad_input_gets_400_with_an_openai_error_body(tiny):

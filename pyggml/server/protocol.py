@@ -94,6 +94,22 @@ def _logprobs(body: Mapping, chat: bool) -> int | None:
     return top or 0
 
 
+UNSUPPORTED = {  # a field -> when a request's value of it asks for what this server does not do
+    "echo": lambda v: v is True,
+    "suffix": lambda v: bool(v),
+    "best_of": lambda v: v not in (None, 1),
+    "tools": lambda v: bool(v),
+    "response_format": lambda v: isinstance(v, Mapping) and v.get("type") not in (None, "text"),
+}
+
+
+def _refuse_unsupported(body: Mapping) -> None:
+    """A 400 for a field whose asked-for behaviour is not implemented (rather than an answer that ignores it)."""
+    for name, asks in UNSUPPORTED.items():
+        if asks(body.get(name)):
+            raise APIError(400, f"'{name}' with value {body.get(name)!r} is not supported by this server", name)
+
+
 def parse_params(body: Any, prompt: str | list[int], n_vocab: int,
                  max_tokens_names: tuple[str, ...] = ("max_tokens",), default_max_tokens: int = 16,
                  chat: bool = False) -> Params:
@@ -101,6 +117,7 @@ def parse_params(body: Any, prompt: str | list[int], n_vocab: int,
     is refused."""
     if _get(body, "n", int, 1) != 1:
         raise APIError(400, "only n=1 is supported", "n")
+    _refuse_unsupported(body)
     max_tokens = default_max_tokens
     for name in max_tokens_names:
         max_tokens = _get(body, name, int, max_tokens, low=1)
