@@ -163,6 +163,14 @@ def rotate(x0, x1, o0, o1, cos, sin) -> None:
     o0[...], o1[...] = r0, r1
 
 
+def softcap_into(s, cap: float) -> None:
+    """s = cap * tanh(s / cap) in place (the attention logit soft-cap; nothing when cap is 0)."""
+    if cap:
+        s /= F32(cap)
+        np.tanh(s, out=s)
+        s *= F32(cap)
+
+
 def attention_mask(mask: np.ndarray, mask_dtype, heads_lead: tuple[int, ...], scores_shape: tuple[int, ...],
                    max_bias: float):
     """A function returning the mask added to grouped scores (lead, Hkv, group, N, KV)."""
@@ -194,10 +202,7 @@ def flash_attn_ext(node: Tensor, out, q, k, v, mask=None):
         vf = as_f32(v, v_type)[..., :, None, :, :]
         s = np.matmul(q_g, np.swapaxes(kf, -1, -2))
         s *= scale
-        if softcap:
-            s /= F32(softcap)
-            np.tanh(s, out=s)
-            s *= F32(softcap)
+        softcap_into(s, softcap)
         if get_mask is not None:
             s += get_mask()
         softmax_into(s, s)
@@ -224,10 +229,7 @@ def paged_attn(node: Tensor, out, q, k, v, rows):
         vr = np.swapaxes(v[picked], 1, 2)[:, :, None]
         s = np.matmul(q_g[lo:hi], np.swapaxes(kr, -1, -2))  # (t, Hkv, G, 1, L)
         s *= scale
-        if softcap:
-            s /= F32(softcap)
-            np.tanh(s, out=s)
-            s *= F32(softcap)
+        softcap_into(s, softcap)
         s = np.where(seen[:, None, None, None, :], s, F32(-np.inf))  # no boolean indexing: it syncs a device
         top = s.max(axis=-1, keepdims=True)
         s -= np.where(np.isfinite(top), top, F32(0))

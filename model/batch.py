@@ -140,11 +140,8 @@ class BatchContext:
         if key in self._plans:
             self._plans.move_to_end(key)
         else:
-            inp = StepInputs.create(n_tok, n_out, dict(n_kv))
-            if paged:
-                inp.kq_mask = {}
-                inp.kv_rows = {w: input_tensor((n_tok, n), DType.I32, f"inp_kv_rows_{w or 'full'}") for w, n in n_kv}
-            else:
+            inp = StepInputs.create(n_tok, n_out, dict(n_kv), paged)
+            if not paged:
                 inp.kv_gather = {w: input_tensor((n,), DType.I32, f"inp_kv_gather_{w or 'full'}") for w, n in n_kv}
             self._plans[key] = (compile_plan(self.build(self.weights, self.hp, inp, self.cache), self.backend), inp)
             self.n_compiled += 1

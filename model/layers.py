@@ -28,12 +28,18 @@ class StepInputs:
     # reads (negative: none), for paged_attn instead of a mask over gathered rows
 
     @classmethod
-    def create(cls, n_tokens: int, n_out: int, n_kv: dict[int | None, int]) -> StepInputs:
-        """Inputs for T tokens, n_out logit rows and, per cache kind, an attended length n_kv."""
-        return cls(input_tensor((n_tokens,), DType.I32, "inp_tokens"), input_tensor((n_tokens,), DType.I32, "inp_pos"),
-                   input_tensor((n_out,), DType.I32, "inp_out_ids"),
-                   {w: input_tensor((n_tokens,), DType.I64, f"inp_kv_idx_{w or 'full'}") for w in n_kv},
-                   {w: input_tensor((n_tokens, n), DType.F32, f"inp_kq_mask_{w or 'full'}") for w, n in n_kv.items()})
+    def create(cls, n_tokens: int, n_out: int, n_kv: dict[int | None, int], paged: bool = False) -> StepInputs:
+        """Inputs for T tokens, n_out logit rows and, per cache kind, an attended length n_kv: a mask (T, n_kv),
+        or (paged) the rows each token reads (T, n_kv)."""
+        inp = cls(input_tensor((n_tokens,), DType.I32, "inp_tokens"), input_tensor((n_tokens,), DType.I32, "inp_pos"),
+                  input_tensor((n_out,), DType.I32, "inp_out_ids"),
+                  {w: input_tensor((n_tokens,), DType.I64, f"inp_kv_idx_{w or 'full'}") for w in n_kv})
+        for w, n in n_kv.items():
+            if paged:
+                inp.kv_rows[w] = input_tensor((n_tokens, n), DType.I32, f"inp_kv_rows_{w or 'full'}")
+            else:
+                inp.kq_mask[w] = input_tensor((n_tokens, n), DType.F32, f"inp_kq_mask_{w or 'full'}")
+        return inp
 
 
 def named(t: Tensor, name: str, il: int | None = None) -> Tensor:

@@ -1,6 +1,7 @@
 """The OpenAI API's request fields, checked, and its response and error bodies (no HTTP here)."""
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -74,8 +75,8 @@ def _logit_bias(body: Mapping, n_vocab: int) -> dict[int, float]:
         raise APIError(400, "'logit_bias' keys must be token ids", "logit_bias") from None
     if any(not 0 <= t < n_vocab for t in parsed):
         raise APIError(400, f"'logit_bias' token ids must be in [0, {n_vocab})", "logit_bias")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                             and -MAX_BIAS <= v <= MAX_BIAS for v in parsed.values()):
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and -MAX_BIAS <= v <= MAX_BIAS
+               for v in parsed.values()):
         raise APIError(400, f"'logit_bias' must map token ids to numbers in [-{MAX_BIAS:g}, {MAX_BIAS:g}]",
                        "logit_bias")
     return {t: float(v) for t, v in parsed.items()}
@@ -211,7 +212,7 @@ def completion_logprobs(entries: list[TokenLogprob], piece: Piece, offset: int =
     """/v1/completions' logprobs: tokens, their log-probabilities, the top ones as {token: logprob}, and each
     token's offset in the text (from `offset`)."""
     tokens = [token_text(piece, e.token) for e in entries]
-    offsets = [offset + sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+    offsets = list(itertools.accumulate((len(t) for t in tokens[:-1]), initial=offset))[:len(tokens)]
     return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries],
             "top_logprobs": [{token_text(piece, i): lp for i, lp in e.top} for e in entries], "text_offset": offsets}
 
