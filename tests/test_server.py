@@ -131,15 +131,53 @@ def test_logprobs_are_the_models_and_come_in_both_shapes(smollm2):
         assert client.completions.create(model="m", prompt=prompt, max_tokens=2).choices[0].logprobs is None
 
 
+def test_prompt_batches_and_n_choices_come_back_in_order(smollm2):
+    """Choice i·n + j is prompt i's j-th, whole and streamed (greedy: what generate gives each prompt); a seed
+    moves by j, so that sampled choices differ; usage counts each prompt once and every choice's tokens."""
+    prompts = ["The capital of France is", "Once upon a time"]
+    want = []
+    for p in prompts:
+        smollm2.reset()
+        want.append(smollm2.generate(p, max_tokens=6, temperature=0).text)
+    with serving(smollm2, n_parallel=4, n_ctx=256) as (url, _):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
+        done = client.completions.create(model="m", prompt=prompts, n=2, max_tokens=6, temperature=0)
+        assert [(c.index, c.text) for c in done.choices] == list(enumerate(w for w in want for _ in range(2)))
+        assert done.usage.prompt_tokens == sum(len(smollm2.tokenize(p)) for p in prompts)
+        assert done.usage.completion_tokens == 4 * 6
+        chunks = list(client.completions.create(model="m", prompt=prompts, n=2, max_tokens=6, temperature=0,
+                                                stream=True, stream_options={"include_usage": True}))
+        texts, reasons = ["" for _ in range(4)], [[] for _ in range(4)]
+        for c in chunks[:-1]:
+            (choice,) = c.choices
+            texts[choice.index] += choice.text
+            reasons[choice.index] += [choice.finish_reason] if choice.finish_reason else []
+        assert texts == [w for w in want for _ in range(2)] and reasons == [["length"]] * 4
+        assert chunks[-1].usage.completion_tokens == 24
+        top1 = client.completions.create(model="m", prompt=prompts[0], max_tokens=6, temperature=1.0,
+                                         extra_body={"top_k": 1, "min_p": 0.5, "repetition_penalty": 1.0})
+        assert top1.choices[0].text == want[0]  # vLLM's and llama.cpp's extra fields: top_k 1 is greedy
+        sampled = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Hi"}], n=3,
+                                                 max_tokens=5, temperature=1.0, seed=7)
+        for j, choice in enumerate(sampled.choices):
+            alone = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Hi"}],
+                                                   max_tokens=5, temperature=1.0, seed=7 + j)
+            assert choice.index == j and choice.message.content == alone.choices[0].message.content
+        assert health(url)["kv_blocks_used"] == 0
+
+
 BAD = [("{not json", "body"), ('["a list"]', "body"), ('{"prompt": ""}', "prompt"), ('{"prompt": 5}', "prompt"),
        ('{"prompt": "hi", "max_tokens": "8"}', "max_tokens"), ('{"prompt": "hi", "max_tokens": 0}', "max_tokens"),
-       ('{"prompt": "hi", "temperature": 3}', "temperature"), ('{"prompt": "hi", "n": 2}', "n"),
+       ('{"prompt": "hi", "temperature": 3}', "temperature"), ('{"prompt": "hi", "n": 0}', "n"),
        ('{"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}', "stop"), ('{"prompt": [1, 99999]}', "prompt"),
        ('{"prompt": "hi", "stream": "yes"}', "stream"), ('{"prompt": "hi", "logit_bias": {"x": 1}}', "logit_bias"),
        ('{"prompt": "hi", "logit_bias": {"5": 101}}', "logit_bias"),
        ('{"prompt": "hi", "logit_bias": {"99999": 1}}', "logit_bias"), ('{"prompt": "hi", "logprobs": 21}', "logprobs"),
        ('{"prompt": "hi", "echo": true}', "echo"), ('{"prompt": "hi", "best_of": 3}', "best_of"),
-       ('{"prompt": "hi", "response_format": {"type": "json_object"}}', "response_format")]
+       ('{"prompt": "hi", "response_format": {"type": "json_object"}}', "response_format"),
+       ('{"prompt": ["hi", ""]}', "prompt"), ('{"prompt": ["hi", 5]}', "prompt"), ('{"prompt": "hi", "n": 129}', "n"),
+       ('{"prompt": ["a", "b"], "n": 40}', "n"), ('{"prompt": "hi", "top_k": -2}', "top_k"),
+       ('{"prompt": "hi", "min_p": 2}', "min_p"), ('{"prompt": "hi", "repeat_penalty": 0}', "repeat_penalty")]
 
 
 def test_bad_input_gets_400_with_an_openai_error_body(tiny):

@@ -3,6 +3,7 @@ events, as one JSON body or as server-sent events; a client that goes away cance
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import time
@@ -30,8 +31,8 @@ class Shape:
     id_prefix: str
     obj: str
     chunk_obj: str
-    choice: Callable[[str, str | None, dict | None], dict]  # (text, finish reason, logprobs)
-    chunk: Callable[[str, str | None, dict | None], dict]
+    choice: Callable[[int, str, str | None, dict | None], dict]  # (index, text, finish reason, logprobs)
+    chunk: Callable[[int, str, str | None, dict | None], dict]
     logprobs: Callable[[list[TokenLogprob], api.Piece, int], dict]  # (entries, token bytes, text offset)
     param: str  # the field a too-long prompt is blamed on
 
@@ -39,21 +40,32 @@ class Shape:
 TEXT = Shape("cmpl", "text_completion", "text_completion", api.text_choice, api.text_choice,
              api.completion_logprobs, "prompt")
 CHAT = Shape("chatcmpl", "chat.completion", "chat.completion.chunk", api.message_choice,
-             lambda text, reason, lp=None: api.delta_choice({"content": text} if text else {}, reason, lp),
+             lambda i, text, reason, lp=None: api.delta_choice(i, {"content": text} if text else {}, reason, lp),
              api.chat_logprobs, "messages")
 
 
 class AsyncSink:
-    """Engine events handed from the engine thread to a handler's asyncio queue."""
+    """The engine events of a request's choices, handed from the engine thread to a handler's asyncio queue as
+    (choice index, event)."""
 
     def __init__(self) -> None:
         self.loop, self.queue = asyncio.get_running_loop(), asyncio.Queue()
 
-    def put(self, event: Event) -> None:
+    def put(self, item: tuple[int, Event]) -> None:
         try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
         except RuntimeError:  # the loop is gone (the server stopped): nobody listens
             pass
+
+
+@dataclass
+class ChoiceSink:
+    """Where the engine puts one choice's events."""
+    sink: AsyncSink
+    index: int
+
+    def put(self, event: Event) -> None:
+        self.sink.put((self.index, event))
 
 
 def create_app(model: Model, engine: Engine, model_name: str) -> FastAPI:
@@ -81,16 +93,17 @@ def create_app(model: Model, engine: Engine, model_name: str) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: Request):
         body = await read_body(request)
-        params = api.parse_params(body, api.completion_prompt(body), model.hparams.n_vocab)
-        return await answer(request, engine, model_name, prompt_ids(model, engine, params.prompt, TEXT), params, TEXT)
+        params = api.parse_params(body, api.completion_prompts(body), model.hparams.n_vocab)
+        ids = [prompt_ids(model, engine, p, TEXT) for p in params.prompts]
+        return await answer(request, engine, model_name, ids, params, TEXT)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body = await read_body(request)
         text = model.apply_chat_template(api.chat_messages(body))
-        params = api.parse_params(body, text, model.hparams.n_vocab, ("max_tokens", "max_completion_tokens"),
+        params = api.parse_params(body, [text], model.hparams.n_vocab, ("max_tokens", "max_completion_tokens"),
                                   engine.n_ctx, chat=True)
-        return await answer(request, engine, model_name, prompt_ids(model, engine, text, CHAT), params, CHAT)
+        return await answer(request, engine, model_name, [prompt_ids(model, engine, text, CHAT)], params, CHAT)
     return app
 
 
@@ -128,46 +141,67 @@ def prompt_ids(model: Model, engine: Engine, prompt: str | list[int], shape: Sha
     return ids
 
 
-def submit(engine: Engine, ids: list[int], params: api.Params) -> tuple[EngineRequest, AsyncSink]:
-    """Hand the request to the engine: 503 when its queue is full, 400 when it can never fit."""
-    sink = AsyncSink()
+def submit(engine: Engine, prompts: list[list[int]], params: api.Params) -> tuple[list[EngineRequest], AsyncSink]:
+    """Hand each prompt's n choices to the engine, choice i·n + j being prompt i's j-th (a seed moves by j, so
+    that the choices differ): 503 when the queue is full (none is left queued), 400 when one can never fit."""
+    if len(prompts) * params.n > engine.max_queue:
+        raise api.APIError(400, f"the request asks for {len(prompts) * params.n} choices; this server queues at "
+                                f"most {engine.max_queue}", "n")
+    sink, reqs = AsyncSink(), []
     try:
-        return engine.submit(ids, params.max_tokens, params.sampling, params.stop, events=sink,
-                             logprobs=params.logprobs), sink
+        for ids in prompts:
+            for j in range(params.n):
+                seed = params.sampling.seed
+                sampling = dataclasses.replace(params.sampling, seed=seed if seed is None else seed + j)
+                reqs.append(engine.submit(ids, params.max_tokens, sampling, params.stop,
+                                          events=ChoiceSink(sink, len(reqs)), logprobs=params.logprobs))
     except QueueFull as e:
+        cancel(reqs)
         raise api.APIError(503, f"the server is busy: {e}; retry later", code="queue_full",
                            kind="server_error") from None
     except PyggmlError as e:
+        cancel(reqs)
         raise api.APIError(400, str(e)) from None
+    return reqs, sink
 
 
-async def answer(request: Request, engine: Engine, name: str, ids: list[int], params: api.Params, shape: Shape):
+def cancel(reqs: list[EngineRequest]) -> None:
+    """Stop the requests and free their sequences (a no-op for finished ones)."""
+    for req in reqs:
+        req.cancel()
+
+
+async def answer(request: Request, engine: Engine, name: str, prompts: list[list[int]], params: api.Params,
+                 shape: Shape):
     """The whole completion as one body, or a stream of server-sent events."""
-    req, sink = submit(engine, ids, params)
-    rid, piece = api.new_id(shape.id_prefix), token_bytes(engine)
+    reqs, sink = submit(engine, prompts, params)
+    rid, piece, n_prompt = api.new_id(shape.id_prefix), token_bytes(engine), sum(map(len, prompts))
     if params.stream:
-        return StreamingResponse(stream(req, sink, name, rid, len(ids), params, shape, piece),
+        return StreamingResponse(stream(reqs, sink, name, rid, n_prompt, params, shape, piece),
                                  media_type="text/event-stream")
-    watcher = asyncio.create_task(cancel_when_gone(request, req))
+    watcher = asyncio.create_task(cancel_when_gone(request, reqs))
     try:
-        event, entries = Event(None), []
-        while not event.finish_reason:
-            event = await sink.queue.get()
-            entries += [event.logprob] if event.logprob is not None else []
-        failed(event)
-        logprobs = None if params.logprobs is None else shape.logprobs(entries, piece, 0)
-        return api.envelope(rid, shape.obj, name, shape.choice(req.text, event.finish_reason, logprobs),
-                            api.usage(len(ids), len(req.tokens)))
+        reasons, entries = {}, [[] for _ in reqs]
+        while len(reasons) < len(reqs):
+            index, event = await sink.queue.get()
+            entries[index] += [event.logprob] if event.logprob is not None else []
+            if event.finish_reason:
+                failed(event)
+                reasons[index] = event.finish_reason
+        choices = [shape.choice(i, req.text, reasons[i],
+                                None if params.logprobs is None else shape.logprobs(entries[i], piece, 0))
+                   for i, req in enumerate(reqs)]
+        return api.envelope(rid, shape.obj, name, choices, api.usage(n_prompt, sum(len(r.tokens) for r in reqs)))
     finally:
         watcher.cancel()
-        req.cancel()  # a no-op once finished; frees the sequence when the handler was cancelled
+        cancel(reqs)  # frees the sequences when the handler was cancelled
 
 
-async def cancel_when_gone(request: Request, req: EngineRequest) -> None:
-    """Cancel the engine request when its client disconnects."""
+async def cancel_when_gone(request: Request, reqs: list[EngineRequest]) -> None:
+    """Cancel the engine requests when their client disconnects."""
     while not await request.is_disconnected():
         await asyncio.sleep(POLL_SECONDS)
-    req.cancel()
+    cancel(reqs)
 
 
 def failed(event: Event) -> None:
@@ -187,17 +221,20 @@ def token_bytes(engine: Engine) -> api.Piece:
     return functools.partial(engine.model.tokenizer.token_to_piece, special=True)
 
 
-async def stream(req: EngineRequest, sink: AsyncSink, name: str, rid: str, n_prompt: int, params: api.Params,
-                 shape: Shape, piece: api.Piece) -> AsyncIterator[str]:
-    """Server-sent events: a chunk per piece of text (and per token, with its log-probabilities, when asked),
-    the finish reason, usage if asked for, then [DONE]."""
-    offset = 0  # of the next token's text in the completion, for logprobs' text_offset
+async def stream(reqs: list[EngineRequest], sink: AsyncSink, name: str, rid: str, n_prompt: int,
+                 params: api.Params, shape: Shape, piece: api.Piece) -> AsyncIterator[str]:
+    """Server-sent events, a choice per chunk: (chat) each choice's role, then a chunk per piece of text (and per
+    token, with its log-probabilities, when asked) and each choice's finish reason as they come, usage if asked
+    for, then [DONE]."""
+    offsets = [0] * len(reqs)  # of each choice's next token in its text, for logprobs' text_offset
+    open_choices = len(reqs)
     try:
         if shape is CHAT:
-            yield sse(api.envelope(rid, shape.chunk_obj, name, api.delta_choice({"role": "assistant", "content": ""},
-                                                                                None)))
-        while True:
-            event = await sink.queue.get()
+            for i in range(len(reqs)):
+                yield sse(api.envelope(rid, shape.chunk_obj, name,
+                                       [api.delta_choice(i, {"role": "assistant", "content": ""}, None)]))
+        while open_choices:
+            index, event = await sink.queue.get()
             if event.finish_reason in ("error", "cancelled"):
                 try:
                     failed(event)
@@ -206,16 +243,16 @@ async def stream(req: EngineRequest, sink: AsyncSink, name: str, rid: str, n_pro
                 break
             logprobs = None
             if event.logprob is not None:
-                logprobs = shape.logprobs([event.logprob], piece, offset)
-                offset += len(api.token_text(piece, event.token))
+                logprobs = shape.logprobs([event.logprob], piece, offsets[index])
+                offsets[index] += len(api.token_text(piece, event.token))
             if event.text or event.finish_reason or logprobs:
                 yield sse(api.envelope(rid, shape.chunk_obj, name,
-                                       shape.chunk(event.text, event.finish_reason, logprobs)))
-            if event.finish_reason:
-                if params.include_usage:
-                    use = api.usage(n_prompt, len(req.tokens))
-                    yield sse({**api.envelope(rid, shape.chunk_obj, name, {}, use), "choices": []})
-                break
+                                       [shape.chunk(index, event.text, event.finish_reason, logprobs)]))
+            open_choices -= bool(event.finish_reason)
+        else:
+            if params.include_usage:
+                use = api.usage(n_prompt, sum(len(r.tokens) for r in reqs))
+                yield sse(api.envelope(rid, shape.chunk_obj, name, [], use))
         yield "data: [DONE]\n\n"
     finally:
-        req.cancel()
+        cancel(reqs)

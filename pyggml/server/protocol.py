@@ -14,6 +14,7 @@ from pyggml.model.sampling import SamplingParams
 MAX_STOPS = 4
 MAX_BIAS = 100.0  # OpenAI's bound on a logit_bias value
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound on top_logprobs
+MAX_N = 128  # OpenAI's bound on n, choices per prompt
 
 
 class APIError(Exception):
@@ -30,14 +31,15 @@ class APIError(Exception):
 
 @dataclass
 class Params:
-    """What a completion request asks for, checked."""
-    prompt: str | list[int]
+    """What a completion request asks for, checked: n choices for each prompt."""
+    prompts: list[str | list[int]]
     max_tokens: int
     sampling: SamplingParams
     stop: list[str] = field(default_factory=list)
     stream: bool = False
     include_usage: bool = False
     logprobs: int | None = None  # None: none asked; else each token's log-probability and this many top ones
+    n: int = 1
 
 
 def _get(body: Mapping, name: str, kinds: type | tuple, default: Any = None, low: float | None = None,
@@ -111,26 +113,28 @@ def _refuse_unsupported(body: Mapping) -> None:
             raise APIError(400, f"'{name}' with value {body.get(name)!r} is not supported by this server", name)
 
 
-def parse_params(body: Any, prompt: str | list[int], n_vocab: int,
+def parse_params(body: Any, prompts: list[str | list[int]], n_vocab: int,
                  max_tokens_names: tuple[str, ...] = ("max_tokens",), default_max_tokens: int = 16,
                  chat: bool = False) -> Params:
-    """Sampling and streaming fields common to both endpoints (token ids checked against n_vocab); n other than 1
-    is refused."""
-    if _get(body, "n", int, 1) != 1:
-        raise APIError(400, "only n=1 is supported", "n")
+    """Sampling and streaming fields common to both endpoints (token ids checked against n_vocab)."""
+    n = _get(body, "n", int, 1, 1, MAX_N)
     _refuse_unsupported(body)
     max_tokens = default_max_tokens
     for name in max_tokens_names:
         max_tokens = _get(body, name, int, max_tokens, low=1)
     number = (int, float)
+    # top_k, min_p and the repetition penalty are not OpenAI's: vLLM's and llama.cpp's servers take them
+    repeat = _get(body, "repetition_penalty", number, _get(body, "repeat_penalty", number, 1.0, 0.01, 10), 0.01, 10)
     sampling = SamplingParams(temperature=_get(body, "temperature", number, 1.0, 0, 2),
-                              top_p=_get(body, "top_p", number, 1.0, 0, 1), top_k=0, min_p=0.0,
+                              top_p=_get(body, "top_p", number, 1.0, 0, 1),
+                              top_k=max(_get(body, "top_k", int, 0, -1), 0),
+                              min_p=_get(body, "min_p", number, 0.0, 0, 1), repeat_penalty=repeat,
                               frequency_penalty=_get(body, "frequency_penalty", number, 0.0, -2, 2),
                               presence_penalty=_get(body, "presence_penalty", number, 0.0, -2, 2),
                               seed=_get(body, "seed", int), logit_bias=_logit_bias(body, n_vocab))
     options = _get(body, "stream_options", dict, {})
-    return Params(prompt, max_tokens, sampling, _stop(body), _get(body, "stream", bool, False),
-                  bool(options.get("include_usage")), _logprobs(body, chat))
+    return Params(prompts, max_tokens, sampling, _stop(body), _get(body, "stream", bool, False),
+                  bool(options.get("include_usage")), _logprobs(body, chat), n)
 
 
 def need_object(body: Any) -> Mapping:
@@ -139,16 +143,21 @@ def need_object(body: Any) -> Mapping:
     return body
 
 
-def completion_prompt(body: Mapping) -> str | list[int]:
-    """The prompt of /v1/completions: a string, a list of token ids, or a list holding one string."""
+def completion_prompts(body: Mapping) -> list[str | list[int]]:
+    """The prompts of /v1/completions: a string, a list of token ids, or a list of either (a batch of prompts)."""
     prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-        prompt = prompt[0]
-    if isinstance(prompt, str) and prompt:
-        return prompt
-    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-        return prompt
-    raise APIError(400, "'prompt' must be a non-empty string or list of token ids (one prompt per request)", "prompt")
+    batch = prompt if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)) else [prompt]
+    if not all(_one_prompt(p) for p in batch):
+        raise APIError(400, "'prompt' must be a non-empty string or list of token ids, or a list of those", "prompt")
+    return batch
+
+
+def _one_prompt(prompt: Any) -> bool:
+    """Whether prompt is a non-empty string or a non-empty list of token ids."""
+    if isinstance(prompt, str):
+        return bool(prompt)
+    return isinstance(prompt, list) and bool(prompt) and all(isinstance(t, int) and not isinstance(t, bool)
+                                                             for t in prompt)
 
 
 def chat_messages(body: Mapping) -> list[dict[str, str]]:
@@ -179,25 +188,25 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def envelope(rid: str, obj: str, model: str, choice: dict, use: dict | None = None) -> dict:
-    """A response or stream chunk around one choice (usage when given)."""
-    body = {"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": [choice]}
+def envelope(rid: str, obj: str, model: str, choices: list[dict], use: dict | None = None) -> dict:
+    """A response or stream chunk around its choices (usage when given)."""
+    body = {"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": choices}
     if use is not None:
         body["usage"] = use
     return body
 
 
-def text_choice(text: str, finish_reason: str | None, logprobs: dict | None = None) -> dict:
-    return {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+def text_choice(index: int, text: str, finish_reason: str | None, logprobs: dict | None = None) -> dict:
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
 
 
-def message_choice(text: str, finish_reason: str | None, logprobs: dict | None = None) -> dict:
-    return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
+def message_choice(index: int, text: str, finish_reason: str | None, logprobs: dict | None = None) -> dict:
+    return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
             "finish_reason": finish_reason}
 
 
-def delta_choice(delta: dict, finish_reason: str | None, logprobs: dict | None = None) -> dict:
-    return {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+def delta_choice(index: int, delta: dict, finish_reason: str | None, logprobs: dict | None = None) -> dict:
+    return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
 
 
 Piece = Callable[[int], bytes]  # a token id's bytes
