@@ -27,6 +27,11 @@ if TYPE_CHECKING:
 PREFILL_CHUNK = 256  # prompt tokens evaluated per step, over all prefilling requests
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """The length of the longest common prefix of two token lists."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 class QueueFull(PyggmlError):
     """The engine's waiting queue is full."""
 
@@ -168,10 +173,22 @@ class Engine:
                     continue
                 if sum(map(self._budget, self.active)) + self._budget(req) > self.cache.n_blocks - 1:
                     return  # the pool is full: the request waits
+                if self._prefix_pending(req):
+                    return  # admitted once the prefix it can share is evaluated (n choices of one prompt)
                 self.waiting.popleft()
                 req.seq = self.cache.new_sequence()
                 self._share_prefix(req)
                 self.active.append(req)
+
+    def _prefix_pending(self, req: Request) -> bool:
+        """Whether an active request is still evaluating at least a block of req's prompt, which req can share
+        once it is evaluated instead of evaluating it again."""
+        for r in self.active:
+            if not r.prefilled:
+                n = common_prefix(r.prompt_ids, req.prompt_ids[:-1])  # the last token is always evaluated
+                if n >= self.cache.block_size and r.seq.n_past < n:
+                    return True
+        return False
 
     def _share_prefix(self, req: Request) -> None:
         best = max(((self.cache.shareable(r.seq, req.prompt_ids), r) for r in self.active), default=(0, None),

@@ -44,6 +44,22 @@ def test_requests_get_what_they_would_get_alone(tiny):
     assert_no_blocks_held(engine)
 
 
+def test_copies_of_a_prompt_evaluate_it_once(tiny, monkeypatch):
+    """n choices of one prompt (queued together) wait for the first to evaluate it, then share its blocks: each
+    copy evaluates only its last prompt token, and gets what it would get alone."""
+    p = prompt(np.random.default_rng(1), 40)
+    engine = Engine(tiny, n_parallel=4, n_ctx=128)
+    evaluated, real_step = [], engine.batch.step
+    monkeypatch.setattr(engine.batch, "step", lambda entries: (evaluated.extend(entries), real_step(entries))[1])
+    requests = [engine.submit(p, 6, GREEDY) for _ in range(3)]
+    engine.run_until_idle()
+    tiny.reset()
+    want = tiny.generate(p, max_tokens=6, temperature=0)
+    assert all(r.tokens == want.tokens for r in requests)
+    assert sum(len(e.tokens) for e in evaluated) == len(p) + 2 + 3 * (6 - 1)  # prompt once, 2 last tokens, decode
+    assert_no_blocks_held(engine)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_no_block_leaks_after_any_mix(tiny, seed, monkeypatch):
     """Finished, cancelled (waiting or running), failed (sampler or whole step) requests, a shared prefix,
