@@ -190,16 +190,21 @@ def geglu_into(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> None:
 GLU_GATES = {"swiglu": swiglu_into, "geglu": geglu_into}
 
 
-@kernel(*GLU_GATES)
-@f32_compute
-def glu(node: Tensor, out, a, b=None):
-    gate_fn = GLU_GATES[node.op]  # (gate, up, out): out = act(gate) * up; out aliases neither (not in place)
-    if b is None:
-        n = out.shape[-1]
-        a, b = a[..., :n], a[..., n:]
-    gate, up = (b, a) if node.params["swapped"] else (a, b)
+def glu_kernel(gates: dict[str, Callable]) -> Callable:
+    """The factory of the gated ops, each computed by gates[op](gate, up, out): out = act(gate) * up (out aliases
+    neither: not in place)."""
+    @f32_compute
+    def glu(node: Tensor, out, a, b=None):
+        gate_fn = gates[node.op]
+        if b is None:
+            n = out.shape[-1]
+            a, b = a[..., :n], a[..., n:]
+        gate, up = (b, a) if node.params["swapped"] else (a, b)
+        return lambda: gate_fn(gate, up, out)
+    return glu
 
-    return lambda: gate_fn(gate, up, out)
+
+kernel(*GLU_GATES)(glu_kernel(GLU_GATES))
 
 
 @kernel("rms_norm")

@@ -70,7 +70,9 @@ CASES: dict[str, list[Case]] = {
     **{op: [lambda g, op=op: getattr(pg, op)(pg.transpose(r(g, 8, 4)))] for op in ("sqr", "neg", "exp", "tanh", "silu",
                                                                                    "gelu", "relu")},
     "sqrt": [lambda g: pg.sqrt(pg.sqr(r(g, 4, 8)))],
-    "swiglu": [lambda g: pg.swiglu(r(g, 3, 16)), lambda g: pg.swiglu(r(g, 3, 8), r(g, 3, 8), swapped=True)],
+    "swiglu": [lambda g: pg.swiglu(r(g, 3, 16)), lambda g: pg.swiglu(r(g, 3, 8), r(g, 3, 8), swapped=True),
+               lambda g: pg.swiglu(pg.scale(r(g, 4, 16), 40.0)),  # gates past e^±88
+               lambda g: pg.swiglu(r(g, 2, 3, 8), r(g, 2, 3, 8))],
     "geglu": [lambda g: pg.geglu(r(g, 3, 16))],
     "rms_norm": [lambda g: pg.rms_norm(r(g, 2, 3, 32), 1e-6)],
     "norm": [lambda g: pg.norm(r(g, 3, 32), 1e-5)],
