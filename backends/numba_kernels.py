@@ -1,7 +1,8 @@
 """The numba backend's kernels of ops other than mul_mat: paged_attn, where each (query row, K/V head) task reads
 only the cache rows its sequence holds (the masked form multiplies every query row with every sequence's rows:
 8 sequences, 8x the work), rms_norm_mul in one pass per row (NumPy's five ufunc calls cost 8-15 us on a few
-rows, 61 times a SmolLM2 step), and swiglu in one pass. Their exponentials are `_exp`, which LLVM vectorizes:
+rows, 61 times a SmolLM2 step), swiglu in one pass, and get_rows of quantized blocks (gguf's dequantizer took
+110 us for a decode step's one embedding row). Their exponentials are `_exp`, which LLVM vectorizes:
 numba calls libm's expf a value at a time (no SVML here), 7,200 times a layer in an 8-sequence decode step."""
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from pyggml.graph.tensor import Tensor
 
 from .fusion import rms_norm_mul_kernel as numpy_rms_norm_mul
 from .numpy_attention import paged_attn as numpy_paged_attn
-from .numpy_kernels import GLU_GATES, glu_kernel
-from .numba_quants import FAST, INLINE
+from .numpy_kernels import GLU_GATES, get_rows as numpy_get_rows, glu_kernel
+from .numba_quants import BLOCK_TYPES, FAST, INLINE, dequantize_into
+from .quants import gather_block_rows
 
 LOG2E, LN2_HI, LN2_LO = f32(1.44269504088896341), f32(0.693359375), f32(-2.12194440e-4)
 EXP_LOW, EXP_HIGH = f32(-87.33), f32(88.0)  # below: 0; above: e^88 (2^n must stay finite: e^88.72 is the largest)
@@ -139,3 +141,12 @@ def swiglu_into(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> None:
 
 
 glu = glu_kernel({**GLU_GATES, "swiglu": swiglu_into})
+
+
+def get_rows(node: Tensor, out: np.ndarray, a: np.ndarray, idx: np.ndarray) -> Callable[[], None]:
+    """get_rows of a quantized (or F16) table's rows through the numba dequantizer; anything else through NumPy's."""
+    a_type = node.srcs[0].dtype
+    if not (a_type in BLOCK_TYPES and a.dtype == np.uint8 and a.ndim == 2 and out.ndim == 2
+            and out.dtype == np.float32 and out.flags.c_contiguous):
+        return numpy_get_rows(node, out, a, idx)
+    return lambda: dequantize_into(a_type, gather_block_rows(a, idx), out)

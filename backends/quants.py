@@ -261,7 +261,11 @@ def dequantize(raw: np.ndarray, dtype: DType | int, shape: tuple[int, ...]) -> n
 
 def dequantize_rows(raw2d: np.ndarray, dtype: DType | int, rows: np.ndarray, row_len: int) -> np.ndarray:
     """Float32 (len(rows), row_len) of only the given rows of a (n_rows, bytes_per_row) tensor."""
-    dtype = as_dtype(dtype)
+    return dequantize(gather_block_rows(raw2d, rows), as_dtype(dtype), (np.size(rows), int(row_len)))
+
+
+def gather_block_rows(raw2d: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The given rows of a (n_rows, bytes per row) tensor, the indices checked."""
     rows = np.asarray(rows).reshape(-1)
     if rows.size and not np.issubdtype(rows.dtype, np.integer):
         raise PyggmlError(f"row indices must be integers, got {rows.dtype}")
@@ -269,4 +273,4 @@ def dequantize_rows(raw2d: np.ndarray, dtype: DType | int, rows: np.ndarray, row
         raise PyggmlError(f"dequantize_rows needs a 2-D (rows, bytes per row) array, got shape {raw2d.shape}")
     if rows.size and (rows.min() < -len(raw2d) or rows.max() >= len(raw2d)):
         raise PyggmlError(f"row index out of range for {len(raw2d)} rows: {rows.min()}..{rows.max()}")
-    return dequantize(raw2d[rows.astype(np.intp, copy=False)], dtype, (rows.size, int(row_len)))
+    return raw2d[rows.astype(np.intp, copy=False)]
