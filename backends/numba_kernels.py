@@ -52,45 +52,62 @@ def _exp(x):
     return f32(0) if x < EXP_LOW else e
 
 
-@njit(parallel=True, cache=True, fastmath=FAST)
+@njit(**INLINE)
+def _own_rows(rows, t, seen):
+    """seen[:n] = token t's cache rows (its non-negative entries); returns n."""
+    n = 0
+    for j in range(rows.shape[1]):
+        if rows[t, j] >= 0:
+            seen[n] = rows[t, j]
+            n += 1
+    return n
+
+
+@njit(**INLINE)
+def _softmax_in_place(s, n):
+    """s[:n] = softmax(s[:n])."""
+    top = -np.inf
+    for j in range(n):
+        top = max(top, s[j])
+    total = f32(0)
+    for j in range(n):
+        s[j] = _exp(s[j] - top)
+        total += s[j]
+    inv = f32(1) / total if n > 0 else f32(0)
+    for j in range(n):
+        s[j] *= inv
+
+
+@njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
 def _paged_attn(q, k, v, rows, scale, softcap, out):
     """out[t, h] = softmax(softcap(q[t, h] · k[rows[t], h // G] * scale)) v[rows[t], h // G] (negative rows
-    skipped; zeros where none is left)."""
-    n_tok, n_head, n_kv_head, n_rows = q.shape[0], q.shape[1], k.shape[1], rows.shape[1]
-    group = n_head // n_kv_head
+    skipped; zeros where none is left). A task is a (token, K/V head): each of its rows is read once for the
+    group's G query heads."""
+    n_tok, n_head, n_kv_head = q.shape[0], q.shape[1], k.shape[1]
+    group, dk, dv = n_head // n_kv_head, k.shape[2], v.shape[2]
     for task in prange(n_tok * n_kv_head):
         t, hk = task // n_kv_head, task % n_kv_head
-        qs = q[t, hk * group:(hk + 1) * group]
-        scores = np.full((group, n_rows), -np.inf, np.float32)
-        for j in range(n_rows):  # each K row read once for the group's query heads
-            r = rows[t, j]
-            if r >= 0:
-                kr = k[r, hk]
-                for g in range(group):
-                    s = f32(0)
-                    for d in range(kr.shape[0]):
-                        s += qs[g, d] * kr[d]
-                    s *= scale
-                    scores[g, j] = softcap * np.tanh(s / softcap) if softcap > 0 else s
+        seen = np.empty(rows.shape[1], np.int64)
+        n = _own_rows(rows, t, seen)
+        qs = q[t, hk * group:(hk + 1) * group] * scale
+        scores = np.empty((group, n), np.float32)
+        for j in range(n):
+            kr = k[seen[j], hk]
+            for g in range(group):
+                s = f32(0)
+                for d in range(dk):
+                    s += qs[g, d] * kr[d]
+                scores[g, j] = softcap * np.tanh(s / softcap) if softcap > 0 else s
         for g in range(group):
-            top = scores[g].max()
-            total = f32(0)
-            for j in range(n_rows):
-                p = f32(0) if scores[g, j] == -np.inf else _exp(scores[g, j] - top)
-                scores[g, j] = p
-                total += p
-            if total > 0:
-                scores[g] /= total
-        os = out[t, hk * group:(hk + 1) * group]
-        os[:] = 0
-        for j in range(n_rows):
-            r = rows[t, j]
-            if r >= 0:
-                vr = v[r, hk]
-                for g in range(group):
-                    p = scores[g, j]
-                    for d in range(vr.shape[0]):
-                        os[g, d] += p * vr[d]
+            _softmax_in_place(scores[g], n)
+        acc = np.zeros((group, dv), np.float32)
+        for j in range(n):
+            vr = v[seen[j], hk]
+            for g in range(group):
+                p = scores[g, j]
+                for d in range(dv):
+                    acc[g, d] += p * vr[d]
+        out[t, hk * group:(hk + 1) * group] = acc
 
 
 def paged_attn(node: Tensor, out: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
