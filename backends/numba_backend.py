@@ -2,8 +2,8 @@
 
 A weight read by mul_mat keeps its memory-mapped blocks (F16 weights stay F16); a step with up to
 BLOCK_KERNEL_MAX_ROWS activation rows (decode, batched decode, prefill chunks) runs the block kernels of
-numba_quants.py, a longer one dequantizes a panel of weight rows at a time into a reused scratch and multiplies
-it with BLAS. paged_attn, rms_norm_mul, swiglu and get_rows of blocks have numba kernels too (numba_kernels.py);
+numba_tiles.py and numba_quants.py, a longer one dequantizes a panel of weight rows at a time into a reused
+scratch and multiplies it with BLAS. paged_attn, rms_norm_mul, swiglu and get_rows of blocks have numba kernels too (numba_kernels.py);
 every other op is the NumPy backend's kernel.
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ from .numba_kernels import get_rows, glu, paged_attn, rms_norm_mul
 from .numpy_backend import NumpyBackend
 from .numpy_kernels import KERNELS, mul_mat as numpy_mul_mat
 from .numba_quants import BLOCK_TYPES, block_product, dequantize_into
+from .numba_tiles import TILED, TILED_MAX_ROWS, tiled_product
 
 BLOCK_KERNEL_MAX_ROWS = 256  # activation rows up to which the block kernels beat dequantized panels + BLAS
 # (examples/bench_matvec.py, with one task per thread and the one-row tile: the dequantize-once path is faster at
@@ -93,6 +94,14 @@ def panel_product(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray) -
     return run
 
 
+def block_step(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray) -> Callable[[], None]:
+    """out = x @ W.T through the block kernels: register tiles for a 32-value type and up to TILED_MAX_ROWS rows,
+    else a K-quant's mat-vec for one row or rows dequantized once."""
+    if dtype in TILED and len(x) <= TILED_MAX_ROWS:
+        return tiled_product(dtype, w, x, out, numba.get_num_threads())
+    return block_product(dtype, w, x, out, numba.get_num_threads())
+
+
 def mul_mat(node: Tensor, out: np.ndarray, a: np.ndarray, b: np.ndarray) -> Callable[[], None]:
     """ggml's mul_mat; a weight held as blocks (uint8 rows) or F16 goes through the block kernels."""
     w_type = node.srcs[0].dtype
@@ -102,10 +111,7 @@ def mul_mat(node: Tensor, out: np.ndarray, a: np.ndarray, b: np.ndarray) -> Call
     n_rows = out.size // n_out
     x, refresh = _rows_of(b, n_rows, k)
     w, o = a.reshape(n_out, -1).view(np.uint8), out.reshape(n_rows, n_out)
-    if n_rows <= BLOCK_KERNEL_MAX_ROWS:
-        product = block_product(w_type, w, x, o, numba.get_num_threads())
-    else:
-        product = panel_product(w_type, w, x, o)
+    product = block_step(w_type, w, x, o) if n_rows <= BLOCK_KERNEL_MAX_ROWS else panel_product(w_type, w, x, o)
     if refresh is None:
         return product
     return lambda: (refresh(), product())

@@ -1,14 +1,11 @@
-"""Numba kernels that read GGUF blocks directly: a quantized mat-vec for one activation row, four weight rows
-dequantized once for a few rows, and exact dequantizers for prefill panels.
+"""Numba kernels that read GGUF blocks directly: a K-quant mat-vec for one activation row, four weight rows
+dequantized once for a few rows (up to BLOCK_KERNEL_MAX_ROWS), and exact dequantizers for prefill panels. The
+32-value types' products for up to 16 rows are numba_tiles.py's register tiles.
 
-For 32-value blocks the mat-vec does four weight rows at a time: each block function adds coefficient · value ·
-activation into per-lane accumulators (`acc`, four rows of 32 float32 lanes, summed once per row at the end)
-and returns each row's scalar term, a block's offset or min times the sum of its activations (from sums of 16
-activations made once per call). K-quants reduce a whole block of one row. Values are centred before the
-products so that the sums do not cancel. Bit fields are cut in float32 (`_shr`: floor(byte / 2^k)), because
-numba widens integer arithmetic to int64, which AVX2 cannot convert to float in vectors; every step is exact
-for bytes. Each block type's loops are compiled on their own (`_specialize`). Block layouts are ggml's (see
-quants.py). Kernels compile once per machine into numba's cache (`cache=True`).
+K-quant mat-vecs reduce a whole 256-value block of one row at a time. Bit fields are cut in float32 (`_shr`:
+floor(byte / 2^k)), because numba widens integer arithmetic to int64, which AVX2 cannot convert to float in
+vectors; every step is exact for bytes. Each block type's loops are compiled on their own (`_specialize`).
+Block layouts are ggml's (see quants.py). Kernels compile once per machine into numba's cache (`cache=True`).
 """
 from __future__ import annotations
 
@@ -56,12 +53,6 @@ def _f16(u, o, table):
 
 
 @njit(**INLINE)
-def _f16x4(u0, u1, u2, u3, o, table):
-    """The float16 at byte o of four rows."""
-    return _f16(u0, o, table), _f16(u1, o, table), _f16(u2, o, table), _f16(u3, o, table)
-
-
-@njit(**INLINE)
 def _i8(u, o):
     """The int8 at byte o, as a float32."""
     v = np.int64(u[o])
@@ -106,7 +97,7 @@ def _sums16(x):
     return out
 
 
-# ---- four-row block dots: acc[r, lane] += c·v·x, returning each row's scalar term (offset·sum of x)
+# ---- bit fields of bytes held as float32
 
 @njit(**INLINE)
 def _nibbles(f):
@@ -135,94 +126,6 @@ def _fives(f, hl, hh, j):
     held as float32."""
     lo, hi = _nibbles(f)
     return lo + f32(16) * _bit(hl, j), hi + f32(16) * _bit(hh, j)
-
-
-@njit(**INLINE)
-def _pair_dot(v, zero, xl, xh):
-    """(v[0] - zero)·xl + (v[1] - zero)·xh: values centred before the products, so that the sums do not cancel."""
-    return (v[0] - zero) * xl + (v[1] - zero) * xh
-
-
-@njit(**INLINE)
-def _nibbles4(acc, u0, u1, u2, u3, qo, x, xo, d):
-    """16 bytes of nibbles at qo (low: values 0-15, high: 16-31) of four rows with scales d, as nibble - 8."""
-    for l in range(16):
-        xl, xh = x[xo + l], x[xo + 16 + l]
-        acc[0, l] += d[0] * _pair_dot(_nibbles(f32(u0[qo + l])), f32(8), xl, xh)
-        acc[1, l] += d[1] * _pair_dot(_nibbles(f32(u1[qo + l])), f32(8), xl, xh)
-        acc[2, l] += d[2] * _pair_dot(_nibbles(f32(u2[qo + l])), f32(8), xl, xh)
-        acc[3, l] += d[3] * _pair_dot(_nibbles(f32(u3[qo + l])), f32(8), xl, xh)
-
-
-@njit(**INLINE)
-def _fives4(acc, u0, u1, u2, u3, hq, qo, x, xo, d):
-    """Q5_0/Q5_1 values of four rows, minus 16: nibbles at qo, bit 4 of value l in bit l of the uint32 at hq."""
-    l0, l1, l2, l3 = _u16(u0, hq), _u16(u1, hq), _u16(u2, hq), _u16(u3, hq)
-    h0, h1, h2, h3 = _u16(u0, hq + 2), _u16(u1, hq + 2), _u16(u2, hq + 2), _u16(u3, hq + 2)
-    for l in range(16):
-        xl, xh = x[xo + l], x[xo + 16 + l]
-        acc[0, l] += d[0] * _pair_dot(_fives(f32(u0[qo + l]), l0, h0, l), f32(16), xl, xh)
-        acc[1, l] += d[1] * _pair_dot(_fives(f32(u1[qo + l]), l1, h1, l), f32(16), xl, xh)
-        acc[2, l] += d[2] * _pair_dot(_fives(f32(u2[qo + l]), l2, h2, l), f32(16), xl, xh)
-        acc[3, l] += d[3] * _pair_dot(_fives(f32(u3[qo + l]), l3, h3, l), f32(16), xl, xh)
-
-
-@njit(**INLINE)
-def _dot4_q4_0(acc, u0, u1, u2, u3, o, x, xo, xs, xso, table):
-    _nibbles4(acc, u0, u1, u2, u3, o + 2, x, xo, _f16x4(u0, u1, u2, u3, o, table))
-    return f32(0), f32(0), f32(0), f32(0)
-
-
-@njit(**INLINE)
-def _affine_min(u0, u1, u2, u3, o, d, zero, xs, xso, table):
-    """(m + zero·d)·sum x of a 32-value block whose values were taken minus zero and whose min m is at o."""
-    m = _f16x4(u0, u1, u2, u3, o, table)
-    s = _xsum(xs, xso, 2)
-    return (m[0] + zero * d[0]) * s, (m[1] + zero * d[1]) * s, (m[2] + zero * d[2]) * s, (m[3] + zero * d[3]) * s
-
-
-@njit(**INLINE)
-def _dot4_q4_1(acc, u0, u1, u2, u3, o, x, xo, xs, xso, table):
-    d = _f16x4(u0, u1, u2, u3, o, table)
-    _nibbles4(acc, u0, u1, u2, u3, o + 4, x, xo, d)
-    return _affine_min(u0, u1, u2, u3, o + 2, d, f32(8), xs, xso, table)
-
-
-@njit(**INLINE)
-def _dot4_q5_0(acc, u0, u1, u2, u3, o, x, xo, xs, xso, table):
-    _fives4(acc, u0, u1, u2, u3, o + 2, o + 6, x, xo, _f16x4(u0, u1, u2, u3, o, table))
-    return f32(0), f32(0), f32(0), f32(0)
-
-
-@njit(**INLINE)
-def _dot4_q5_1(acc, u0, u1, u2, u3, o, x, xo, xs, xso, table):
-    d = _f16x4(u0, u1, u2, u3, o, table)
-    _fives4(acc, u0, u1, u2, u3, o + 4, o + 8, x, xo, d)
-    return _affine_min(u0, u1, u2, u3, o + 2, d, f32(16), xs, xso, table)
-
-
-@njit(**INLINE)
-def _dot4_q8_0(acc, u0, u1, u2, u3, o, x, xo, xs, xso, table):
-    q0, q1, q2, q3 = u0.view(np.int8), u1.view(np.int8), u2.view(np.int8), u3.view(np.int8)
-    d0, d1, d2, d3 = _f16x4(u0, u1, u2, u3, o, table)
-    for l in range(32):
-        xv = x[xo + l]
-        acc[0, l] += d0 * f32(q0[o + 2 + l]) * xv
-        acc[1, l] += d1 * f32(q1[o + 2 + l]) * xv
-        acc[2, l] += d2 * f32(q2[o + 2 + l]) * xv
-        acc[3, l] += d3 * f32(q3[o + 2 + l]) * xv
-    return f32(0), f32(0), f32(0), f32(0)
-
-
-@njit(**INLINE)
-def _dot4_f16(acc, u0, u1, u2, u3, o, x, xo, xs, xso, table):
-    for l in range(32):
-        xv = x[xo + l]
-        acc[0, l] += _f16(u0, o + 2 * l, table) * xv
-        acc[1, l] += _f16(u1, o + 2 * l, table) * xv
-        acc[2, l] += _f16(u2, o + 2 * l, table) * xv
-        acc[3, l] += _f16(u3, o + 2 * l, table) * xv
-    return f32(0), f32(0), f32(0), f32(0)
 
 
 # K-quants: 256 values a block, a row at a time, each block reduced to one sum: their loops are long enough to
@@ -506,15 +409,6 @@ def _deq_q6_k(u, o, out, oo, table, n16):
                 _put4(out, e + l, _q6_k_values(f32(u[a + l]), f32(u[a + 32 + l]), f32(u[hq + l])), c, z)
 
 
-@njit(**INLINE)
-def _lanes(acc, r):
-    """The sum of row r's 32 lane accumulators."""
-    s = f32(0)
-    for l in range(32):
-        s += acc[r, l]
-    return s
-
-
 # A group g of four weight rows is rows g, g + G, g + 2G and g + 3G (G groups in all): four memory streams a
 # quarter of the weight apart. Four adjacent rows are one stream, which the prefetcher fed at half the rate on
 # short rows (Gemma 3's 262,144 x 640 output head: 32 against 15 ms on one thread).
@@ -574,32 +468,6 @@ def _matvec1(w, x, out, table, n_tasks):
                 for b in range(x.shape[1] // BLOCK):  # noqa: F821
                     t += DOT(u, b * TYPE_SIZE, xr, b * BLOCK, xsr, b * (BLOCK // 16), table)  # noqa: F821
                 out[n, m] = t
-
-
-def _matvec4(w, x, out, table, n_tasks):
-    """out[n, m] = w[m] · x[n] for a weight w of (M, bytes per row) blocks and x of (N, K) float32, four weight
-    rows at a time into lane accumulators; DOT, BLOCK and TYPE_SIZE are the block type's, bound per type by
-    _specialize."""
-    n_blocks, n_groups = x.shape[1] // BLOCK, (w.shape[0] + 3) // 4  # noqa: F821
-    xs = _sums16(x)
-    n_tasks = min(n_tasks, n_groups)
-    for task in prange(n_tasks):
-        acc = np.empty((4, 32), np.float32)  # once per task, not per group
-        start, stop = _share(task, n_tasks, n_groups)
-        for group in range(start, stop):
-            u0, u1, u2, u3 = _group_rows(w, group, n_groups)
-            for n in range(x.shape[0]):
-                acc[:] = 0
-                xr, xsr = x[n], xs[n]
-                a0 = a1 = a2 = a3 = f32(0)
-                for b in range(n_blocks):
-                    s = DOT(acc, u0, u1, u2, u3, b * TYPE_SIZE, xr, b * BLOCK, xsr, b * (BLOCK // 16), table)  # noqa: F821
-                    a0 += s[0]
-                    a1 += s[1]
-                    a2 += s[2]
-                    a3 += s[3]
-                _store4(out[n], group, n_groups, a0 + _lanes(acc, 0), a1 + _lanes(acc, 1), a2 + _lanes(acc, 2),
-                        a3 + _lanes(acc, 3))
 
 
 @njit(**INLINE)
@@ -709,42 +577,40 @@ def _specialize(template, dtype: DType, parallel: bool, **constants):
     # loop), and numba's literal dispatch took minutes to compile: a copy per type, as C++ templates would.
     name = f"{template.__name__.strip('_')}_{dtype.name.lower()}"
     code = template.__code__.replace(co_name=name, co_qualname=name)
-    fn = types.FunctionType(code, {**globals(), **constants}, name)
+    fn = types.FunctionType(code, {**template.__globals__, **constants}, name)
     fn.__qualname__ = name
     return njit(parallel=parallel, cache=True, fastmath=FAST)(fn)
 
 
 N16 = 16  # the dequantizers' loop length, an argument so that it is no compile-time constant (see the dequantizers)
-MATMAT_MIN_ROWS = 2  # activation rows from which dequantizing four weight rows once beats unpacking per row
-# (SmolLM2's 1536 x 576 Q4_1 on two threads: 1.4x faster at 2 rows, 2.2x at 4, 2.8x at 8)
+MATMAT_MIN_ROWS = 2  # activation rows from which dequantizing four weight rows once beats a K-quant mat-vec
 
 
 class BlockKernels(NamedTuple):
-    """A block type's unit (elements, bytes; F16 rows are read 32 at a time), its dot function and the mat-vec
-    template that calls it (_matvec4: four rows into lane accumulators, _matvec1: one row), and its one-row
-    dequantizer."""
+    """A block type's unit (elements, bytes; F16 rows are read 32 at a time), its one-row dequantizer and, for
+    K-quants, the block dot of their one-row mat-vec (_matvec1; 32-value types take numba_tiles' register tiles
+    for a few rows, one row included)."""
     block: int
     type_size: int
-    dot: object
-    matvec: object
     deq: object
+    dot: object | None = None
 
 
 BLOCK_TYPES: dict[DType, BlockKernels] = {
-    DType.Q4_0: BlockKernels(32, 18, _dot4_q4_0, _matvec4, _deq_q4_0),
-    DType.Q4_1: BlockKernels(32, 20, _dot4_q4_1, _matvec4, _deq_q4_1),
-    DType.Q5_0: BlockKernels(32, 22, _dot4_q5_0, _matvec4, _deq_q5_0),
-    DType.Q5_1: BlockKernels(32, 24, _dot4_q5_1, _matvec4, _deq_q5_1),
-    DType.Q8_0: BlockKernels(32, 34, _dot4_q8_0, _matvec4, _deq_q8_0),
-    DType.Q2_K: BlockKernels(256, 84, _q2_k_row, _matvec1, _deq_q2_k),
-    DType.Q3_K: BlockKernels(256, 110, _q3_k_row, _matvec1, _deq_q3_k),
-    DType.Q4_K: BlockKernels(256, 144, _q4_k_row, _matvec1, _deq_q4_k),
-    DType.Q5_K: BlockKernels(256, 176, _q5_k_row, _matvec1, _deq_q5_k),
-    DType.Q6_K: BlockKernels(256, 210, _q6_k_row, _matvec1, _deq_q6_k),
-    DType.F16: BlockKernels(32, 64, _dot4_f16, _matvec4, _deq_f16),
+    DType.Q4_0: BlockKernels(32, 18, _deq_q4_0),
+    DType.Q4_1: BlockKernels(32, 20, _deq_q4_1),
+    DType.Q5_0: BlockKernels(32, 22, _deq_q5_0),
+    DType.Q5_1: BlockKernels(32, 24, _deq_q5_1),
+    DType.Q8_0: BlockKernels(32, 34, _deq_q8_0),
+    DType.Q2_K: BlockKernels(256, 84, _deq_q2_k, _q2_k_row),
+    DType.Q3_K: BlockKernels(256, 110, _deq_q3_k, _q3_k_row),
+    DType.Q4_K: BlockKernels(256, 144, _deq_q4_k, _q4_k_row),
+    DType.Q5_K: BlockKernels(256, 176, _deq_q5_k, _q5_k_row),
+    DType.Q6_K: BlockKernels(256, 210, _deq_q6_k, _q6_k_row),
+    DType.F16: BlockKernels(32, 64, _deq_f16),
 }
-MATVEC = {t: _specialize(k.matvec, t, True, DOT=k.dot, BLOCK=k.block, TYPE_SIZE=k.type_size)
-          for t, k in BLOCK_TYPES.items()}
+MATVEC = {t: _specialize(_matvec1, t, True, DOT=k.dot, BLOCK=k.block, TYPE_SIZE=k.type_size)
+          for t, k in BLOCK_TYPES.items() if k.dot is not None}
 MATMAT = {t: _specialize(_matmat, t, True, DEQ=k.deq, BLOCK=k.block, TYPE_SIZE=k.type_size)
           for t, k in BLOCK_TYPES.items()}
 # serial: the panels it fills go straight to BLAS, whose threads would wait on numba's spinning ones
@@ -755,8 +621,8 @@ DEQUANTIZE = {t: _specialize(_dequantize, t, False, DEQ=k.deq, BLOCK=k.block, TY
 def block_product(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray,
                      n_tasks: int) -> Callable[[], None]:
     """The step out (N, M) = x (N, K) @ dequantize(w).T for w held as (M, bytes per row) blocks of dtype, in n_tasks
-    parallel tasks: one activation row through the fused block kernel, a few through rows dequantized once."""
-    if len(x) < MATMAT_MIN_ROWS:
+    parallel tasks: one activation row through a K-quant's mat-vec, else through rows dequantized once."""
+    if len(x) < MATMAT_MIN_ROWS and dtype in MATVEC:
         return functools.partial(MATVEC[dtype], w, x, out, F16_TABLE, n_tasks)
     return functools.partial(MATMAT[dtype], w, x, out, F16_TABLE, N16, n_tasks)
 

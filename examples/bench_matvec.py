@@ -1,5 +1,7 @@
 """The numba backend's three mul_mat paths per block type and activation rows, side by side in one run, next
-to NumPy's F32 product on a dense copy of the same weight (the bare mat-vec bound) and its GB/s of blocks.
+to NumPy's F32 product on a dense copy of the same weight (the bare mat-vec bound) and its GB/s of blocks. The
+fused path decodes blocks straight into the products: register tiles for 32-value types, the mat-vec for
+K-quants.
 
     python examples/bench_matvec.py --rows 1 4 8 16 --shape 4096 4096
 """
@@ -13,7 +15,7 @@ import numpy as np
 from bench_dequant import random_tensor
 from compare_backends import cpu_name
 
-from pyggml.backends import numba_quants
+from pyggml.backends import numba_quants, numba_tiles
 from pyggml.backends.numba_backend import panel_product
 from pyggml.backends.quants import dequantize
 from pyggml.graph.dtypes import DType
@@ -34,7 +36,9 @@ def paths(dtype: DType, w: np.ndarray, x: np.ndarray, dense: np.ndarray, out: np
     """Name -> the call of each way to compute out = x @ W.T."""
     table = numba_quants.F16_TABLE
     threads = numba.get_num_threads()
-    return {"mat-vec": lambda: numba_quants.MATVEC[dtype](w, x, out, table, threads),
+    fused = numba_tiles.TILED[dtype] if dtype in numba_tiles.TILED else numba_quants.MATVEC[dtype]
+    fused_args = (w, x, out, threads) if dtype in numba_tiles.TILED else (w, x, out, table, threads)
+    return {"fused": lambda: fused(*fused_args),
             "dequantize once": lambda: numba_quants.MATMAT[dtype](w, x, out, table, numba_quants.N16, threads),
             "panel + BLAS": panel_product(dtype, w, x, out),
             "F32 copy": lambda: np.matmul(x, dense.T, out=out)}
@@ -51,7 +55,7 @@ def main() -> None:
     m, k = args.shape
     rng = np.random.default_rng(0)
     print(f"{m} x {k} weights on {cpu_name()}; ms per product (best of {args.repeats}), GB/s of blocks for the "
-          "mat-vec\n\n| type | rows | mat-vec | dequantize once | panel + BLAS | F32 copy | mat-vec GB/s |\n"
+          "fused path\n\n| type | rows | fused | dequantize once | panel + BLAS | F32 copy | fused GB/s |\n"
           "|---|---|---|---|---|---|---|")
     for dtype in (DType[name] for name in args.types):
         w = random_tensor(dtype, m, k, rng).reshape(m, -1)
@@ -61,7 +65,7 @@ def main() -> None:
             times = {name: best_ms(fn, args.repeats)
                      for name, fn in paths(dtype, w, x, dense, np.empty((rows, m), np.float32)).items()}
             print(f"| {dtype.name} | {rows} | " + " | ".join(f"{t:.3f}" for t in times.values())
-                  + f" | {w.nbytes / times['mat-vec'] / 1e6:.1f} |")
+                  + f" | {w.nbytes / times['fused'] / 1e6:.1f} |")
 
 
 if __name__ == "__main__":
