@@ -1,10 +1,9 @@
-"""Numba kernels that read GGUF blocks directly: a K-quant mat-vec for one activation row, four weight rows
-dequantized once for a few rows (up to BLOCK_KERNEL_MAX_ROWS), and exact dequantizers for prefill panels. The
-32-value types' products for up to 16 rows are numba_tiles.py's register tiles.
+"""Numba kernels that read GGUF blocks directly: four weight rows dequantized once at a time for some rows (past
+the register tiles of numba_tiles.py, which take one to a few rows, up to BLOCK_KERNEL_MAX_ROWS), and exact
+dequantizers for prefill panels and get_rows.
 
-K-quant mat-vecs reduce a whole 256-value block of one row at a time. Bit fields are cut in float32 (`_shr`:
-floor(byte / 2^k)), because numba widens integer arithmetic to int64, which AVX2 cannot convert to float in
-vectors; every step is exact for bytes. Each block type's loops are compiled on their own (`_specialize`).
+Bit fields are cut in float32 (`_shr`: floor(byte / 2^k)), because numba widens integer arithmetic to int64,
+which AVX2 cannot convert to float in vectors; every step is exact for bytes. Each block type's loops are compiled on their own (`_specialize`).
 Block layouts are ggml's (see quants.py). Kernels compile once per machine into numba's cache (`cache=True`).
 """
 from __future__ import annotations
@@ -78,25 +77,6 @@ def _bit(f, j):
     return g - f32(2) * np.floor(g * f32(0.5))
 
 
-@njit(**INLINE)
-def _xsum(xs, i, n):
-    """The sum of n consecutive 16-activation sums from index i."""
-    s = f32(0)
-    for k in range(n):
-        s += xs[i + k]
-    return s
-
-
-@njit(cache=True, fastmath=FAST)
-def _sums16(x):
-    """(N, K // 16) sums of each 16 consecutive activations."""
-    out = np.empty((x.shape[0], x.shape[1] // 16), np.float32)
-    for n in range(x.shape[0]):
-        for i in range(x.shape[1] // 16):
-            out[n, i] = _xsum(x[n], 16 * i, 16)
-    return out
-
-
 # ---- bit fields of bytes held as float32
 
 @njit(**INLINE)
@@ -128,9 +108,7 @@ def _fives(f, hl, hh, j):
     return lo + f32(16) * _bit(hl, j), hi + f32(16) * _bit(hh, j)
 
 
-# K-quants: 256 values a block, a row at a time, each block reduced to one sum: their loops are long enough to
-# vectorize alone. Each value helper cuts one layout's values or scales; the row dot and the row dequantizer
-# share it.
+# K-quants: 256 values a block; each value helper cuts one layout's values or scales for its dequantizer.
 
 @njit(**INLINE)
 def _q2_k_group(u, o, g, scale, shift):
@@ -204,91 +182,8 @@ def _q6_k_values(fa, fb, h):
     return a[0] + f32(16) * c[0], b[0] + f32(16) * c[1], a[1] + f32(16) * c[2], b[1] + f32(16) * c[3]
 
 
-@njit(**INLINE)
-def _dot4_values(v, zero, c, x, e):
-    """Σ_t c[t]·(v[t] - zero)·x[e + 32t] of four values 32 apart (centred, so that the sums do not cancel)."""
-    return (c[0] * (v[0] - zero) * x[e] + c[1] * (v[1] - zero) * x[e + 32] + c[2] * (v[2] - zero) * x[e + 64]
-            + c[3] * (v[3] - zero) * x[e + 96])
-
-
-@njit(**INLINE)
-def _xsums4(xs, i):
-    """The 16-sums at i, i + 2, i + 4, i + 6 (the four groups of a K-quant quarter)."""
-    return xs[i], xs[i + 2], xs[i + 4], xs[i + 6]
-
-
-@njit(**INLINE)
-def _weighted(c, s):
-    """Σ c[t]·s[t] over four terms."""
-    return c[0] * s[0] + c[1] * s[1] + c[2] * s[2] + c[3] * s[3]
-
-
 # (half, part) quarters of Q2_K/Q3_K/Q6_K blocks: value l of group g + 2t sits at 128·half + 32t + 16·part + l,
 # g = 8·half + part
-
-@njit(**INLINE)
-def _q2_k_row(u, o, x, xo, xs, xso, table):
-    d, dmin, t = _f16(u, o + 80, table), _f16(u, o + 82, table), f32(0)
-    for half in range(2):
-        for part in range(2):
-            g, e, qo = 8 * half + part, xo + 128 * half + 16 * part, o + 16 + 32 * half + 16 * part
-            c, m = _q2_k_group(u, o, g, d, 0), _q2_k_group(u, o, g, dmin, 4)
-            sums = _xsums4(xs, xso + g)
-            t += f32(2) * _weighted(c, sums) - _weighted(m, sums)
-            for l in range(16):
-                t += _dot4_values(_crumbs(f32(u[qo + l])), f32(2), c, x, e + l)
-    return t
-
-
-@njit(**INLINE)
-def _q3_k_row(u, o, x, xo, xs, xso, table):
-    d, t = _f16(u, o + 108, table), f32(0)
-    for half in range(2):
-        for part in range(2):
-            g, e, qo = 8 * half + part, xo + 128 * half + 16 * part, o + 32 + 32 * half + 16 * part
-            c = _q3_k_group(u, o, g, d)
-            for l in range(16):
-                t += _dot4_values(_q3_k_values(f32(u[qo + l]), f32(u[o + 16 * part + l]), half), f32(4), c, x, e + l)
-    return t
-
-
-@njit(**INLINE)
-def _k_nibbles_row(u, o, x, xo, xs, xso, table, qs, hs):
-    """Q4_K (hs < 0) and Q5_K (high bits at o + hs): 8 groups of 32, d·scale·value - dmin·min."""
-    d, dmin, t = _f16(u, o, table), _f16(u, o + 2, table), f32(0)
-    for p in range(4):
-        cl, ch, zl, zh = _k_pair(u, o, p, d, dmin)
-        e, zero = xo + 64 * p, f32(8) if hs < 0 else f32(16)  # the middle of the values: the sums do not cancel
-        xl, xh = _xsum(xs, xso + 4 * p, 2), _xsum(xs, xso + 4 * p + 2, 2)
-        t += (zero * cl - zl) * xl + (zero * ch - zh) * xh
-        for l in range(32):
-            lo, hi = _k_values(u, o + qs + 32 * p, o + hs if hs >= 0 else -1, p, l)
-            t += cl * (lo - zero) * x[e + l] + ch * (hi - zero) * x[e + 32 + l]
-    return t
-
-
-@njit(**INLINE)
-def _q6_k_row(u, o, x, xo, xs, xso, table):
-    # ql bytes at a and a + 32, qh bytes at hq; int8 scales at o + 192 + 8·half + part + 2t
-    d, t = _f16(u, o + 208, table), f32(0)
-    for half in range(2):
-        for part in range(2):
-            a, hq, e = o + 64 * half + 16 * part, o + 128 + 32 * half + 16 * part, xo + 128 * half + 16 * part
-            c = _q6_k_group(u, o + 192 + 8 * half + part, d)
-            for l in range(16):
-                t += _dot4_values(_q6_k_values(f32(u[a + l]), f32(u[a + 32 + l]), f32(u[hq + l])), f32(32), c, x, e + l)
-    return t
-
-
-@njit(**INLINE)
-def _q4_k_row(u, o, x, xo, xs, xso, table):
-    return _k_nibbles_row(u, o, x, xo, xs, xso, table, 16, -1)
-
-
-@njit(**INLINE)
-def _q5_k_row(u, o, x, xo, xs, xso, table):
-    return _k_nibbles_row(u, o, x, xo, xs, xso, table, 48, 16)
-
 
 # ---- one row dequantized (prefill panels, the few-rows path): the block at byte o into out[oo:oo + block].
 # n16 is 16, passed at run time: with constant trip counts LLVM unrolled these short loops into scalar code
@@ -454,22 +349,6 @@ def _store4(out, g, n_groups, a0, a1, a2, a3):
         out[g + 3 * n_groups] = a3
 
 
-def _matvec1(w, x, out, table, n_tasks):
-    """out[n, m] = w[m] · x[n] a weight row at a time, DOT reducing a whole block of one row (K-quants: their
-    blocks are long enough to vectorize alone, and four rows interleaved ran 3x slower)."""
-    xs = _sums16(x)
-    n_tasks = min(n_tasks, w.shape[0])
-    for task in prange(n_tasks):
-        start, stop = _share(task, n_tasks, w.shape[0])
-        for m in range(start, stop):
-            u = w[m]
-            for n in range(x.shape[0]):
-                xr, xsr, t = x[n], xs[n], f32(0)
-                for b in range(x.shape[1] // BLOCK):  # noqa: F821
-                    t += DOT(u, b * TYPE_SIZE, xr, b * BLOCK, xsr, b * (BLOCK // 16), table)  # noqa: F821
-                out[n, m] = t
-
-
 @njit(**INLINE)
 def _tile4x4(rows, x, n, out, group, n_groups):
     """Activation rows n..n+3 against the four dequantized weight rows: 8 loads for 16 products."""
@@ -583,17 +462,11 @@ def _specialize(template, dtype: DType, parallel: bool, **constants):
 
 
 N16 = 16  # the dequantizers' loop length, an argument so that it is no compile-time constant (see the dequantizers)
-MATMAT_MIN_ROWS = 2  # activation rows from which dequantizing four weight rows once beats a K-quant mat-vec
-
-
 class BlockKernels(NamedTuple):
-    """A block type's unit (elements, bytes; F16 rows are read 32 at a time), its one-row dequantizer and, for
-    K-quants, the block dot of their one-row mat-vec (_matvec1; 32-value types take numba_tiles' register tiles
-    for a few rows, one row included)."""
+    """A block type's unit (elements, bytes; F16 rows are read 32 at a time) and its one-row dequantizer."""
     block: int
     type_size: int
     deq: object
-    dot: object | None = None
 
 
 BLOCK_TYPES: dict[DType, BlockKernels] = {
@@ -602,15 +475,13 @@ BLOCK_TYPES: dict[DType, BlockKernels] = {
     DType.Q5_0: BlockKernels(32, 22, _deq_q5_0),
     DType.Q5_1: BlockKernels(32, 24, _deq_q5_1),
     DType.Q8_0: BlockKernels(32, 34, _deq_q8_0),
-    DType.Q2_K: BlockKernels(256, 84, _deq_q2_k, _q2_k_row),
-    DType.Q3_K: BlockKernels(256, 110, _deq_q3_k, _q3_k_row),
-    DType.Q4_K: BlockKernels(256, 144, _deq_q4_k, _q4_k_row),
-    DType.Q5_K: BlockKernels(256, 176, _deq_q5_k, _q5_k_row),
-    DType.Q6_K: BlockKernels(256, 210, _deq_q6_k, _q6_k_row),
+    DType.Q2_K: BlockKernels(256, 84, _deq_q2_k),
+    DType.Q3_K: BlockKernels(256, 110, _deq_q3_k),
+    DType.Q4_K: BlockKernels(256, 144, _deq_q4_k),
+    DType.Q5_K: BlockKernels(256, 176, _deq_q5_k),
+    DType.Q6_K: BlockKernels(256, 210, _deq_q6_k),
     DType.F16: BlockKernels(32, 64, _deq_f16),
 }
-MATVEC = {t: _specialize(_matvec1, t, True, DOT=k.dot, BLOCK=k.block, TYPE_SIZE=k.type_size)
-          for t, k in BLOCK_TYPES.items() if k.dot is not None}
 MATMAT = {t: _specialize(_matmat, t, True, DEQ=k.deq, BLOCK=k.block, TYPE_SIZE=k.type_size)
           for t, k in BLOCK_TYPES.items()}
 # serial: the panels it fills go straight to BLAS, whose threads would wait on numba's spinning ones
@@ -619,11 +490,9 @@ DEQUANTIZE = {t: _specialize(_dequantize, t, False, DEQ=k.deq, BLOCK=k.block, TY
 
 
 def block_product(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray,
-                     n_tasks: int) -> Callable[[], None]:
+                  n_tasks: int) -> Callable[[], None]:
     """The step out (N, M) = x (N, K) @ dequantize(w).T for w held as (M, bytes per row) blocks of dtype, in n_tasks
-    parallel tasks: one activation row through a K-quant's mat-vec, else through rows dequantized once."""
-    if len(x) < MATMAT_MIN_ROWS and dtype in MATVEC:
-        return functools.partial(MATVEC[dtype], w, x, out, F16_TABLE, n_tasks)
+    parallel tasks, through four weight rows dequantized once at a time."""
     return functools.partial(MATMAT[dtype], w, x, out, F16_TABLE, N16, n_tasks)
 
 

@@ -1,16 +1,18 @@
-"""Register-tiled block products for a few activation rows, written in LLVM IR through numba intrinsics.
+"""Register-tiled block products for one to a few activation rows, written in LLVM IR through numba intrinsics.
 
-`tile(w, r0, r1, x, n0, out, n_blocks, n_out)` adds nothing up in memory: for two weight rows r0, r1 and NA
-activation rows n0.. it decodes each 32-value block into two 16-lane float vectors once, multiplies them into
-2 x NA vector accumulators held in registers across the whole row, and stores the 2 x NA sums in out[n, r]
-(row r1 only when n_out is 2). Plain numba code cannot hold such accumulators: LLVM vectorizes only innermost
-loops and reduces their accumulators on every exit, so the dequantize-once path of numba_quants.py had to write
-the decoded rows to a scratch and read them back, a pass as long as a whole one-row mat-vec; here the decoding
-overlaps the multiply-adds. Block layouts are ggml's (see quants.py).
+A tile takes two weight rows and up to TILE_ROWS activation rows: it decodes each 32-value unit of a block into
+two 16-lane float vectors once, multiplies them into 2 x rows vector accumulators held in registers across the
+whole row, and stores the sums. Plain numba code cannot hold such accumulators: LLVM vectorizes only innermost
+loops and reduces their accumulators on every exit, so numba_quants.py's kernels keep per-lane sums in memory
+(the old one-row mat-vec) or write decoded rows to a scratch and read them back (dequantize once), a pass as
+long as a whole one-row product; here the decoding overlaps the multiply-adds. Each value is d·q + offset
+multiplied as numba_quants.py's dequantize-once path does, lane l summing values l, l + 16, ... in order: the two
+paths agree to rounding (for the 32-value types, exactly). Block layouts are ggml's (see quants.py); each type's decoder is one function.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import functools
 
@@ -28,8 +30,6 @@ LANES = 16
 I8, I16, I32, F16, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.HalfType(), ir.FloatType()
 VF32, VI32, VI8, VF16 = (ir.VectorType(t, LANES) for t in (F32, I32, I8, F16))
 TILE_ROWS = 8  # activation rows per tile: 2 x 8 accumulators and the decoded vectors fit in 32 registers
-TILED_MAX_ROWS = 16  # beyond, the dequantize-once path is as fast (SmolLM2's 211 products: 33 against 40 ms at
-# 16 rows, a tie at 32, 10 % slower at 64)
 
 
 def _splat(builder: ir.IRBuilder, value: ir.Value, vec: ir.VectorType) -> ir.Value:
@@ -66,12 +66,12 @@ def _affine(builder: ir.IRBuilder, d: ir.Value, offset: ir.Value, values: tuple[
     return tuple(_fma(builder, dv, v, ov) for v in values)
 
 
-def _q4_0(builder: ir.IRBuilder, p: ir.Value) -> tuple[ir.Value, ir.Value]:
+def _q4_0(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
     d = _half(builder, p, 0)
     return _affine(builder, d, builder.fmul(d, ir.Constant(F32, -8.0)), _nibbles(builder, p, 2))
 
 
-def _q4_1(builder: ir.IRBuilder, p: ir.Value) -> tuple[ir.Value, ir.Value]:
+def _q4_1(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
     return _affine(builder, _half(builder, p, 0), _half(builder, p, 2), _nibbles(builder, p, 4))
 
 
@@ -83,32 +83,156 @@ def _fives(builder: ir.IRBuilder, p: ir.Value, offset: int) -> tuple[ir.Value, i
     for nibble, first in ((lo, 0), (hi, LANES)):
         bit = builder.and_(builder.lshr(qh, ir.Constant(VI32, list(range(first, first + LANES)))),
                            ir.Constant(VI32, [1] * LANES))
-        out.append(builder.fadd(nibble, builder.uitofp(builder.shl(bit, ir.Constant(VI32, [4] * LANES)), VF32)))
+        out.append(_with_bit4(builder, nibble, bit))
     return tuple(out)
 
 
-def _q5_0(builder: ir.IRBuilder, p: ir.Value) -> tuple[ir.Value, ir.Value]:
+def _with_bit4(builder: ir.IRBuilder, nibble: ir.Value, bit: ir.Value) -> ir.Value:
+    """nibble + 16·bit: a 5-bit value from its float nibble and its int top bit (vectors)."""
+    return builder.fadd(nibble, builder.uitofp(builder.shl(bit, ir.Constant(VI32, [4] * LANES)), VF32))
+
+
+def _q5_0(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
     d = _half(builder, p, 0)
     return _affine(builder, d, builder.fmul(d, ir.Constant(F32, -16.0)), _fives(builder, p, 2))
 
 
-def _q5_1(builder: ir.IRBuilder, p: ir.Value) -> tuple[ir.Value, ir.Value]:
+def _q5_1(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
     return _affine(builder, _half(builder, p, 0), _half(builder, p, 2), _fives(builder, p, 4))
 
 
-def _q8_0(builder: ir.IRBuilder, p: ir.Value) -> tuple[ir.Value, ir.Value]:
+def _q8_0(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
     d = _splat(builder, _half(builder, p, 0), VF32)
     return tuple(builder.fmul(d, builder.sitofp(_load(builder, p, 2 + 16 * h, VI8), VF32)) for h in range(2))
 
 
-def _f16(builder: ir.IRBuilder, p: ir.Value) -> tuple[ir.Value, ir.Value]:
+def _f16(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
     return tuple(builder.fpext(_load(builder, p, 32 * h, VF16), VF32) for h in range(2))
 
 
-# block type -> (bytes per 32-value block, the IR decoding one block into its two 16-value halves)
-DECODERS: dict[DType, tuple[int, Callable]] = {DType.Q4_0: (18, _q4_0), DType.Q4_1: (20, _q4_1),
-                                               DType.Q5_0: (22, _q5_0), DType.Q5_1: (24, _q5_1),
-                                               DType.Q8_0: (34, _q8_0), DType.F16: (64, _f16)}
+def _byte(builder: ir.IRBuilder, p: ir.Value, offset: int) -> ir.Value:
+    """The byte at offset of p, as an int32."""
+    return builder.zext(_load(builder, p, offset, I8), I32)
+
+
+def _bits(builder: ir.IRBuilder, value: ir.Value, shift: int, mask: int) -> ir.Value:
+    """(value >> shift) & mask."""
+    return builder.and_(builder.lshr(value, ir.Constant(value.type, shift)), ir.Constant(value.type, mask))
+
+
+def _k4_scale_min(builder: ir.IRBuilder, p: ir.Value, j: int) -> tuple[ir.Value, ir.Value]:
+    """Q4_K/Q5_K: sub-block j's 6-bit scale and min from the 12 packed bytes at offset 4, as float32."""
+    if j < 4:
+        sc, m = _bits(builder, _byte(builder, p, 4 + j), 0, 63), _bits(builder, _byte(builder, p, 8 + j), 0, 63)
+    else:
+        low, high_sc, high_m = _byte(builder, p, 8 + j), _byte(builder, p, j), _byte(builder, p, 4 + j)
+        sc = builder.or_(_bits(builder, low, 0, 15), builder.shl(_bits(builder, high_sc, 6, 3), ir.Constant(I32, 4)))
+        m = builder.or_(_bits(builder, low, 4, 15), builder.shl(_bits(builder, high_m, 6, 3), ir.Constant(I32, 4)))
+    return builder.uitofp(sc, F32), builder.uitofp(m, F32)
+
+
+def _nibble_halves(builder: ir.IRBuilder, p: ir.Value, offset: int, high: bool) -> tuple[ir.Value, ir.Value]:
+    """The low (or high) nibbles of the 32 bytes at offset of p, as two float vectors."""
+    return tuple(_nibbles(builder, p, offset + 16 * h)[high] for h in range(2))
+
+
+def _crumbs(builder: ir.IRBuilder, p: ir.Value, offset: int, shift: int) -> ir.Value:
+    """(byte >> shift) & 3 of the 16 bytes at offset of p, as an int vector."""
+    return _vbits(builder, builder.zext(_load(builder, p, offset, VI8), VI32), shift, 3)
+
+
+def _q2_k(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
+    """32 values: 2-bit fields (shift 2j of 32 bytes of 128-value half n), each 16 with a byte holding a 4-bit
+    scale and a 4-bit min: d·scale·q - dmin·min."""
+    n, j = divmod(unit, 4)
+    d, dmin, values = _half(builder, p, 80), _half(builder, p, 82), []
+    for h in range(2):
+        sc = _byte(builder, p, 8 * n + 2 * j + h)
+        q = builder.uitofp(_crumbs(builder, p, 16 + 32 * n + 16 * h, 2 * j), VF32)
+        scale, low = (builder.uitofp(_bits(builder, sc, shift, 15), F32) for shift in (0, 4))
+        values += _affine(builder, builder.fmul(d, scale), builder.fneg(builder.fmul(dmin, low)), (q,))
+    return tuple(values)
+
+
+def _q3_k_scale(builder: ir.IRBuilder, p: ir.Value, s: int) -> ir.Value:
+    """Scale s of 16, 6 bits from the 12 bytes at offset 96 (a low nibble from bytes 0-7, two high bits from
+    bytes 8-11), minus 32, as float32."""
+    low = _bits(builder, _byte(builder, p, 96 + s % 8), 4 * (s // 8), 15)
+    high = _bits(builder, _byte(builder, p, 104 + s % 4), 2 * (s // 4), 3)
+    return builder.sitofp(builder.sub(builder.or_(low, builder.shl(high, ir.Constant(I32, 4))), ir.Constant(I32, 32)),
+                          F32)
+
+
+def _q3_k(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
+    """32 values: 2-bit fields (as Q2_K, bytes at 32) less 4 where bit `unit` of the hmask byte is clear, each
+    16 scaled by d·scale."""
+    n, j = divmod(unit, 4)
+    d, values = _half(builder, p, 108), []
+    for h in range(2):
+        q = _crumbs(builder, p, 32 + 32 * n + 16 * h, 2 * j)
+        mask = _vbits(builder, builder.zext(_load(builder, p, 16 * h, VI8), VI32), unit, 1)
+        q = builder.sub(builder.add(q, builder.shl(mask, ir.Constant(VI32, [2] * LANES))), ir.Constant(VI32, [4] * LANES))
+        values += _affine(builder, builder.fmul(d, _q3_k_scale(builder, p, 8 * n + 2 * j + h)), ir.Constant(F32, 0.0),
+                          (builder.sitofp(q, VF32),))
+    return tuple(values)
+
+
+def _q4_k(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
+    """Sub-block `unit` of eight: d·scale·nibble - dmin·min, the nibbles low (even units) or high of 32 bytes."""
+    sc, m = _k4_scale_min(builder, p, unit)
+    values = _nibble_halves(builder, p, 16 + 32 * (unit // 2), unit % 2 == 1)
+    return _affine(builder, builder.fmul(_half(builder, p, 0), sc), builder.fneg(builder.fmul(_half(builder, p, 2), m)),
+                   values)
+
+
+def _q5_k(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
+    """As Q4_K with the nibbles at offset 48, value l's bit 4 being bit `unit` of qh[l] (32 bytes at 16)."""
+    sc, m = _k4_scale_min(builder, p, unit)
+    values = []
+    for h, nibble in enumerate(_nibble_halves(builder, p, 48 + 32 * (unit // 2), unit % 2 == 1)):
+        bit = _vbits(builder, builder.zext(_load(builder, p, 16 + 16 * h, VI8), VI32), unit, 1)
+        values.append(_with_bit4(builder, nibble, bit))
+    return _affine(builder, builder.fmul(_half(builder, p, 0), sc), builder.fneg(builder.fmul(_half(builder, p, 2), m)),
+                   tuple(values))
+
+
+def _q6_k(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
+    """32 values of a 128-value half n: d·scale·(q - 32), q's low 4 bits a nibble of ql, its high 2 of qh; each
+    16 values have their own int8 scale."""
+    n, k = divmod(unit, 4)
+    d, values = _half(builder, p, 208), []
+    for h in range(2):
+        ql = builder.zext(_load(builder, p, 64 * n + 32 * (k % 2) + 16 * h, VI8), VI32)
+        nibble = _vbits(builder, ql, 4 * (k // 2), 15)
+        high = _vbits(builder, builder.zext(_load(builder, p, 128 + 32 * n + 16 * h, VI8), VI32), 2 * k, 3)
+        q = builder.uitofp(builder.or_(nibble, builder.shl(high, ir.Constant(VI32, [4] * LANES))), VF32)
+        c = builder.fmul(d, builder.sitofp(_load(builder, p, 192 + 8 * n + 2 * k + h, I8), F32))
+        values.append(_affine(builder, c, builder.fmul(c, ir.Constant(F32, -32.0)), (q,))[0])
+    return tuple(values)
+
+
+def _vbits(builder: ir.IRBuilder, value: ir.Value, shift: int, mask: int) -> ir.Value:
+    """(value >> shift) & mask for each lane."""
+    return builder.and_(builder.lshr(value, ir.Constant(VI32, [shift] * LANES)), ir.Constant(VI32, [mask] * LANES))
+
+
+class TileFormat(NamedTuple):
+    """A block type in the tiles: values and bytes per block, the IR decoding unit u of a block (its values
+    32u..32u+31) into two 16-value halves, and the activation rows up to which the tiles beat dequantizing once
+    (a tile of more rows decodes every block again: K-quants' scales cost more to decode)."""
+    block: int
+    type_size: int
+    decode: Callable
+    max_rows: int
+
+
+TILE_FORMATS: dict[DType, TileFormat] = {
+    DType.Q4_0: TileFormat(32, 18, _q4_0, 16), DType.Q4_1: TileFormat(32, 20, _q4_1, 16),
+    DType.Q5_0: TileFormat(32, 22, _q5_0, 16), DType.Q5_1: TileFormat(32, 24, _q5_1, 16),
+    DType.Q8_0: TileFormat(32, 34, _q8_0, 16), DType.F16: TileFormat(32, 64, _f16, 16),
+    DType.Q2_K: TileFormat(256, 84, _q2_k, 8), DType.Q3_K: TileFormat(256, 110, _q3_k, 8),
+    DType.Q4_K: TileFormat(256, 144, _q4_k, 8), DType.Q5_K: TileFormat(256, 176, _q5_k, 8),
+    DType.Q6_K: TileFormat(256, 210, _q6_k, 8)}
 
 
 def _array(context, builder, ary_type, value):
@@ -125,7 +249,7 @@ def _const(value: ir.Value, n: int) -> ir.Constant:
 def make_tile(dtype: DType, n_w: int, n_x: int):
     """The tile intrinsic of block type dtype for n_w weight rows and n_x activation rows:
     tile(w, g, n_groups, x, n0, out) makes out[n0 + j, g + i·n_groups] for the rows that exist."""
-    type_size, decode = DECODERS[dtype]
+    block, type_size, decode, _ = TILE_FORMATS[dtype]
 
     def codegen(context, builder, signature, args):
         w_ty, _, _, x_ty, _, out_ty = signature.args
@@ -137,16 +261,11 @@ def make_tile(dtype: DType, n_w: int, n_x: int):
         starts = [builder.gep(w, [builder.mul(builder.select(e, r, g), w_stride)]) for r, e in zip(rows, exists)]
         x0 = builder.gep(x, [builder.mul(n0, x_stride)])
         acc = [[cgutils.alloca_once_value(builder, ir.Constant(VF32, None)) for _ in range(n_x)] for _ in rows]
-        with cgutils.for_range(builder, builder.sdiv(k, _const(k, 32))) as loop:
-            halves = [decode(builder, builder.gep(p, [builder.mul(loop.index, _const(loop.index, type_size))]))
-                      for p in starts]
-            x_block = builder.gep(x0, [builder.mul(loop.index, _const(loop.index, 32 * 4))])
-            for j in range(n_x):
-                xp = builder.gep(x_block, [builder.mul(x_stride, _const(x_stride, j))])
-                xs = [_load(builder, xp, 64 * h, VF32) for h in range(2)]
-                for i, (lo, hi) in enumerate(halves):
-                    a = _fma(builder, lo, xs[0], builder.load(acc[i][j]))
-                    builder.store(_fma(builder, hi, xs[1], a), acc[i][j])
+        with cgutils.for_range(builder, builder.sdiv(k, _const(k, block))) as loop:
+            blocks = [builder.gep(p, [builder.mul(loop.index, _const(loop.index, type_size))]) for p in starts]
+            x_block = builder.gep(x0, [builder.mul(loop.index, _const(loop.index, block * 4))])
+            for unit in range(block // 32):
+                _products(builder, [decode(builder, b, unit) for b in blocks], x_block, 128 * unit, x_stride, acc)
         for i, (row, row_exists) in enumerate(zip(rows, exists)):
             with builder.if_then(row_exists):
                 _store_sums(builder, [builder.load(a) for a in acc[i]], out, out_stride, n0, row)
@@ -156,6 +275,16 @@ def make_tile(dtype: DType, n_w: int, n_x: int):
     def tile(typingctx, w, g, n_groups, x, n0, out):
         return nbtypes.void(w, g, n_groups, x, n0, out), codegen
     return tile
+
+
+def _products(builder: ir.IRBuilder, halves: list[tuple[ir.Value, ir.Value]], x_block: ir.Value, offset: int,
+              x_stride: ir.Value, acc: list[list[ir.Value]]) -> None:
+    """acc[i][j] += halves[i] · the 32 activations of row j at byte offset of x_block, lane by lane."""
+    for j in range(len(acc[0])):
+        xp = builder.gep(x_block, [builder.mul(x_stride, _const(x_stride, j))])
+        xs = [_load(builder, xp, offset + 64 * h, VF32) for h in range(2)]
+        for i, (lo, hi) in enumerate(halves):
+            builder.store(_fma(builder, hi, xs[1], _fma(builder, lo, xs[0], builder.load(acc[i][j]))), acc[i][j])
 
 
 def _store_sums(builder: ir.IRBuilder, accs: list[ir.Value], out: ir.Value, stride: ir.Value, n0: ir.Value,
@@ -197,10 +326,9 @@ def _tiled(w, x, out, n_tasks):
 
 
 TILED = {t: _specialize(_tiled, t, True, **{f"TILE{n}": make_tile(t, 2, n) for n in range(1, TILE_ROWS + 1)})
-         for t in DECODERS}
+         for t in TILE_FORMATS}
 
 
 def tiled_product(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray, n_tasks: int):
-    """The step out (N, M) = x (N, K) @ dequantize(w).T through the register tiles, for dtype in DECODERS and up
-    to TILED_MAX_ROWS activation rows."""
+    """The step out (N, M) = x (N, K) @ dequantize(w).T through the register tiles, in n_tasks parallel tasks."""
     return functools.partial(TILED[dtype], w, x, out, n_tasks)

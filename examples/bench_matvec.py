@@ -1,7 +1,7 @@
 """The numba backend's three mul_mat paths per block type and activation rows, side by side in one run, next
-to NumPy's F32 product on a dense copy of the same weight (the bare mat-vec bound) and its GB/s of blocks. The
-fused path decodes blocks straight into the products: register tiles for 32-value types, the mat-vec for
-K-quants.
+to NumPy's F32 product on a dense copy of the same weight (the bare mat-vec bound) and its GB/s of blocks: the
+register tiles (blocks decoded straight into the products), four rows dequantized once at a time, and panels
+dequantized for BLAS.
 
     python examples/bench_matvec.py --rows 1 4 8 16 --shape 4096 4096
 """
@@ -36,9 +36,7 @@ def paths(dtype: DType, w: np.ndarray, x: np.ndarray, dense: np.ndarray, out: np
     """Name -> the call of each way to compute out = x @ W.T."""
     table = numba_quants.F16_TABLE
     threads = numba.get_num_threads()
-    fused = numba_tiles.TILED[dtype] if dtype in numba_tiles.TILED else numba_quants.MATVEC[dtype]
-    fused_args = (w, x, out, threads) if dtype in numba_tiles.TILED else (w, x, out, table, threads)
-    return {"fused": lambda: fused(*fused_args),
+    return {"register tiles": numba_tiles.tiled_product(dtype, w, x, out, threads),
             "dequantize once": lambda: numba_quants.MATMAT[dtype](w, x, out, table, numba_quants.N16, threads),
             "panel + BLAS": panel_product(dtype, w, x, out),
             "F32 copy": lambda: np.matmul(x, dense.T, out=out)}
@@ -55,7 +53,7 @@ def main() -> None:
     m, k = args.shape
     rng = np.random.default_rng(0)
     print(f"{m} x {k} weights on {cpu_name()}; ms per product (best of {args.repeats}), GB/s of blocks for the "
-          "fused path\n\n| type | rows | fused | dequantize once | panel + BLAS | F32 copy | fused GB/s |\n"
+          "register tiles\n\n| type | rows | register tiles | dequantize once | panel + BLAS | F32 copy | tiles GB/s |\n"
           "|---|---|---|---|---|---|---|")
     for dtype in (DType[name] for name in args.types):
         w = random_tensor(dtype, m, k, rng).reshape(m, -1)
@@ -65,7 +63,7 @@ def main() -> None:
             times = {name: best_ms(fn, args.repeats)
                      for name, fn in paths(dtype, w, x, dense, np.empty((rows, m), np.float32)).items()}
             print(f"| {dtype.name} | {rows} | " + " | ".join(f"{t:.3f}" for t in times.values())
-                  + f" | {w.nbytes / times['fused'] / 1e6:.1f} |")
+                  + f" | {w.nbytes / times['register tiles'] / 1e6:.1f} |")
 
 
 if __name__ == "__main__":
