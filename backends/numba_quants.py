@@ -3,8 +3,9 @@ the register tiles of numba_tiles.py, which take one to a few rows, up to BLOCK_
 dequantizers for prefill panels and get_rows.
 
 Bit fields are cut in float32 (`_shr`: floor(byte / 2^k)), because numba widens integer arithmetic to int64,
-which AVX2 cannot convert to float in vectors; every step is exact for bytes. Each block type's loops are compiled on their own (`_specialize`).
-Block layouts are ggml's (see quants.py). Kernels compile once per machine into numba's cache (`cache=True`).
+which AVX2 cannot convert to float in vectors; every step is exact for bytes. Each block type's loops are
+compiled on their own (`_specialize`). Block layouts are ggml's (see quants.py). Kernels compile once per
+machine into numba's cache (`cache=True`).
 """
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ loops and reduces their accumulators on every exit, so numba_quants.py's kernels
 (the old one-row mat-vec) or write decoded rows to a scratch and read them back (dequantize once), a pass as
 long as a whole one-row product; here the decoding overlaps the multiply-adds. Each value is d·q + offset
 multiplied as numba_quants.py's dequantize-once path does, lane l summing values l, l + 16, ... in order: the two
-paths agree to rounding (for the 32-value types, exactly). Block layouts are ggml's (see quants.py); each type's decoder is one function.
+paths agree to rounding (for the 32-value types, exactly). Block layouts are ggml's (see quants.py); each type's
+decoder is one function.
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ TILE_ROWS = 8  # activation rows per tile: 2 x 8 accumulators and the decoded ve
 
 def _splat(builder: ir.IRBuilder, value: ir.Value, vec: ir.VectorType) -> ir.Value:
     one = builder.insert_element(ir.Constant(vec, ir.Undefined), value, ir.Constant(I32, 0))
-    return builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined), ir.Constant(ir.VectorType(I32, LANES), [0] * LANES))
+    zeros = ir.Constant(ir.VectorType(I32, LANES), [0] * LANES)
+    return builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined), zeros)
 
 
 def _load(builder: ir.IRBuilder, p: ir.Value, offset: int, ty: ir.Type) -> ir.Value:
@@ -171,7 +173,8 @@ def _q3_k(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.V
     for h in range(2):
         q = _crumbs(builder, p, 32 + 32 * n + 16 * h, 2 * j)
         mask = _vbits(builder, builder.zext(_load(builder, p, 16 * h, VI8), VI32), unit, 1)
-        q = builder.sub(builder.add(q, builder.shl(mask, ir.Constant(VI32, [2] * LANES))), ir.Constant(VI32, [4] * LANES))
+        q = builder.add(q, builder.shl(mask, ir.Constant(VI32, [2] * LANES)))
+        q = builder.sub(q, ir.Constant(VI32, [4] * LANES))
         values += _affine(builder, builder.fmul(d, _q3_k_scale(builder, p, 8 * n + 2 * j + h)), ir.Constant(F32, 0.0),
                           (builder.sitofp(q, VF32),))
     return tuple(values)
