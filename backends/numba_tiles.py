@@ -68,13 +68,23 @@ def _affine(builder: ir.IRBuilder, d: ir.Value, offset: ir.Value, values: tuple[
     return tuple(_fma(builder, dv, v, ov) for v in values)
 
 
-def _q4_0(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
+def _d_zero(builder: ir.IRBuilder, p: ir.Value, zero: float, values: Callable) -> tuple[ir.Value, ir.Value]:
+    """ggml's _0 types: d at byte 0, values(builder, p, 2) after it; d·(v - zero)."""
     d = _half(builder, p, 0)
-    return _affine(builder, d, builder.fmul(d, ir.Constant(F32, -8.0)), _nibbles(builder, p, 2))
+    return _affine(builder, d, builder.fmul(d, ir.Constant(F32, -zero)), values(builder, p, 2))
+
+
+def _d_min(builder: ir.IRBuilder, p: ir.Value, values: Callable) -> tuple[ir.Value, ir.Value]:
+    """ggml's _1 types: d at byte 0, the min at 2, values(builder, p, 4) after them; d·v + min."""
+    return _affine(builder, _half(builder, p, 0), _half(builder, p, 2), values(builder, p, 4))
+
+
+def _q4_0(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
+    return _d_zero(builder, p, 8.0, _nibbles)
 
 
 def _q4_1(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
-    return _affine(builder, _half(builder, p, 0), _half(builder, p, 2), _nibbles(builder, p, 4))
+    return _d_min(builder, p, _nibbles)
 
 
 def _fives(builder: ir.IRBuilder, p: ir.Value, offset: int) -> tuple[ir.Value, ir.Value]:
@@ -95,12 +105,11 @@ def _with_bit4(builder: ir.IRBuilder, nibble: ir.Value, bit: ir.Value) -> ir.Val
 
 
 def _q5_0(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
-    d = _half(builder, p, 0)
-    return _affine(builder, d, builder.fmul(d, ir.Constant(F32, -16.0)), _fives(builder, p, 2))
+    return _d_zero(builder, p, 16.0, _fives)
 
 
 def _q5_1(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
-    return _affine(builder, _half(builder, p, 0), _half(builder, p, 2), _fives(builder, p, 4))
+    return _d_min(builder, p, _fives)
 
 
 def _q8_0(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
@@ -249,35 +258,51 @@ def _const(value: ir.Value, n: int) -> ir.Constant:
     return ir.Constant(value.type, n)
 
 
-def make_tile(dtype: DType, n_w: int, n_x: int):
-    """The tile intrinsic of block type dtype for n_w weight rows and n_x activation rows:
-    tile(w, g, n_groups, x, n0, out) makes out[n0 + j, g + i·n_groups] for the rows that exist."""
-    block, type_size, decode, _ = TILE_FORMATS[dtype]
-
+def make_tile(dtype: DType, n_w: int):
+    """The tile intrinsic of block type dtype for n_w weight rows: tile(w, g, n_groups, x, n0, n_x, out) makes
+    out[n0 + j, g + i·n_groups] for j < n_x <= TILE_ROWS and the weight rows that exist (a loop compiled for each
+    n_x, chosen by a switch)."""
     def codegen(context, builder, signature, args):
-        w_ty, _, _, x_ty, _, out_ty = signature.args
+        w_ty, _, _, x_ty, _, _, out_ty = signature.args
         (w, w_stride, n_rows, _), g, n_groups = _array(context, builder, w_ty, args[0]), args[1], args[2]
-        (x, x_stride, _, k), n0 = _array(context, builder, x_ty, args[3]), args[4]
-        out, out_stride, _, _ = _array(context, builder, out_ty, args[5])
+        x, n0, n_x = _array(context, builder, x_ty, args[3]), args[4], args[5]
+        out = _array(context, builder, out_ty, args[6])
         rows = [builder.add(g, builder.mul(n_groups, _const(g, i))) for i in range(n_w)]
         exists = [builder.icmp_signed("<", r, n_rows) for r in rows]
         starts = [builder.gep(w, [builder.mul(builder.select(e, r, g), w_stride)]) for r, e in zip(rows, exists)]
-        x0 = builder.gep(x, [builder.mul(n0, x_stride)])
-        acc = [[cgutils.alloca_once_value(builder, ir.Constant(VF32, None)) for _ in range(n_x)] for _ in rows]
-        with cgutils.for_range(builder, builder.sdiv(k, _const(k, block))) as loop:
-            blocks = [builder.gep(p, [builder.mul(loop.index, _const(loop.index, type_size))]) for p in starts]
-            x_block = builder.gep(x0, [builder.mul(loop.index, _const(loop.index, block * 4))])
-            for unit in range(block // 32):
-                _products(builder, [decode(builder, b, unit) for b in blocks], x_block, 128 * unit, x_stride, acc)
-        for i, (row, row_exists) in enumerate(zip(rows, exists)):
-            with builder.if_then(row_exists):
-                _store_sums(builder, [builder.load(a) for a in acc[i]], out, out_stride, n0, row)
+        end = builder.append_basic_block("tile.end")
+        switch = builder.switch(n_x, end)
+        for n in range(1, TILE_ROWS + 1):
+            case = builder.append_basic_block(f"tile.{n}")
+            switch.add_case(_const(n_x, n), case)
+            builder.position_at_end(case)
+            _tile_loop(builder, dtype, starts, x, n0, n, out, rows, exists)
+            builder.branch(end)
+        builder.position_at_end(end)
         return context.get_dummy_value()
 
     @intrinsic
-    def tile(typingctx, w, g, n_groups, x, n0, out):
-        return nbtypes.void(w, g, n_groups, x, n0, out), codegen
+    def tile(typingctx, w, g, n_groups, x, n0, n_x, out):
+        return nbtypes.void(w, g, n_groups, x, n0, n_x, out), codegen
     return tile
+
+
+def _tile_loop(builder: ir.IRBuilder, dtype: DType, starts: list[ir.Value], x: tuple, n0: ir.Value, n_x: int,
+               out: tuple, rows: list[ir.Value], exists: list[ir.Value]) -> None:
+    """The products of the weight rows starting at `starts` with activation rows n0..n0 + n_x - 1, summed into
+    out[n, row] for the rows that exist."""
+    block, type_size, decode, _ = TILE_FORMATS[dtype]
+    (x_data, x_stride, _, k), (out_data, out_stride, _, _) = x, out
+    x0 = builder.gep(x_data, [builder.mul(n0, x_stride)])
+    acc = [[cgutils.alloca_once_value(builder, ir.Constant(VF32, None)) for _ in range(n_x)] for _ in starts]
+    with cgutils.for_range(builder, builder.sdiv(k, _const(k, block))) as loop:
+        blocks = [builder.gep(p, [builder.mul(loop.index, _const(loop.index, type_size))]) for p in starts]
+        x_block = builder.gep(x0, [builder.mul(loop.index, _const(loop.index, block * 4))])
+        for unit in range(block // 32):
+            _products(builder, [decode(builder, b, unit) for b in blocks], x_block, 128 * unit, x_stride, acc)
+    for i, (row, row_exists) in enumerate(zip(rows, exists)):
+        with builder.if_then(row_exists):
+            _store_sums(builder, [builder.load(a) for a in acc[i]], out_data, out_stride, n0, row)
 
 
 def _products(builder: ir.IRBuilder, halves: list[tuple[ir.Value, ir.Value]], x_block: ir.Value, offset: int,
@@ -303,33 +328,17 @@ def _store_sums(builder: ir.IRBuilder, accs: list[ir.Value], out: ir.Value, stri
 
 def _tiled(w, x, out, n_tasks):
     """out[n, m] = w[m] · x[n]: weight rows g and g + n_groups (two memory streams) against TILE_ROWS activation
-    rows at a time, then the rest in one tile; TILE1..TILE8 are the block type's, bound by _specialize."""
-    n_groups, full = (w.shape[0] + 1) // 2, x.shape[0] - x.shape[0] % TILE_ROWS
+    rows at a time; TILE is the block type's, bound by _specialize."""
+    n_groups = (w.shape[0] + 1) // 2
     n_tasks = min(n_tasks, n_groups)
     for task in prange(n_tasks):
         start, stop = _share(task, n_tasks, n_groups)
         for g in range(start, stop):
-            for n0 in range(0, full, TILE_ROWS):
-                TILE8(w, g, n_groups, x, n0, out)  # noqa: F821
-            rest = x.shape[0] - full
-            if rest == 1:
-                TILE1(w, g, n_groups, x, full, out)  # noqa: F821
-            elif rest == 2:
-                TILE2(w, g, n_groups, x, full, out)  # noqa: F821
-            elif rest == 3:
-                TILE3(w, g, n_groups, x, full, out)  # noqa: F821
-            elif rest == 4:
-                TILE4(w, g, n_groups, x, full, out)  # noqa: F821
-            elif rest == 5:
-                TILE5(w, g, n_groups, x, full, out)  # noqa: F821
-            elif rest == 6:
-                TILE6(w, g, n_groups, x, full, out)  # noqa: F821
-            elif rest == 7:
-                TILE7(w, g, n_groups, x, full, out)  # noqa: F821
+            for n0 in range(0, x.shape[0], TILE_ROWS):
+                TILE(w, g, n_groups, x, n0, min(TILE_ROWS, x.shape[0] - n0), out)  # noqa: F821
 
 
-TILED = {t: _specialize(_tiled, t, True, **{f"TILE{n}": make_tile(t, 2, n) for n in range(1, TILE_ROWS + 1)})
-         for t in TILE_FORMATS}
+TILED = {t: _specialize(_tiled, t, True, TILE=make_tile(t, 2)) for t in TILE_FORMATS}
 
 
 def tiled_product(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray, n_tasks: int):
