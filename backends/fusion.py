@@ -11,7 +11,9 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from pyggml.ops import flash_attn_ext, reshape
 from pyggml.graph.dtypes import DType
+from pyggml.graph.errors import PyggmlError
 from pyggml.graph.graph import Graph
 from pyggml.graph.tensor import Tensor
 
@@ -42,6 +44,27 @@ def permuted_product(node: Tensor) -> Tensor | None:
                   name=node.name, flags=node.flags)
 
 
+def attention(node: Tensor) -> Tensor | None:
+    """mul_mat_permuted(transpose(v), soft_max_ext(mul_mat(k, q), mask)) with axes (1, 0, 2), the attention output
+    as permuted_product leaves it -> flash_attn_ext(q, k, v, mask) seen as that output: one pass over each key
+    and value row instead of three ops (scores, softmax and products of every head; soft-capped scores keep
+    theirs)."""
+    if node.op != "mul_mat_permuted" or list(node.params["axes"]) != [1, 0, 2]:
+        return None
+    vt, probs = node.srcs
+    if vt.op != "permute" or vt.params["axes"] != [0, 2, 1] or probs.op != "soft_max_ext" \
+            or probs.srcs[0].op != "mul_mat":
+        return None
+    (keys, q), mask = probs.srcs[0].srcs, (probs.srcs[1] if len(probs.srcs) > 1 else None)
+    try:
+        fused = flash_attn_ext(q, keys, vt.srcs[0], mask, probs.params["scale"], probs.params["max_bias"])
+    except PyggmlError:  # not of that form (batched, other shapes): left as it is
+        return None
+    out = reshape(fused, node.shape)
+    out.name, out.flags = node.name, node.flags
+    return out
+
+
 def one_row_gather(node: Tensor) -> Tensor | None:
     """get_rows of the only row of a contiguous one-row tensor (the last row of a decode step) -> that row."""
     table = node.srcs[0] if node.op == "get_rows" else None
@@ -52,7 +75,8 @@ def one_row_gather(node: Tensor) -> Tensor | None:
 
 
 FUSIONS: dict[str, Rewrite] = {"rms_norm_mul": rms_norm_mul, "permuted_product": permuted_product,
-                               "one_row_gather": one_row_gather}
+                               "attention": attention, "one_row_gather": one_row_gather}  # attention follows
+# permuted_product: it matches what that pass makes of the attention output
 
 
 def _rebuilt(node: Tensor, new: dict[Tensor, Tensor]) -> Tensor:

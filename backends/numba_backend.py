@@ -3,7 +3,7 @@
 A weight read by mul_mat keeps its memory-mapped blocks (F16 weights stay F16); a step with up to
 BLOCK_KERNEL_MAX_ROWS activation rows (decode, batched decode, prefill chunks) runs the block kernels of
 numba_tiles.py and numba_quants.py, a longer one dequantizes a panel of weight rows at a time into a reused
-scratch and multiplies it with BLAS. paged_attn, rms_norm_mul, swiglu and get_rows of blocks have numba kernels
+scratch and multiplies it with BLAS. paged_attn, flash_attn_ext, rms_norm_mul, swiglu and get_rows of blocks have numba kernels
 too (numba_kernels.py); every other op is the NumPy backend's kernel.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pyggml.graph.dtypes import DType
 from pyggml.graph.tensor import Tensor
 
 from .fusion import FUSIONS, mul_mat_permuted_kernel
-from .numba_kernels import get_rows, glu, paged_attn, rms_norm_mul
+from .numba_kernels import flash_attn_ext, get_rows, glu, paged_attn, rms_norm_mul
 from .numpy_backend import NumpyBackend
 from .numpy_kernels import KERNELS, mul_mat as numpy_mul_mat
 from .numba_quants import BLOCK_TYPES, block_product, dequantize_into
@@ -124,7 +124,7 @@ class NumbaBackend(NumpyBackend):
     name = "numba"
     kernels = {**KERNELS, "mul_mat": mul_mat, "mul_mat_permuted": one_blas_thread(mul_mat_permuted_kernel),
                "paged_attn": paged_attn, "rms_norm_mul": rms_norm_mul, "swiglu": glu,
-               "get_rows": get_rows}
+               "get_rows": get_rows, "flash_attn_ext": flash_attn_ext}
     fusions = tuple(FUSIONS)
 
     def __init__(self) -> None:

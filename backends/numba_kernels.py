@@ -16,7 +16,7 @@ from numba.extending import intrinsic
 from pyggml.graph.tensor import Tensor
 
 from .fusion import rms_norm_mul_kernel as numpy_rms_norm_mul
-from .numpy_attention import paged_attn as numpy_paged_attn
+from .numpy_attention import flash_attn_ext as numpy_flash_attn_ext, paged_attn as numpy_paged_attn
 from .numpy_kernels import GLU_GATES, get_rows as numpy_get_rows, glu_kernel
 from .numba_quants import BLOCK_TYPES, FAST, INLINE, dequantize_into
 from .quants import gather_block_rows
@@ -53,12 +53,23 @@ def _exp(x):
 
 
 @njit(**INLINE)
-def _own_rows(rows, t, seen):
-    """seen[:n] = token t's cache rows (its non-negative entries); returns n."""
+def _own_rows(rows, t, seen, bias):
+    """seen[:n] = token t's cache rows (its non-negative entries), bias[:n] = 0; returns n."""
     n = 0
     for j in range(rows.shape[1]):
         if rows[t, j] >= 0:
-            seen[n] = rows[t, j]
+            seen[n], bias[n] = rows[t, j], 0
+            n += 1
+    return n
+
+
+@njit(**INLINE)
+def _unmasked_rows(mask, t, seen, bias):
+    """seen[:n] = the key rows token t's mask row does not hide (-inf), bias[:n] = their mask values; returns n."""
+    n = 0
+    for j in range(mask.shape[1]):
+        if mask[t, j] != -np.inf:
+            seen[n], bias[n] = j, mask[t, j]
             n += 1
     return n
 
@@ -78,36 +89,58 @@ def _softmax_in_place(s, n):
         s[j] *= inv
 
 
+@njit(**INLINE)
+def _attend(qs, k, v, hk, seen, bias, n, softcap, out):
+    """out[g] = softmax(softcap(qs[g] · k[seen[j], hk]) + bias[j]) · v[seen[j], hk] over j < n, for the G query
+    heads qs (already scaled) of K/V head hk: each key and value row is read once for the group."""
+    group, dk = qs.shape
+    scores = np.empty((group, n), np.float32)
+    for j in range(n):
+        kr = k[seen[j], hk]
+        for g in range(group):
+            s = f32(0)
+            for d in range(dk):
+                s += qs[g, d] * kr[d]
+            scores[g, j] = (softcap * np.tanh(s / softcap) if softcap > 0 else s) + bias[j]
+    for g in range(group):
+        _softmax_in_place(scores[g], n)
+    acc = np.zeros((group, v.shape[2]), np.float32)
+    for j in range(n):
+        vr = v[seen[j], hk]
+        for g in range(group):
+            p = scores[g, j]
+            for d in range(vr.shape[0]):
+                acc[g, d] += p * vr[d]
+    out[:] = acc
+
+
 @njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
 def _paged_attn(q, k, v, rows, scale, softcap, out):
     """out[t, h] = softmax(softcap(q[t, h] · k[rows[t], h // G] * scale)) v[rows[t], h // G] (negative rows
-    skipped; zeros where none is left). A task is a (token, K/V head): each of its rows is read once for the
-    group's G query heads."""
+    skipped; zeros where none is left), a task per (token, K/V head)."""
     n_tok, n_head, n_kv_head = q.shape[0], q.shape[1], k.shape[1]
-    group, dk, dv = n_head // n_kv_head, k.shape[2], v.shape[2]
+    group = n_head // n_kv_head
     for task in prange(n_tok * n_kv_head):
         t, hk = task // n_kv_head, task % n_kv_head
-        seen = np.empty(rows.shape[1], np.int64)
-        n = _own_rows(rows, t, seen)
-        qs = q[t, hk * group:(hk + 1) * group] * scale
-        scores = np.empty((group, n), np.float32)
-        for j in range(n):
-            kr = k[seen[j], hk]
-            for g in range(group):
-                s = f32(0)
-                for d in range(dk):
-                    s += qs[g, d] * kr[d]
-                scores[g, j] = softcap * np.tanh(s / softcap) if softcap > 0 else s
-        for g in range(group):
-            _softmax_in_place(scores[g], n)
-        acc = np.zeros((group, dv), np.float32)
-        for j in range(n):
-            vr = v[seen[j], hk]
-            for g in range(group):
-                p = scores[g, j]
-                for d in range(dv):
-                    acc[g, d] += p * vr[d]
-        out[t, hk * group:(hk + 1) * group] = acc
+        seen, bias = np.empty(rows.shape[1], np.int64), np.empty(rows.shape[1], np.float32)
+        n = _own_rows(rows, t, seen, bias)
+        heads = slice(hk * group, (hk + 1) * group)
+        _attend(q[t, heads] * scale, k, v, hk, seen, bias, n, softcap, out[t, heads])
+
+
+@njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
+def _flash_attn(q, k, v, mask, scale, softcap, out):
+    """flash_attn_ext for q (T, H, D), key and value rows k (KV, Hkv, D), v (KV, Hkv, Dv) and mask (T, KV):
+    out[t, h] = softmax(softcap(q[t, h] · k[:, h // G] * scale) + mask[t]) v[:, h // G], over the rows the
+    mask does not hide, a task per (token, K/V head)."""
+    n_tok, n_head, n_kv_head = q.shape[0], q.shape[1], k.shape[1]
+    group = n_head // n_kv_head
+    for task in prange(n_tok * n_kv_head):
+        t, hk = task // n_kv_head, task % n_kv_head
+        seen, bias = np.empty(mask.shape[1], np.int64), np.empty(mask.shape[1], np.float32)
+        n = _unmasked_rows(mask, t, seen, bias)
+        heads = slice(hk * group, (hk + 1) * group)
+        _attend(q[t, heads] * scale, k, v, hk, seen, bias, n, softcap, out[t, heads])
 
 
 def paged_attn(node: Tensor, out: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
@@ -117,6 +150,21 @@ def paged_attn(node: Tensor, out: np.ndarray, q: np.ndarray, k: np.ndarray, v: n
         return numpy_paged_attn(node, out, q, k, v, rows)
     scale, softcap = np.float32(node.params["scale"]), np.float32(node.params["logit_softcap"])
     return lambda: _paged_attn(q, k, v, rows, scale, softcap, out)
+
+
+def flash_attn_ext(node: Tensor, out: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                   mask: np.ndarray | None = None) -> Callable[[], None]:
+    """flash_attn_ext through the numba kernel for 3-D F32 operands and mask without ALiBi; anything else through
+    the NumPy kernel."""
+    p = node.params
+    arrays = (q, k, v, out) if mask is None else (q, k, v, out, mask)
+    if q.ndim != 3 or p["max_bias"] or not all(a.dtype == np.float32 for a in arrays):
+        return numpy_flash_attn_ext(node, out, q, k, v, mask)
+    n_tok = q.shape[1]
+    mask_rows = np.zeros((n_tok, k.shape[1]), np.float32) if mask is None else mask[:n_tok]
+    rows_q, rows_k, rows_v = (np.swapaxes(a, 0, 1) for a in (q, k, v))  # (T, H, D), (KV, Hkv, D), (KV, Hkv, Dv)
+    scale, softcap = np.float32(p["scale"]), np.float32(p["logit_softcap"])
+    return lambda: _flash_attn(rows_q, rows_k, rows_v, mask_rows, scale, softcap, out)
 
 
 @njit(cache=True, fastmath=FAST)
