@@ -1,9 +1,10 @@
-"""The numba backend's kernels of ops other than mul_mat: paged_attn, where each (query row, K/V head) task reads
-only the cache rows its sequence holds (the masked form multiplies every query row with every sequence's rows:
-8 sequences, 8x the work), rms_norm_mul in one pass per row (NumPy's five ufunc calls cost 8-15 us on a few
+"""The numba backend's kernels of ops other than mul_mat: attention, where each (query row, K/V head) task reads
+only the key and value rows its token sees, once for its group of query heads (paged_attn: its sequence's rows;
+flash_attn_ext: the rows its mask does not hide; the masked product form multiplies every query row with every
+row: 8 sequences, 8x the work), rms_norm_mul in one pass per row (NumPy's five ufunc calls cost 8-15 us on a few
 rows, 61 times a SmolLM2 step), swiglu in one pass, and get_rows of quantized blocks (gguf's dequantizer took
-110 us for a decode step's one embedding row). Their exponentials are `_exp`, which LLVM vectorizes:
-numba calls libm's expf a value at a time (no SVML here), 7,200 times a layer in an 8-sequence decode step."""
+110 us for a decode step's one embedding row). Their exponentials are `_exp`, which LLVM vectorizes: numba calls
+libm's expf a value at a time (no SVML here), 7,200 times a layer in an 8-sequence decode step."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -53,23 +54,13 @@ def _exp(x):
 
 
 @njit(**INLINE)
-def _own_rows(rows, t, seen, bias):
-    """seen[:n] = token t's cache rows (its non-negative entries), bias[:n] = 0; returns n."""
+def _visible_rows(rows, mask, t, seen, bias):
+    """seen[:n] = the key rows token t sees (rows[t, j] >= 0 where mask[t, j] > -inf), bias[:n] = their mask
+    values; returns n."""
     n = 0
     for j in range(rows.shape[1]):
-        if rows[t, j] >= 0:
-            seen[n], bias[n] = rows[t, j], 0
-            n += 1
-    return n
-
-
-@njit(**INLINE)
-def _unmasked_rows(mask, t, seen, bias):
-    """seen[:n] = the key rows token t's mask row does not hide (-inf), bias[:n] = their mask values; returns n."""
-    n = 0
-    for j in range(mask.shape[1]):
-        if mask[t, j] != -np.inf:
-            seen[n], bias[n] = j, mask[t, j]
+        if rows[t, j] >= 0 and mask[t, j] != -np.inf:
+            seen[n], bias[n] = rows[t, j], mask[t, j]
             n += 1
     return n
 
@@ -115,30 +106,17 @@ def _attend(qs, k, v, hk, seen, bias, n, softcap, out):
 
 
 @njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
-def _paged_attn(q, k, v, rows, scale, softcap, out):
-    """out[t, h] = softmax(softcap(q[t, h] · k[rows[t], h // G] * scale)) v[rows[t], h // G] (negative rows
-    skipped; zeros where none is left), a task per (token, K/V head)."""
+def _attention(q, k, v, rows, mask, scale, softcap, out):
+    """out[t, h] = softmax(softcap(q[t, h] · k[rows[t], h // G] * scale) + mask[t]) v[rows[t], h // G] for q
+    (T, H, D), key and value rows k (R, Hkv, D) and v (R, Hkv, Dv), rows and mask (T, L) (a negative row or a
+    -inf mask hides an entry; zeros where none is left), a task per (token, K/V head): paged_attn's own rows,
+    flash_attn_ext's every row under its mask."""
     n_tok, n_head, n_kv_head = q.shape[0], q.shape[1], k.shape[1]
     group = n_head // n_kv_head
     for task in prange(n_tok * n_kv_head):
         t, hk = task // n_kv_head, task % n_kv_head
         seen, bias = np.empty(rows.shape[1], np.int64), np.empty(rows.shape[1], np.float32)
-        n = _own_rows(rows, t, seen, bias)
-        heads = slice(hk * group, (hk + 1) * group)
-        _attend(q[t, heads] * scale, k, v, hk, seen, bias, n, softcap, out[t, heads])
-
-
-@njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
-def _flash_attn(q, k, v, mask, scale, softcap, out):
-    """flash_attn_ext for q (T, H, D), key and value rows k (KV, Hkv, D), v (KV, Hkv, Dv) and mask (T, KV):
-    out[t, h] = softmax(softcap(q[t, h] · k[:, h // G] * scale) + mask[t]) v[:, h // G], over the rows the
-    mask does not hide, a task per (token, K/V head)."""
-    n_tok, n_head, n_kv_head = q.shape[0], q.shape[1], k.shape[1]
-    group = n_head // n_kv_head
-    for task in prange(n_tok * n_kv_head):
-        t, hk = task // n_kv_head, task % n_kv_head
-        seen, bias = np.empty(mask.shape[1], np.int64), np.empty(mask.shape[1], np.float32)
-        n = _unmasked_rows(mask, t, seen, bias)
+        n = _visible_rows(rows, mask, t, seen, bias)
         heads = slice(hk * group, (hk + 1) * group)
         _attend(q[t, heads] * scale, k, v, hk, seen, bias, n, softcap, out[t, heads])
 
@@ -149,7 +127,8 @@ def paged_attn(node: Tensor, out: np.ndarray, q: np.ndarray, k: np.ndarray, v: n
     if not all(a.dtype == np.float32 for a in (q, k, v, out)):
         return numpy_paged_attn(node, out, q, k, v, rows)
     scale, softcap = np.float32(node.params["scale"]), np.float32(node.params["logit_softcap"])
-    return lambda: _paged_attn(q, k, v, rows, scale, softcap, out)
+    no_mask = np.broadcast_to(np.float32(0), rows.shape)
+    return lambda: _attention(q, k, v, rows, no_mask, scale, softcap, out)
 
 
 def flash_attn_ext(node: Tensor, out: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
@@ -160,11 +139,12 @@ def flash_attn_ext(node: Tensor, out: np.ndarray, q: np.ndarray, k: np.ndarray, 
     arrays = (q, k, v, out) if mask is None else (q, k, v, out, mask)
     if q.ndim != 3 or p["max_bias"] or not all(a.dtype == np.float32 for a in arrays):
         return numpy_flash_attn_ext(node, out, q, k, v, mask)
-    n_tok = q.shape[1]
-    mask_rows = np.zeros((n_tok, k.shape[1]), np.float32) if mask is None else mask[:n_tok]
+    shape = (q.shape[1], k.shape[1])  # (T, KV): every key row, under the mask
+    rows = np.broadcast_to(np.arange(shape[1], dtype=np.int64), shape)
+    mask_rows = np.broadcast_to(np.float32(0), shape) if mask is None else mask[:shape[0]]
     rows_q, rows_k, rows_v = (np.swapaxes(a, 0, 1) for a in (q, k, v))  # (T, H, D), (KV, Hkv, D), (KV, Hkv, Dv)
     scale, softcap = np.float32(p["scale"]), np.float32(p["logit_softcap"])
-    return lambda: _flash_attn(rows_q, rows_k, rows_v, mask_rows, scale, softcap, out)
+    return lambda: _attention(rows_q, rows_k, rows_v, rows, mask_rows, scale, softcap, out)
 
 
 @njit(cache=True, fastmath=FAST)
