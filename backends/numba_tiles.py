@@ -267,16 +267,17 @@ def make_tile(dtype: DType, n_w: int):
         (w, w_stride, n_rows, _), g, n_groups = _array(context, builder, w_ty, args[0]), args[1], args[2]
         x, n0, n_x = _array(context, builder, x_ty, args[3]), args[4], args[5]
         out = _array(context, builder, out_ty, args[6])
-        rows = [builder.add(g, builder.mul(n_groups, _const(g, i))) for i in range(n_w)]
-        exists = [builder.icmp_signed("<", r, n_rows) for r in rows]
-        starts = [builder.gep(w, [builder.mul(builder.select(e, r, g), w_stride)]) for r, e in zip(rows, exists)]
+        rows, starts, exists = _group_rows(builder, w, w_stride, n_rows, g, n_groups, n_w)
+        following = builder.add(g, _const(g, 1))  # the next group's rows are fetched while these are multiplied
+        ahead = _group_rows(builder, w, w_stride, n_rows, builder.select(
+            builder.icmp_signed("<", following, n_groups), following, g), n_groups, n_w)[1]
         end = builder.append_basic_block("tile.end")
         switch = builder.switch(n_x, end)
         for n in range(1, TILE_ROWS + 1):
             case = builder.append_basic_block(f"tile.{n}")
             switch.add_case(_const(n_x, n), case)
             builder.position_at_end(case)
-            _tile_loop(builder, dtype, starts, x, n0, n, out, rows, exists)
+            _tile_loop(builder, dtype, starts, ahead, x, n0, n, out, rows, exists)
             builder.branch(end)
         builder.position_at_end(end)
         return context.get_dummy_value()
@@ -287,16 +288,35 @@ def make_tile(dtype: DType, n_w: int):
     return tile
 
 
-def _tile_loop(builder: ir.IRBuilder, dtype: DType, starts: list[ir.Value], x: tuple, n0: ir.Value, n_x: int,
-               out: tuple, rows: list[ir.Value], exists: list[ir.Value]) -> None:
+def _group_rows(builder: ir.IRBuilder, w: ir.Value, w_stride: ir.Value, n_rows: ir.Value, g: ir.Value,
+                n_groups: ir.Value, n_w: int) -> tuple[list, list, list]:
+    """Group g's weight rows g + i·n_groups: (their indices, pointers to them (row g for rows past the end),
+    whether each exists)."""
+    rows = [builder.add(g, builder.mul(n_groups, _const(g, i))) for i in range(n_w)]
+    exists = [builder.icmp_signed("<", r, n_rows) for r in rows]
+    starts = [builder.gep(w, [builder.mul(builder.select(e, r, g), w_stride)]) for r, e in zip(rows, exists)]
+    return rows, starts, exists
+
+
+def _prefetch(builder: ir.IRBuilder, p: ir.Value) -> None:
+    """Start fetching the cache line at p into all cache levels (llvm.prefetch: read, locality 3, data)."""
+    fnty = ir.FunctionType(ir.VoidType(), [p.type] + [I32] * 3)
+    fn = builder.module.declare_intrinsic("llvm.prefetch", [p.type], fnty)
+    builder.call(fn, [p, ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+
+
+def _tile_loop(builder: ir.IRBuilder, dtype: DType, starts: list[ir.Value], ahead: list[ir.Value], x: tuple,
+               n0: ir.Value, n_x: int, out: tuple, rows: list[ir.Value], exists: list[ir.Value]) -> None:
     """The products of the weight rows starting at `starts` with activation rows n0..n0 + n_x - 1, summed into
-    out[n, row] for the rows that exist."""
+    out[n, row] for the rows that exist; each block of the rows at `ahead` is prefetched on the way."""
     block, type_size, decode, _ = TILE_FORMATS[dtype]
     (x_data, x_stride, _, k), (out_data, out_stride, _, _) = x, out
     x0 = builder.gep(x_data, [builder.mul(n0, x_stride)])
     acc = [[cgutils.alloca_once_value(builder, ir.Constant(VF32, None)) for _ in range(n_x)] for _ in starts]
     with cgutils.for_range(builder, builder.sdiv(k, _const(k, block))) as loop:
         blocks = [builder.gep(p, [builder.mul(loop.index, _const(loop.index, type_size))]) for p in starts]
+        for p in ahead:
+            _prefetch(builder, builder.gep(p, [builder.mul(loop.index, _const(loop.index, type_size))]))
         x_block = builder.gep(x0, [builder.mul(loop.index, _const(loop.index, block * 4))])
         for unit in range(block // 32):
             _products(builder, [decode(builder, b, unit) for b in blocks], x_block, 128 * unit, x_stride, acc)
