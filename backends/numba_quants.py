@@ -31,17 +31,22 @@ INLINE = dict(inline="always", cache=True, fastmath=FAST)
 f32 = np.float32
 
 
+def prefetch_line(builder: ir.IRBuilder, p: ir.Value) -> None:
+    """IR: start fetching the cache line at byte pointer p into all cache levels without waiting for it
+    (llvm.prefetch: read, locality 3, data)."""
+    i32 = ir.IntType(32)
+    fnty = ir.FunctionType(ir.VoidType(), [p.type] + [i32] * 3)
+    fn = builder.module.declare_intrinsic("llvm.prefetch", [p.type], fnty)
+    builder.call(fn, [p, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+
+
 @intrinsic
 def _prefetch(typingctx, arr, idx):
-    """Fetch the cache line holding arr[idx] towards L1 without waiting for it (llvm.prefetch)."""
+    """Fetch the cache line holding arr[idx] towards L1 without waiting for it."""
     def codegen(context, builder, signature, args):
         ary = context.make_array(signature.args[0])(context, builder, args[0])
         ptr = cgutils.get_item_pointer(context, builder, signature.args[0], ary, [args[1]])
-        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = builder.module.declare_intrinsic("llvm.prefetch", [i8p], fnty)
-        # read, keep in all cache levels, data
-        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        prefetch_line(builder, builder.bitcast(ptr, ir.IntType(8).as_pointer()))
         return context.get_dummy_value()
     return nbtypes.void(arr, idx), codegen
 

@@ -25,7 +25,7 @@ from numba.extending import intrinsic
 
 from pyggml.graph.dtypes import DType
 
-from .numba_quants import _share, _specialize
+from .numba_quants import _share, _specialize, prefetch_line
 
 LANES = 16
 I8, I16, I32, F16, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.HalfType(), ir.FloatType()
@@ -298,13 +298,6 @@ def _group_rows(builder: ir.IRBuilder, w: ir.Value, w_stride: ir.Value, n_rows: 
     return rows, starts, exists
 
 
-def _prefetch(builder: ir.IRBuilder, p: ir.Value) -> None:
-    """Start fetching the cache line at p into all cache levels (llvm.prefetch: read, locality 3, data)."""
-    fnty = ir.FunctionType(ir.VoidType(), [p.type] + [I32] * 3)
-    fn = builder.module.declare_intrinsic("llvm.prefetch", [p.type], fnty)
-    builder.call(fn, [p, ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
-
-
 def _tile_loop(builder: ir.IRBuilder, dtype: DType, starts: list[ir.Value], ahead: list[ir.Value], x: tuple,
                n0: ir.Value, n_x: int, out: tuple, rows: list[ir.Value], exists: list[ir.Value]) -> None:
     """The products of the weight rows starting at `starts` with activation rows n0..n0 + n_x - 1, summed into
@@ -316,7 +309,7 @@ def _tile_loop(builder: ir.IRBuilder, dtype: DType, starts: list[ir.Value], ahea
     with cgutils.for_range(builder, builder.sdiv(k, _const(k, block))) as loop:
         blocks = [builder.gep(p, [builder.mul(loop.index, _const(loop.index, type_size))]) for p in starts]
         for p in ahead:
-            _prefetch(builder, builder.gep(p, [builder.mul(loop.index, _const(loop.index, type_size))]))
+            prefetch_line(builder, builder.gep(p, [builder.mul(loop.index, _const(loop.index, type_size))]))
         x_block = builder.gep(x0, [builder.mul(loop.index, _const(loop.index, block * 4))])
         for unit in range(block // 32):
             _products(builder, [decode(builder, b, unit) for b in blocks], x_block, 128 * unit, x_stride, acc)
