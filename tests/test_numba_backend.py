@@ -60,3 +60,23 @@ def test_reference_models_match_the_numpy_backend(name, request):
         steps = [model.eval(prompt)] + [model.eval([t]) for t in (100, 200, 300)]
         logits.append(np.concatenate(steps))
     np.testing.assert_allclose(logits[0], logits[1], atol=1e-3, rtol=0)
+
+
+def test_register_tiles_give_each_row_the_same_sums_at_any_row_count_and_refuse_strided_rows():
+    """A row's products do not depend on the rows beside it (batched and single logits then agree), against
+    float64 products of the dequantized weight; strided activations are refused, not misread."""
+    from pyggml.backends.numba_tiles import tiled_product
+    from pyggml.backends.quants import dequantize
+    rng = np.random.default_rng(1)
+    raw = random_blocks(DType.Q4_1, 9, 4, rng)
+    x = rng.standard_normal((11, 128)).astype(np.float32)
+    outs = []
+    for n in (1, 3, 11):
+        out = np.empty((n, 9), np.float32)
+        tiled_product(DType.Q4_1, raw, x[:n], out, 2)()
+        outs.append(out)
+    want = x.astype(np.float64) @ dequantize(raw, DType.Q4_1, (9, 128)).astype(np.float64).T
+    np.testing.assert_allclose(outs[-1], want, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(outs[0], outs[-1][:1]) and np.array_equal(outs[1], outs[-1][:3])
+    with pytest.raises(ValueError, match="contiguous"):
+        tiled_product(DType.Q4_1, raw, x[:, ::2], np.empty((11, 9), np.float32), 2)
