@@ -23,7 +23,7 @@ from .numba_kernels import flash_attn_ext, get_rows, glu, paged_attn, rms_norm_m
 from .numpy_backend import NumpyBackend
 from .numpy_kernels import KERNELS, mul_mat as numpy_mul_mat
 from .numba_quants import BLOCK_TYPES, block_product, dequantize_into
-from .numba_tiles import TILE_FORMATS, tiled_product
+from .numba_tiles import TILED_MAX_ROWS, tiled_product
 
 BLOCK_KERNEL_MAX_ROWS = 256  # activation rows up to which the block kernels beat dequantized panels + BLAS
 # (examples/bench_matvec.py, with one task per thread and the one-row tile: the dequantize-once path is faster at
@@ -95,9 +95,9 @@ def panel_product(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray) -
 
 
 def block_step(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray) -> Callable[[], None]:
-    """out = x @ W.T through the block kernels: register tiles up to the type's max_rows activation rows (SmolLM2's
-    211 products at 16 rows: 33 against 40 ms; at 32, a tie), rows dequantized once past them."""
-    if len(x) <= TILE_FORMATS[dtype].max_rows:
+    """out = x @ W.T through the block kernels: register tiles up to TILED_MAX_ROWS activation rows, rows
+    dequantized once past them."""
+    if len(x) <= TILED_MAX_ROWS:
         return tiled_product(dtype, w, x, out, numba.get_num_threads())
     return block_product(dtype, w, x, out, numba.get_num_threads())
 
