@@ -238,6 +238,9 @@ def test_clients_that_go_away_free_their_blocks_and_faults_do_not_stop_the_serve
         with pytest.raises(TimeoutError):
             call(url, "/v1/completions", body, timeout=0.3)  # gone while waiting for the whole answer
         wait_until(lambda: reasons == ["cancelled"] * 2)
+        with pytest.raises(TimeoutError):  # all three choices go with it: two running, one still queued
+            call(url, "/v1/completions", {**body, "n": 3}, timeout=0.3)
+        wait_until(lambda: reasons == ["cancelled"] * 4 and health(url)["waiting"] == 0)
         batch_step = engine.batch.step
         engine.batch.step = lambda entries: 1 / 0
         status, answer = call(url, "/v1/completions", {**body, "max_tokens": 2})
