@@ -12,10 +12,9 @@ decoder is one function.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
-
-import functools
 
 import numpy as np
 from llvmlite import ir
@@ -150,9 +149,16 @@ def _nibble_halves(builder: ir.IRBuilder, p: ir.Value, offset: int, high: bool) 
     return tuple(_nibbles(builder, p, offset + 16 * h)[high] for h in range(2))
 
 
-def _crumbs(builder: ir.IRBuilder, p: ir.Value, offset: int, shift: int) -> ir.Value:
-    """(byte >> shift) & 3 of the 16 bytes at offset of p, as an int vector."""
-    return _vbits(builder, builder.zext(_load(builder, p, offset, VI8), VI32), shift, 3)
+def _byte_bits(builder: ir.IRBuilder, p: ir.Value, offset: int, shift: int, mask: int) -> ir.Value:
+    """(byte >> shift) & mask of the 16 bytes at offset of p, as an int vector."""
+    return _vbits(builder, builder.zext(_load(builder, p, offset, VI8), VI32), shift, mask)
+
+
+def _k_affine(builder: ir.IRBuilder, p: ir.Value, unit: int, values: tuple[ir.Value, ...]) -> tuple:
+    """Q4_K/Q5_K: d·scale·v - dmin·min with sub-block `unit`'s scale and min (d at byte 0, dmin at 2)."""
+    sc, m = _k4_scale_min(builder, p, unit)
+    return _affine(builder, builder.fmul(_half(builder, p, 0), sc), builder.fneg(builder.fmul(_half(builder, p, 2), m)),
+                   values)
 
 
 def _q2_k(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
@@ -162,7 +168,7 @@ def _q2_k(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.V
     d, dmin, values = _half(builder, p, 80), _half(builder, p, 82), []
     for h in range(2):
         sc = _byte(builder, p, 8 * n + 2 * j + h)
-        q = builder.uitofp(_crumbs(builder, p, 16 + 32 * n + 16 * h, 2 * j), VF32)
+        q = builder.uitofp(_byte_bits(builder, p, 16 + 32 * n + 16 * h, 2 * j, 3), VF32)
         scale, low = (builder.uitofp(_bits(builder, sc, shift, 15), F32) for shift in (0, 4))
         values += _affine(builder, builder.fmul(d, scale), builder.fneg(builder.fmul(dmin, low)), (q,))
     return tuple(values)
@@ -183,9 +189,8 @@ def _q3_k(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.V
     n, j = divmod(unit, 4)
     d, values = _half(builder, p, 108), []
     for h in range(2):
-        q = _crumbs(builder, p, 32 + 32 * n + 16 * h, 2 * j)
-        mask = _vbits(builder, builder.zext(_load(builder, p, 16 * h, VI8), VI32), unit, 1)
-        q = builder.add(q, builder.shl(mask, ir.Constant(VI32, [2] * LANES)))
+        q = _byte_bits(builder, p, 32 + 32 * n + 16 * h, 2 * j, 3)
+        q = builder.add(q, builder.shl(_byte_bits(builder, p, 16 * h, unit, 1), ir.Constant(VI32, [2] * LANES)))
         q = builder.sub(q, ir.Constant(VI32, [4] * LANES))
         values += _affine(builder, builder.fmul(d, _q3_k_scale(builder, p, 8 * n + 2 * j + h)), ir.Constant(F32, 0.0),
                           (builder.sitofp(q, VF32),))
@@ -194,21 +199,14 @@ def _q3_k(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.V
 
 def _q4_k(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
     """Sub-block `unit` of eight: d·scale·nibble - dmin·min, the nibbles low (even units) or high of 32 bytes."""
-    sc, m = _k4_scale_min(builder, p, unit)
-    values = _nibble_halves(builder, p, 16 + 32 * (unit // 2), unit % 2 == 1)
-    return _affine(builder, builder.fmul(_half(builder, p, 0), sc), builder.fneg(builder.fmul(_half(builder, p, 2), m)),
-                   values)
+    return _k_affine(builder, p, unit, _nibble_halves(builder, p, 16 + 32 * (unit // 2), unit % 2 == 1))
 
 
 def _q5_k(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
     """As Q4_K with the nibbles at offset 48, value l's bit 4 being bit `unit` of qh[l] (32 bytes at 16)."""
-    sc, m = _k4_scale_min(builder, p, unit)
-    values = []
-    for h, nibble in enumerate(_nibble_halves(builder, p, 48 + 32 * (unit // 2), unit % 2 == 1)):
-        bit = _vbits(builder, builder.zext(_load(builder, p, 16 + 16 * h, VI8), VI32), unit, 1)
-        values.append(_with_bit4(builder, nibble, bit))
-    return _affine(builder, builder.fmul(_half(builder, p, 0), sc), builder.fneg(builder.fmul(_half(builder, p, 2), m)),
-                   tuple(values))
+    nibbles = _nibble_halves(builder, p, 48 + 32 * (unit // 2), unit % 2 == 1)
+    return _k_affine(builder, p, unit, tuple(_with_bit4(builder, nibble, _byte_bits(builder, p, 16 + 16 * h, unit, 1))
+                                             for h, nibble in enumerate(nibbles)))
 
 
 def _q6_k(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
@@ -217,9 +215,8 @@ def _q6_k(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.V
     n, k = divmod(unit, 4)
     d, values = _half(builder, p, 208), []
     for h in range(2):
-        ql = builder.zext(_load(builder, p, 64 * n + 32 * (k % 2) + 16 * h, VI8), VI32)
-        nibble = _vbits(builder, ql, 4 * (k // 2), 15)
-        high = _vbits(builder, builder.zext(_load(builder, p, 128 + 32 * n + 16 * h, VI8), VI32), 2 * k, 3)
+        nibble = _byte_bits(builder, p, 64 * n + 32 * (k % 2) + 16 * h, 4 * (k // 2), 15)
+        high = _byte_bits(builder, p, 128 + 32 * n + 16 * h, 2 * k, 3)
         q = builder.uitofp(builder.or_(nibble, builder.shl(high, ir.Constant(VI32, [4] * LANES))), VF32)
         c = builder.fmul(d, builder.sitofp(_load(builder, p, 192 + 8 * n + 2 * k + h, I8), F32))
         values.append(_affine(builder, c, builder.fmul(c, ir.Constant(F32, -32.0)), (q,))[0])
