@@ -29,7 +29,9 @@ from .numba_quants import _share, _specialize, prefetch_line
 LANES = 16
 I8, I16, I32, F16, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.HalfType(), ir.FloatType()
 VF32, VI32, VI8, VF16 = (ir.VectorType(t, LANES) for t in (F32, I32, I8, F16))
-TILE_ROWS = 8  # activation rows per tile: 2 x 8 accumulators and the decoded vectors fit in 32 registers
+TILE_ROWS = 8  # activation rows per tile: 2 x 8 accumulators and the decoded vectors fit in AVX-512's 32 registers
+# (AVX2's 16 spill some, and still beat tiles of 4: SmolLM2's products at 8 rows compiled for Haswell, 17.4 against
+# 20.7 ms)
 TILED_MAX_ROWS = 16  # activation rows up to which the tiles beat dequantizing once (each tile of rows decodes the
 # blocks again). SmolLM2's 211 products at 16 rows: 29 against 36 ms, at 32 58 against 65, at 64 121 against 116;
 # Gemma 3's 127: 67 against 87 ms at 16, 308 against 264 at 64; 2048 x 1024 K-quants and Q5_0 tie at 16
