@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from pyggml.ops import flash_attn_ext, reshape
 from pyggml.graph.dtypes import DType
 from pyggml.graph.errors import PyggmlError
 from pyggml.graph.graph import Graph
 from pyggml.graph.tensor import Tensor
+from pyggml.ops import flash_attn_ext, reshape
 
 from .numpy_kernels import f32_compute, kernel, mul_mat, rms_norm
 

@@ -189,7 +189,8 @@ glu = glu_kernel({**GLU_GATES, "swiglu": swiglu_into})
 
 
 def get_rows(node: Tensor, out: np.ndarray, a: np.ndarray, idx: np.ndarray) -> Callable[[], None]:
-    """get_rows of a quantized (or F16) table's rows through the numba dequantizer; anything else through NumPy's."""
+    """get_rows of a table held as blocks (uint8 rows) through the numba dequantizer; anything else through
+    NumPy's."""
     a_type = node.srcs[0].dtype
     if not (a_type in BLOCK_TYPES and a.dtype == np.uint8 and a.ndim == 2 and out.ndim == 2
             and out.dtype == np.float32 and out.flags.c_contiguous):

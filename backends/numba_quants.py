@@ -114,7 +114,7 @@ def _fives(f, hl, hh, j):
     return lo + f32(16) * _bit(hl, j), hi + f32(16) * _bit(hh, j)
 
 
-# K-quants: 256 values a block; each value helper cuts one layout's values or scales for its dequantizer.
+# K-quants: 256 values a block; each value helper cuts one layout's values or scales.
 
 @njit(**INLINE)
 def _q2_k_group(u, o, g, scale, shift):
@@ -157,14 +157,6 @@ def _k4_scale_min(u, o, j):
 
 
 @njit(**INLINE)
-def _k_pair(u, o, p, d, dmin):
-    """(d·scale, dmin·min) of groups 2p and 2p + 1 of a Q4_K/Q5_K block: (cl, ch, zl, zh)."""
-    sl, ml = _k4_scale_min(u, o, 2 * p)
-    sh, mh = _k4_scale_min(u, o, 2 * p + 1)
-    return d * sl, d * sh, dmin * ml, dmin * mh
-
-
-@njit(**INLINE)
 def _k_values(u, qo, ho, p, l):
     """Q4_K (ho < 0) and Q5_K values l of groups 2p, 2p + 1: low and high nibble of byte qo + l, plus bits 2p,
     2p + 1 of byte ho + l as bit 4."""
@@ -173,12 +165,6 @@ def _k_values(u, qo, ho, p, l):
         h = _low_bits(_shr(f32(u[ho + l]), 2 * p))
         lo, hi = lo + f32(16) * h[0], hi + f32(16) * h[1]
     return lo, hi
-
-
-@njit(**INLINE)
-def _q6_k_group(u, s, d):
-    """Q6_K coefficients d·scale of the four groups whose int8 scales are at s, s + 2, s + 4, s + 6."""
-    return d * _i8(u, s), d * _i8(u, s + 2), d * _i8(u, s + 4), d * _i8(u, s + 6)
 
 
 @njit(**INLINE)
@@ -281,8 +267,9 @@ def _deq_q3_k(u, o, out, oo, table, n16):
 def _deq_k_nibbles(u, o, out, oo, table, n16, qs, hs):
     d, dmin = _f16(u, o, table), _f16(u, o + 2, table)
     for p in range(4):
-        cl, ch, zl, zh = _k_pair(u, o, p, d, dmin)
-        e = oo + 64 * p
+        sl, ml = _k4_scale_min(u, o, 2 * p)
+        sh, mh = _k4_scale_min(u, o, 2 * p + 1)
+        cl, ch, zl, zh, e = d * sl, d * sh, dmin * ml, dmin * mh, oo + 64 * p
         for l in range(2 * n16):
             lo, hi = _k_values(u, o + qs + 32 * p, o + hs if hs >= 0 else -1, p, l)
             out[e + l], out[e + 32 + l] = cl * lo - zl, ch * hi - zh
@@ -304,7 +291,8 @@ def _deq_q6_k(u, o, out, oo, table, n16):
     for half in range(2):
         for part in range(2):
             a, hq, e = o + 64 * half + 16 * part, o + 128 + 32 * half + 16 * part, oo + 128 * half + 16 * part
-            c = _q6_k_group(u, o + 192 + 8 * half + part, d)
+            s = o + 192 + 8 * half + part
+            c = d * _i8(u, s), d * _i8(u, s + 2), d * _i8(u, s + 4), d * _i8(u, s + 6)
             z = f32(32) * c[0], f32(32) * c[1], f32(32) * c[2], f32(32) * c[3]
             for l in range(n16):
                 _put4(out, e + l, _q6_k_values(f32(u[a + l]), f32(u[a + 32 + l]), f32(u[hq + l])), c, z)
@@ -422,11 +410,10 @@ def _tile4x1(rows, x, n, out, group, n_groups):
 
 
 def _matmat(w, x, out, table, n16, n_tasks):
-    """out[n, m] = w[m] · x[n] for a few activation rows: four weight rows dequantized once into a scratch, then
-    four activation rows at a time against them, the last (up to three) two and one at a time (a four-row tile
-    filled with repeated rows cost two rows 1.6x the time; the two-row tile made SmolLM2's 211 products at 2
-    rows 10.8 -> 9.6 ms); the block mat-vec would unpack the blocks again for every row. DEQ, BLOCK and
-    TYPE_SIZE bound per type."""
+    """out[n, m] = w[m] · x[n] for more activation rows than the register tiles take: four weight rows dequantized
+    once into a scratch, then four activation rows at a time against them, the last (up to three) two and one at
+    a time (a four-row tile filled with repeated rows cost two rows 1.6x the time). DEQ, BLOCK and TYPE_SIZE
+    bound per type."""
     k, n_groups, quads = x.shape[1], (w.shape[0] + 3) // 4, x.shape[0] - x.shape[0] % 4
     n_tasks = min(n_tasks, n_groups)
     for task in prange(n_tasks):

@@ -18,18 +18,13 @@ from pyggml.graph.errors import PyggmlError
 
 from .batch import Entry
 from .generation import TextPieces
-from .paged_cache import BLOCK_SIZE, SeqBlocks
+from .paged_cache import BLOCK_SIZE, SeqBlocks, common_prefix
 from .sampling import Sampler, SamplingParams, log_softmax
 
 if TYPE_CHECKING:
     from .model import Model
 
 PREFILL_CHUNK = 256  # prompt tokens evaluated per step, over all prefilling requests
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """The length of the longest common prefix of two token lists."""
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 class QueueFull(PyggmlError):

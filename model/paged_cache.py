@@ -3,6 +3,7 @@ between sequences with a common prefix and copied on write; sliding-window layer
 the window. Attention reads it through graph inputs: physical rows to write, rows to gather, a mask."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,11 @@ if TYPE_CHECKING:
 
 BLOCK_SIZE = 16
 SCRATCH = 0  # block 0 is never handed out: padding rows of a step write into it
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """The length of the longest common prefix of two token lists."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 class PoolFull(PyggmlError):
@@ -114,11 +120,7 @@ class PagedKVCache:
     def shareable(self, source: SeqBlocks, tokens: list[int]) -> int:
         """How many leading tokens a new sequence of these tokens can take over from source (the last token is
         always left to evaluate; windowed kinds must still hold what the first new token sees)."""
-        n = 0
-        for a, b in zip(source.tokens, tokens[:-1]):
-            if a != b:
-                break
-            n += 1
+        n = common_prefix(source.tokens, tokens[:-1])
         for w, table in source.tables.items():
             if w is not None and any(b is None for b in table[max(0, n - w) // self.block_size:self._n_blocks(n)]):
                 return 0

@@ -147,12 +147,13 @@ def submit(engine: Engine, prompts: list[list[int]], params: api.Params) -> tupl
     if len(prompts) * params.n > engine.max_queue:
         raise api.APIError(400, f"the request asks for {len(prompts) * params.n} choices; this server queues at "
                                 f"most {engine.max_queue}", "n")
+    seed = params.sampling.seed
+    samplings = [dataclasses.replace(params.sampling, seed=seed if seed is None else seed + j)
+                 for j in range(params.n)]
     sink, reqs = AsyncSink(), []
     try:
         for ids in prompts:
-            for j in range(params.n):
-                seed = params.sampling.seed
-                sampling = dataclasses.replace(params.sampling, seed=seed if seed is None else seed + j)
+            for sampling in samplings:
                 reqs.append(engine.submit(ids, params.max_tokens, sampling, params.stop,
                                           events=ChoiceSink(sink, len(reqs)), logprobs=params.logprobs))
     except QueueFull as e:
