@@ -19,8 +19,9 @@ from pyggml.graph.tensor import Tensor
 from .fusion import rms_norm_mul_kernel as numpy_rms_norm_mul
 from .numpy_attention import flash_attn_ext as numpy_flash_attn_ext, paged_attn as numpy_paged_attn
 from .numpy_kernels import GLU_GATES, get_rows as numpy_get_rows, glu_kernel
+from .numba_q8 import Q8_FORMATS, tiled_rows
 from .numba_quants import BLOCK_TYPES, FAST, INLINE, dequantize_into
-from .quants import gather_block_rows
+from .quants import checked_rows, gather_block_rows
 
 LOG2E, LN2_HI, LN2_LO = f32(1.44269504088896341), f32(0.693359375), f32(-2.12194440e-4)
 EXP_LOW, EXP_HIGH = f32(-87.33), f32(88.0)  # below: 0; above: e^88 (2^n must stay finite: e^88.72 is the largest)
@@ -196,3 +197,16 @@ def get_rows(node: Tensor, out: np.ndarray, a: np.ndarray, idx: np.ndarray) -> C
             and out.dtype == np.float32 and out.flags.c_contiguous):
         return numpy_get_rows(node, out, a, idx)
     return lambda: dequantize_into(a_type, gather_block_rows(a, idx), out)
+
+
+def tiled_get_rows(node: Tensor, out: np.ndarray, a: np.ndarray, idx: np.ndarray) -> Callable[[], None]:
+    """get_rows of a table of a Q8_FORMATS type held repacked (numba_q8.py): its rows taken back to ggml's layout
+    and dequantized; any other table as get_rows."""
+    a_type = node.srcs[0].dtype
+    if a_type not in Q8_FORMATS or a.dtype != np.uint8:
+        return get_rows(node, out, a, idx)
+    rows = out.reshape(-1, node.shape[-1])
+    if not (rows.dtype == np.float32 and np.shares_memory(rows, out)):
+        raise ValueError(f"get_rows of a repacked table needs a float32 output with contiguous rows, got "
+                         f"{out.dtype} {out.shape} strides {out.strides}")
+    return lambda: dequantize_into(a_type, tiled_rows(a_type, a, checked_rows(idx, len(a))), rows)

@@ -266,11 +266,18 @@ def dequantize_rows(raw2d: np.ndarray, dtype: DType | int, rows: np.ndarray, row
 
 def gather_block_rows(raw2d: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """The given rows of a (n_rows, bytes per row) tensor, the indices checked."""
+    if raw2d.ndim != 2:
+        raise PyggmlError(f"dequantize_rows needs a 2-D (rows, bytes per row) array, got shape {raw2d.shape}")
+    return raw2d[checked_rows(rows, len(raw2d))]
+
+
+def checked_rows(rows: np.ndarray, n_rows: int) -> np.ndarray:
+    """Row indices into n_rows rows as a flat intp array, negative ones counted from the end (an index that is
+    not an integer or is out of range raises PyggmlError)."""
     rows = np.asarray(rows).reshape(-1)
     if rows.size and not np.issubdtype(rows.dtype, np.integer):
         raise PyggmlError(f"row indices must be integers, got {rows.dtype}")
-    if raw2d.ndim != 2:
-        raise PyggmlError(f"dequantize_rows needs a 2-D (rows, bytes per row) array, got shape {raw2d.shape}")
-    if rows.size and (rows.min() < -len(raw2d) or rows.max() >= len(raw2d)):
-        raise PyggmlError(f"row index out of range for {len(raw2d)} rows: {rows.min()}..{rows.max()}")
-    return raw2d[rows.astype(np.intp, copy=False)]
+    if rows.size and (rows.min() < -n_rows or rows.max() >= n_rows):
+        raise PyggmlError(f"row index out of range for {n_rows} rows: {rows.min()}..{rows.max()}")
+    rows = rows.astype(np.intp, copy=False)
+    return np.where(rows < 0, rows + n_rows, rows)

@@ -12,6 +12,7 @@ ENTRY_POINT_GROUP = "pyggml.backends"
 # name -> "module:factory"; imported only when asked for, so optional backends cost nothing to list
 BUILTIN: dict[str, str] = {
     "numba": "pyggml.backends.numba_backend:NumbaBackend",
+    "numba-q8": "pyggml.backends.numba_backend:NumbaQ8Backend",
     "numpy": "pyggml.backends.numpy_backend:NumpyBackend",
     "cupy": "pyggml.backends.cupy_backend:CupyBackend",
 }

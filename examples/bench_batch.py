@@ -3,6 +3,7 @@ with --weights, a decode step's weight products alone at each batch size (how fa
 
     python examples/bench_batch.py [--model smollm2-135m] [--batches 1 2 4 8 16] [--tokens 128] [--repeats 4]
     python examples/bench_batch.py --weights [--batches 1 2 4 8 16]
+    python examples/bench_batch.py --backend numba-q8   (llama.cpp's 8-bit activations)
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 
 import pyggml
 from pyggml import DType, compile as compile_plan, input_tensor, mul_mat, view
+from pyggml.backends.registry import create
 from pyggml.model.batch import BatchContext, Entry
 from pyggml.model.profile import placed_weights, step_plan
 
@@ -103,8 +105,9 @@ def main() -> None:
     ap.add_argument("-r", "--repeats", type=int, default=2,
                     help="pairs of runs per batch size, alternating which runs first (medians reported)")
     ap.add_argument("--weights", action="store_true", help="time the weight products alone instead")
+    ap.add_argument("--backend", default="numba", help="backend name (see `pyggml backends`), e.g. numba-q8")
     args = ap.parse_args()
-    model = pyggml.load(args.model, n_ctx=args.ctx)
+    model = pyggml.load(args.model, n_ctx=args.ctx, backend=create(args.backend))
     if args.weights:
         return print_weight_products(model, args.batches, 10 * args.repeats)
     print("| sequences | aggregate decode tok/s (wall) | per sequence | 1 sequence next to it | ratio | "

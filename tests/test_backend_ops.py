@@ -1,5 +1,6 @@
 """Every op on every backend that can be created here against the NumPy backend (ggml's test-backend-ops):
-normalized mean squared error <= 1e-7 in F32. Backends that cannot be created (cupy without a GPU) skip."""
+normalized mean squared error <= 1e-7 in F32 (5e-4, ggml's own limit, for mul_mat on numba-q8, which rounds
+activations to 8 bits). Backends that cannot be created (cupy without a GPU) skip."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 import pyggml as pg
 from fake_device import TestDevice
-from op_cases import CASE_IDS, CASES, MAX_NMSE, nmse
+from op_cases import CASE_IDS, CASES, MAX_NMSE, Q8_ACTIVATIONS_NMSE, nmse
 from pyggml.backends import registry
 from pyggml.backends.numpy_backend import NumpyBackend
 from pyggml.graph.errors import PyggmlError
@@ -45,4 +46,5 @@ def test_op_matches_numpy(backend, op, i):
     want = pg.compute(CASES[op][i](np.random.default_rng(7)), backend=NumpyBackend())
     got = pg.compute(CASES[op][i](np.random.default_rng(7)), backend=backend)
     assert got.shape == want.shape and got.dtype == want.dtype
-    assert nmse(got, want) <= MAX_NMSE
+    # numba-q8 rounds mul_mat's activations to 8 bits (its own tests hold it to float64 of rounded activations)
+    assert nmse(got, want) <= (Q8_ACTIVATIONS_NMSE if backend.name == "numba-q8" and op == "mul_mat" else MAX_NMSE)

@@ -1,0 +1,337 @@
+"""Integer block products with 8-bit activations, llama.cpp's numerics: each activation row is quantized to ggml's
+Q8_0 (per 32 values d = amax / 127 held as float16, q = roundf(x / d)) and each block's dot product is summed in
+int32, then scaled by the two blocks' d (plus the weight's min times the activations' sum for the _1 types).
+
+Weights of a type in Q8_FORMATS are repacked once (`repack`, as many bytes): the rows of a tile of 16 hold, block
+after block, the 16 rows' scales, then the 16 rows' first four bytes of values, then their next four, ... So one
+64-byte load holds four values of a block of each of 16 rows, and vpdpbusd (AVX512-VNNI; a portable sequence
+elsewhere) adds their products with four activation bytes broadcast into 16 int32 lanes, one lane per weight row.
+A block of 16 rows costs eight of them per activation row plus three float operations, against 32 float
+multiply-adds in numba_tiles.py, and the 16 sums come out side by side, as outputs. A tile goes over its blocks
+once per TILE_ROWS activation rows. `tiled_rows` gives rows back in ggml's layout, for get_rows.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+from llvmlite import binding as llvm, ir
+from numba import njit, prange, types as nbtypes
+from numba.core import cgutils, config
+from numba.extending import intrinsic
+
+from pyggml.graph.dtypes import DType
+
+from .numba_quants import _share, _specialize, prefetch_line
+from .numba_tiles import F16, F32, I16, I32, VF32, VI32, _array, _const, _fma, _splat
+
+LANES = 16  # blocks per group: one int32 lane each
+TILE_ROWS = 8  # activation rows per tile: their 8 int32 and 8 float accumulators beside the 8 weight vectors
+PREFETCH_AHEAD = 2048  # bytes ahead of a tile's blocks (read in order) fetched on the way: SmolLM2's products at 8
+# rows 9.7 -> 7.4-8.1 ms (1024: 8.5, 4096: 8.4); the hardware's prefetcher alone runs out of lead
+VI16, VF16 = ir.VectorType(I16, LANES), ir.VectorType(F16, LANES)
+
+
+def _vconst(value: int) -> ir.Constant:
+    return ir.Constant(VI32, [value - (1 << 32) if value >= 1 << 31 else value] * LANES)
+
+
+def _nibble_vectors(builder: ir.IRBuilder, dwords: list[ir.Value]) -> list[ir.Value]:
+    """The eight value vectors of four dwords of nibbles: values 4k..4k+3 are the low nibbles of dword k (k < 4),
+    values 16 + 4k.. its high ones."""
+    low = [builder.and_(d, _vconst(0x0F0F0F0F)) for d in dwords]
+    return low + [builder.and_(builder.lshr(d, _vconst(4)), _vconst(0x0F0F0F0F)) for d in dwords]
+
+
+def _with_high_bits(builder: ir.IRBuilder, qh: ir.Value, vectors: list[ir.Value]) -> list[ir.Value]:
+    """Q5: value i's bit 4 is bit i of qh; for vector k, bits 4k..4k+3 go to bit 4 of its four bytes (a multiply
+    puts bit e at 8e + 4 with no carries: the copies land on distinct bits)."""
+    out = []
+    for k, v in enumerate(vectors):
+        bits = builder.and_(builder.lshr(qh, _vconst(4 * k)), _vconst(15))
+        out.append(builder.or_(v, builder.and_(builder.mul(bits, _vconst(0x02040810)), _vconst(0x10101010))))
+    return out
+
+
+def _q4(builder: ir.IRBuilder, dwords: list[ir.Value]) -> list[ir.Value]:
+    return _nibble_vectors(builder, dwords)
+
+
+def _q5(builder: ir.IRBuilder, dwords: list[ir.Value]) -> list[ir.Value]:
+    return _with_high_bits(builder, dwords[0], _nibble_vectors(builder, dwords[1:]))
+
+
+def _q8(builder: ir.IRBuilder, dwords: list[ir.Value]) -> list[ir.Value]:
+    """int8 values made unsigned (+128, the zero taken off through the activations' sums)."""
+    return [builder.xor(d, _vconst(0x80808080)) for d in dwords]
+
+
+class Q8Format(NamedTuple):
+    """A block type in the integer products: its scale bytes (d, or d and min) ahead of `dwords` 4-byte words
+    of values; `zero`, the unsigned value that stands for 0; `unpack`, IR turning the words of a group into the
+    eight vectors of unsigned values 4k..4k+3 of each block."""
+    scale_bytes: int
+    dwords: int
+    zero: int
+    unpack: Callable
+
+
+Q8_FORMATS: dict[DType, Q8Format] = {
+    DType.Q4_0: Q8Format(2, 4, 8, _q4), DType.Q4_1: Q8Format(4, 4, 0, _q4),
+    DType.Q5_0: Q8Format(2, 5, 16, _q5), DType.Q5_1: Q8Format(4, 5, 0, _q5),
+    DType.Q8_0: Q8Format(2, 8, 128, _q8)}
+
+
+@njit(cache=True)
+def _move_rows(src, dst, rows, n_rows, scale_bytes, dwords, to_tiles):
+    """Rows between ggml's layout and the tiled one of an (n_rows, bytes per row) weight, where the R rows of tile
+    t (rows 16t..) hold, block after block, their scales, then their first value words, ...: to_tiles, plain row i
+    of src goes to row rows[i] of the tiled dst; else tiled row rows[i] of src goes to plain row i of dst."""
+    type_size = scale_bytes + 4 * dwords
+    row_bytes = src.shape[1]
+    flat_src, flat_dst = src.reshape(-1), dst.reshape(-1)
+    for i in range(len(rows)):
+        t, lane = divmod(rows[i], LANES)
+        tile_rows = min(LANES, n_rows - t * LANES)
+        for b in range(row_bytes // type_size):
+            plain = i * row_bytes + b * type_size
+            tiled = t * LANES * row_bytes + b * tile_rows * type_size
+            for j in range(scale_bytes):
+                _move(flat_src, flat_dst, plain + j, tiled + lane * scale_bytes + j, to_tiles)
+            for k in range(dwords):
+                for j in range(4):
+                    _move(flat_src, flat_dst, plain + scale_bytes + 4 * k + j,
+                          tiled + tile_rows * scale_bytes + 4 * (k * tile_rows + lane) + j, to_tiles)
+
+
+@njit(inline="always")
+def _move(src, dst, plain, tiled, to_tiles):
+    if to_tiles:
+        dst[tiled] = src[plain]
+    else:
+        dst[plain] = src[tiled]
+
+
+def repack(dtype: DType, blocks: np.ndarray) -> np.ndarray:
+    """(rows, bytes per row) blocks of dtype in ggml's layout -> the tiled layout the integer products read (as
+    many bytes, in the same shape)."""
+    fmt, out = Q8_FORMATS[dtype], np.empty_like(blocks)
+    _move_rows(np.ascontiguousarray(blocks), out, np.arange(len(blocks)), len(blocks), fmt.scale_bytes, fmt.dwords,
+               True)
+    return out
+
+
+def tiled_rows(dtype: DType, tiled: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Rows of a repacked weight back in ggml's layout, (len(rows), bytes per row)."""
+    fmt, out = Q8_FORMATS[dtype], np.empty((len(rows), tiled.shape[1]), np.uint8)
+    _move_rows(np.ascontiguousarray(tiled), out, rows, len(tiled), fmt.scale_bytes, fmt.dwords, False)
+    return out
+
+
+def _call(builder: ir.IRBuilder, name: str, ret: ir.Type, *args: ir.Value) -> ir.Value:
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, [a.type for a in args]), name)
+    return builder.call(fn, args)
+
+
+@intrinsic
+def _quantize_row(typingctx, x, xq, meta, n, zero):
+    """Row n of x (N, K) -> row n of xq (N, K) int8, ggml's Q8_0 values (d = amax / 127 rounded to float16,
+    q = roundf(x / d) rounded half away from zero), and of meta (N, 3 x blocks): per block d, d·Σq and -zero·Σq
+    (int32 bits)."""
+    def codegen(context, builder, signature, args):
+        (x_data, x_stride, _, k), (q_data, q_stride, _, _), (m_data, m_stride, _, _) = (
+            _array(context, builder, t, a) for t, a in zip(signature.args[:3], args[:3]))
+        n, zero = args[3], builder.trunc(args[4], I32)
+        x_row, q_row, m_row = (builder.gep(p, [builder.mul(n, stride)])
+                               for p, stride in ((x_data, x_stride), (q_data, q_stride), (m_data, m_stride)))
+        v32, i32x32 = ir.VectorType(F32, 32), ir.VectorType(I32, 32)
+        n_blocks = builder.sdiv(k, _const(k, 32))
+        with cgutils.for_range(builder, n_blocks) as loop:
+            b = loop.index
+            v = _plain_load(builder, x_row, builder.mul(b, _const(b, 128)), v32)
+            amax = _call(builder, "llvm.vector.reduce.fmax.v32f32", F32, _call(builder, "llvm.fabs.v32f32", v32, v))
+            d = builder.fdiv(amax, ir.Constant(F32, 127.0))
+            positive = builder.fcmp_ordered(">", d, ir.Constant(F32, 0.0))
+            inv = builder.select(positive, builder.fdiv(ir.Constant(F32, 1.0), d), ir.Constant(F32, 0.0))
+            splat = builder.shuffle_vector(builder.insert_element(ir.Constant(v32, ir.Undefined), inv,
+                                                                  ir.Constant(I32, 0)),
+                                           ir.Constant(v32, ir.Undefined), ir.Constant(i32x32, [0] * 32))
+            q = builder.fptosi(_call(builder, "llvm.round.v32f32", v32, builder.fmul(v, splat)), i32x32)
+            at = builder.mul(b, _const(b, 32))
+            builder.store(builder.trunc(q, ir.VectorType(ir.IntType(8), 32)),
+                          builder.bitcast(builder.gep(q_row, [at]), ir.VectorType(ir.IntType(8), 32).as_pointer()),
+                          align=1)
+            total = _call(builder, "llvm.vector.reduce.add.v32i32", I32, q)
+            dh = builder.fpext(builder.fptrunc(d, F16), F32)  # as stored in a Q8_0 block
+            fields = (dh, builder.fmul(dh, builder.sitofp(total, F32)), builder.mul(builder.neg(zero), total))
+            for i, value in enumerate(fields):
+                offset = builder.mul(builder.add(b, builder.mul(n_blocks, _const(b, i))), _const(b, 4))
+                builder.store(value, builder.bitcast(builder.gep(m_row, [offset]), value.type.as_pointer()))
+        return context.get_dummy_value()
+    return nbtypes.void(x, xq, meta, n, zero), codegen
+
+
+@njit(cache=True)
+def _quantize_rows(x, xq, meta, zero):
+    """Every row of x into xq and meta (see _quantize_row)."""
+    for n in range(x.shape[0]):
+        _quantize_row(x, xq, meta, n, zero)
+
+
+def quantize_activations(x: np.ndarray, zero: int) -> tuple[np.ndarray, np.ndarray]:
+    """x (N, K) float32 as Q8_0: (values (N, K) int8, per-block meta), zero being the weight type's."""
+    xq, meta = np.empty(x.shape, np.int8), np.empty((len(x), 3 * (x.shape[1] // 32)), np.float32)
+    _quantize_rows(x, xq, meta, zero)
+    return xq, meta
+
+
+def _has_vnni() -> bool:
+    """Whether the code numba emits may use AVX512-VNNI: compiled for this host (no NUMBA_CPU_NAME) and it has it."""
+    return not config.CPU_NAME and bool(llvm.get_host_cpu_features().get("avx512vnni"))
+
+
+def _dpbusd(builder: ir.IRBuilder, acc: ir.Value, unsigned: ir.Value, signed: ir.Value) -> ir.Value:
+    """acc + the sums of four products of unsigned and signed bytes, lane by lane (vpdpbusd)."""
+    if _has_vnni():
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(VI32, [VI32] * 3),
+                                            "llvm.x86.avx512.vpdpbusd.512")
+        return builder.call(fn, [acc, unsigned, signed])
+    bytes64 = ir.VectorType(ir.IntType(8), 4 * LANES)
+    wide = ir.VectorType(I32, 4 * LANES)
+    products = builder.mul(builder.zext(builder.bitcast(unsigned, bytes64), wide),
+                           builder.sext(builder.bitcast(signed, bytes64), wide))
+    for e in range(4):
+        pick = ir.Constant(VI32, [4 * lane + e for lane in range(LANES)])
+        acc = builder.add(acc, builder.shuffle_vector(products, ir.Constant(wide, ir.Undefined), pick))
+    return acc
+
+
+def _masked_load(builder: ir.IRBuilder, p: ir.Value, offset: ir.Value, vec: ir.VectorType,
+                 mask: ir.Value) -> ir.Value:
+    """The vector at byte offset of p, zero in the lanes mask leaves out (none of their bytes is read)."""
+    name = f"llvm.masked.load.v{LANES}i{vec.element.width}.p0"
+    ptr = builder.bitcast(builder.gep(p, [offset]), vec.as_pointer())
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [ptr.type, I32, mask.type, vec]), name)
+    return builder.call(fn, [ptr, ir.Constant(I32, 1), mask, ir.Constant(vec, None)])
+
+
+def _plain_load(builder: ir.IRBuilder, p: ir.Value, offset: ir.Value, vec: ir.VectorType) -> ir.Value:
+    return builder.load(builder.bitcast(builder.gep(p, [offset]), vec.as_pointer()), align=1)
+
+
+def _halves(builder: ir.IRBuilder, v: ir.Value) -> ir.Value:
+    """The float16 in each lane's low 16 bits, as float32."""
+    return builder.fpext(builder.bitcast(builder.trunc(v, VI16) if v.type == VI32 else v, VF16), VF32)
+
+
+def _masked_store(builder: ir.IRBuilder, value: ir.Value, p: ir.Value, offset: ir.Value, mask: ir.Value) -> None:
+    ptr = builder.bitcast(builder.gep(p, [offset]), value.type.as_pointer())
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [value.type, ptr.type, I32,
+                                                                                          mask.type]),
+                                        f"llvm.masked.store.v{LANES}f32.p0")
+    builder.call(fn, [value, ptr, ir.Constant(I32, 4), mask])
+
+
+def _scalar(builder: ir.IRBuilder, p: ir.Value, offset: ir.Value, ty: ir.Type, vec: ir.VectorType) -> ir.Value:
+    """The ty at byte offset of p in every lane of vec."""
+    return _splat(builder, builder.load(builder.bitcast(builder.gep(p, [offset]), ty.as_pointer()), align=1), vec)
+
+
+def make_tile(dtype: DType):
+    """The tile intrinsic of dtype: tile(w, t, xq, meta, n0, n_x, out) makes out[n0 + j, 16t + l] for j < n_x <=
+    TILE_ROWS and the rows l of tiled weight tile t, from quantized activation rows n0 + j (a loop per n_x,
+    chosen by a switch)."""
+    def codegen(context, builder, signature, args):
+        w_ty, _, xq_ty, meta_ty, _, _, out_ty = signature.args
+        w, xq, meta, out = (_array(context, builder, t, args[i]) for t, i in ((w_ty, 0), (xq_ty, 2), (meta_ty, 3),
+                                                                              (out_ty, 6)))
+        end = builder.append_basic_block("tile.end")
+        switch = builder.switch(args[5], end)
+        for n in range(1, TILE_ROWS + 1):
+            case = builder.append_basic_block(f"tile.{n}")
+            switch.add_case(_const(args[5], n), case)
+            builder.position_at_end(case)
+            _tile_loop(builder, dtype, w, args[1], xq, meta, args[4], n, out)
+            builder.branch(end)
+        builder.position_at_end(end)
+        return context.get_dummy_value()
+
+    @intrinsic
+    def tile(typingctx, w, t, xq, meta, n0, n_x, out):
+        return nbtypes.void(w, t, xq, meta, n0, n_x, out), codegen
+    return tile
+
+
+def _tile_loop(builder: ir.IRBuilder, dtype: DType, w: tuple, t: ir.Value, xq: tuple, meta: tuple, n0: ir.Value,
+               n_x: int, out: tuple) -> None:
+    """Sum over the blocks the products of weight tile t's rows (one per lane) with activation rows n0..n0 + n_x
+    - 1 into out[n0 + j, 16t..]."""
+    fmt = Q8_FORMATS[dtype]
+    type_size = fmt.scale_bytes + 4 * fmt.dwords
+    (w_data, w_stride, n_rows, _), (xq_data, xq_stride, _, k), (meta_data, meta_stride, _, _) = w, xq, meta
+    first = builder.mul(t, _const(t, LANES))
+    rows = builder.sub(n_rows, first)
+    rows = builder.select(builder.icmp_signed("<", rows, _const(rows, LANES)), rows, _const(rows, LANES))
+    mask = builder.icmp_signed("<", ir.Constant(VI32, list(range(LANES))), _splat(builder, builder.trunc(rows, I32),
+                                                                                  VI32))
+    tile = builder.gep(w_data, [builder.mul(first, w_stride)])
+    x_rows = [builder.gep(xq_data, [builder.mul(builder.add(n0, _const(n0, j)), xq_stride)]) for j in range(n_x)]
+    m_rows = [builder.gep(meta_data, [builder.mul(builder.add(n0, _const(n0, j)), meta_stride)])
+              for j in range(n_x)]
+    acc = [cgutils.alloca_once_value(builder, ir.Constant(VF32, None)) for _ in range(n_x)]
+    n_blocks = builder.sdiv(k, _const(k, 32))
+    with cgutils.for_range(builder, n_blocks) as loop:
+        b = loop.index
+        start = builder.mul(b, builder.mul(rows, _const(rows, type_size)))
+        for line in range(-(-LANES * type_size // 64)):  # a block's lines, PREFETCH_AHEAD bytes on
+            prefetch_line(builder, builder.gep(tile, [builder.add(start, _const(start, PREFETCH_AHEAD + 64 * line))]))
+        scales = _masked_load(builder, tile, start, VI16 if fmt.scale_bytes == 2 else VI32, mask)
+        words_at = builder.add(start, builder.mul(rows, _const(rows, fmt.scale_bytes)))
+        words = [_masked_load(builder, tile, builder.add(words_at, builder.mul(rows, _const(rows, 4 * i))), VI32,
+                              mask) for i in range(fmt.dwords)]
+        values, d_w = fmt.unpack(builder, words), _halves(builder, scales)
+        m_w = _halves(builder, builder.lshr(scales, _vconst(16))) if fmt.scale_bytes == 4 else None
+        x_at, d_at = builder.mul(b, _const(b, 32)), builder.mul(b, _const(b, 4))
+        meta_at = [builder.add(d_at, builder.mul(n_blocks, _const(n_blocks, 4 * i))) for i in range(3)]
+        for j in range(n_x):
+            dots = _scalar(builder, m_rows[j], meta_at[2], I32, VI32)
+            for i, v in enumerate(values):
+                dots = _dpbusd(builder, dots, v, _scalar(builder, x_rows[j], builder.add(x_at, _const(x_at, 4 * i)),
+                                                         I32, VI32))
+            d_x = _scalar(builder, m_rows[j], meta_at[0], F32, VF32)
+            total = _fma(builder, builder.sitofp(dots, VF32), builder.fmul(d_w, d_x), builder.load(acc[j]))
+            if m_w is not None:  # the min times the activations' sum
+                total = _fma(builder, m_w, _scalar(builder, m_rows[j], meta_at[1], F32, VF32), total)
+            builder.store(total, acc[j])
+    out_data, out_stride, _, _ = out
+    for j in range(n_x):
+        at = builder.add(builder.mul(builder.add(n0, _const(n0, j)), out_stride), builder.mul(first, _const(first, 4)))
+        _masked_store(builder, builder.load(acc[j]), out_data, at, mask)
+
+
+def _q8_tiled(w, x, xq, meta, out, zero, n_tasks):
+    """out[n, m] = weight row m · Q8_0(x[n]) for tiled weights w: x quantized, then each task takes a share of the
+    weight tiles and goes over it once per TILE_ROWS activation rows; TILE is the type's, bound by _specialize."""
+    _quantize_rows(x, xq, meta, zero)
+    n_tiles = (w.shape[0] + LANES - 1) // LANES
+    n_tasks = min(n_tasks, n_tiles)
+    for task in prange(n_tasks):
+        start, stop = _share(task, n_tasks, n_tiles)
+        for n0 in range(0, x.shape[0], TILE_ROWS):
+            for t in range(start, stop):
+                TILE(w, t, xq, meta, n0, min(TILE_ROWS, x.shape[0] - n0), out)  # noqa: F821
+
+
+Q8_TILED = {t: _specialize(_q8_tiled, t, True, TILE=make_tile(t)) for t in Q8_FORMATS}
+
+
+def q8_product(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray, n_tasks: int) -> Callable[[], None]:
+    """The step out (N, M) = Q8_0(x) (N, K) @ dequantize(w).T for w (M, bytes per row) blocks of dtype repacked
+    by `repack`, in n_tasks parallel tasks (x and out float32 with contiguous rows)."""
+    if not all(a.dtype == np.float32 and a.ndim == 2 and a.strides[1] == 4 for a in (x, out)):
+        raise ValueError(f"q8_product needs float32 rows with contiguous elements, got x {x.dtype} "
+                         f"strides {x.strides} and out {out.dtype} strides {out.strides}")
+    xq, meta = np.empty(x.shape, np.int8), np.empty((len(x), 3 * (x.shape[1] // 32)), np.float32)
+    return functools.partial(Q8_TILED[dtype], w, x, xq, meta, out, Q8_FORMATS[dtype].zero, n_tasks)
