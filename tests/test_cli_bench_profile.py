@@ -225,4 +225,4 @@ def test_backend_option_picks_backends_and_bench_reports_those_used(tiny, capsys
     steps = cli_json(capsys, PROFILE_SCHEMA, "profile", tiny, "-p", "4", "--json", "--backend", "testdevice")["steps"]
     assert all(step["backends"] == ["testdevice"] for step in steps)
     code, _, err = cli(capsys, "generate", tiny, "ab", "-n", "2", "--backend", "numpy,nope")
-    assert code == 2 and "unknown backend nope; available: numba, numpy" in err
+    assert code == 2 and "unknown backend nope; available: numba, numba-q8, numpy" in err
