@@ -25,9 +25,9 @@ from numba.extending import intrinsic
 from pyggml.graph.dtypes import DType
 
 from .numba_quants import _share, _specialize, prefetch_line
-from .numba_tiles import F16, F32, I16, I32, VF32, VI32, _array, _const, _fma, _splat
+from .numba_tiles import F16, F32, I8, I16, I32, VF32, VI32, _array, _const, _fma, _splat
 
-LANES = 16  # blocks per group: one int32 lane each
+LANES = 16  # weight rows per tile: one int32 lane each
 TILE_ROWS = 8  # activation rows per tile: their 8 int32 and 8 float accumulators beside the 8 weight vectors
 PREFETCH_AHEAD = 2048  # bytes ahead of a tile's blocks (read in order) fetched on the way: SmolLM2's products at 8
 # rows 9.7 -> 7.4-8.1 ms (1024: 8.5, 4096: 8.4); the hardware's prefetcher alone runs out of lead
@@ -70,18 +70,19 @@ def _q8(builder: ir.IRBuilder, dwords: list[ir.Value]) -> list[ir.Value]:
 
 class Q8Format(NamedTuple):
     """A block type in the integer products: its scale bytes (d, or d and min) ahead of `dwords` 4-byte words
-    of values; `zero`, the unsigned value that stands for 0; `unpack`, IR turning the words of a group into the
-    eight vectors of unsigned values 4k..4k+3 of each block."""
+    of values; `zero`, the unsigned value that stands for 0, and `bits`, the values' width; `unpack`, IR turning
+    the words of 16 rows' blocks into the eight vectors of unsigned values 4k..4k+3 of each row's block."""
     scale_bytes: int
     dwords: int
     zero: int
+    bits: int
     unpack: Callable
 
 
 Q8_FORMATS: dict[DType, Q8Format] = {
-    DType.Q4_0: Q8Format(2, 4, 8, _q4), DType.Q4_1: Q8Format(4, 4, 0, _q4),
-    DType.Q5_0: Q8Format(2, 5, 16, _q5), DType.Q5_1: Q8Format(4, 5, 0, _q5),
-    DType.Q8_0: Q8Format(2, 8, 128, _q8)}
+    DType.Q4_0: Q8Format(2, 4, 8, 4, _q4), DType.Q4_1: Q8Format(4, 4, 0, 4, _q4),
+    DType.Q5_0: Q8Format(2, 5, 16, 5, _q5), DType.Q5_1: Q8Format(4, 5, 0, 5, _q5),
+    DType.Q8_0: Q8Format(2, 8, 128, 8, _q8)}
 
 
 @njit(cache=True)
@@ -160,8 +161,8 @@ def _quantize_row(typingctx, x, xq, meta, n, zero):
                                            ir.Constant(v32, ir.Undefined), ir.Constant(i32x32, [0] * 32))
             q = builder.fptosi(_call(builder, "llvm.round.v32f32", v32, builder.fmul(v, splat)), i32x32)
             at = builder.mul(b, _const(b, 32))
-            builder.store(builder.trunc(q, ir.VectorType(ir.IntType(8), 32)),
-                          builder.bitcast(builder.gep(q_row, [at]), ir.VectorType(ir.IntType(8), 32).as_pointer()),
+            builder.store(builder.trunc(q, ir.VectorType(I8, 32)),
+                          builder.bitcast(builder.gep(q_row, [at]), ir.VectorType(I8, 32).as_pointer()),
                           align=1)
             total = _call(builder, "llvm.vector.reduce.add.v32i32", I32, q)
             dh = builder.fpext(builder.fptrunc(d, F16), F32)  # as stored in a Q8_0 block
@@ -187,19 +188,27 @@ def quantize_activations(x: np.ndarray, zero: int) -> tuple[np.ndarray, np.ndarr
     return xq, meta
 
 
-def _has_vnni() -> bool:
-    """Whether the code numba emits may use AVX512-VNNI: compiled for this host (no NUMBA_CPU_NAME) and it has it."""
-    return not config.CPU_NAME and bool(llvm.get_host_cpu_features().get("avx512vnni"))
+def _target_has(feature: str) -> bool:
+    """Whether the code numba emits may use an x86 feature: this host's, or NUMBA_CPU_FEATURES' where
+    NUMBA_CPU_NAME names another CPU."""
+    if not config.CPU_NAME:
+        return bool(llvm.get_host_cpu_features().get(feature))
+    return f"+{feature}" in (config.CPU_FEATURES or "").split(",")
 
 
-def _dpbusd(builder: ir.IRBuilder, acc: ir.Value, unsigned: ir.Value, signed: ir.Value) -> ir.Value:
-    """acc + the sums of four products of unsigned and signed bytes, lane by lane (vpdpbusd)."""
-    if _has_vnni():
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(VI32, [VI32] * 3),
-                                            "llvm.x86.avx512.vpdpbusd.512")
-        return builder.call(fn, [acc, unsigned, signed])
-    bytes64 = ir.VectorType(ir.IntType(8), 4 * LANES)
-    wide = ir.VectorType(I32, 4 * LANES)
+def _dpbusd(builder: ir.IRBuilder, acc: ir.Value, unsigned: ir.Value, signed: ir.Value, bits: int) -> ir.Value:
+    """acc + the sums of four products of unsigned bytes (below 2^bits) and signed bytes, lane by lane: vpdpbusd
+    with AVX512-VNNI, ggml's AVX2 pair sums (vpmaddubsw, vpmaddwd) on halves, else plain integer IR. All three
+    give the same integers."""
+    if _target_has("avx512vnni"):
+        return _call(builder, "llvm.x86.avx512.vpdpbusd.512", VI32, acc, unsigned, signed)
+    if _target_has("avx2"):
+        if bits > 7:  # vpmaddubsw saturates pairs of 8-bit products: four bits at a time
+            low, high = (_dpbusd(builder, ir.Constant(VI32, None), part, signed, 4)
+                         for part in _nibble_vectors(builder, [unsigned]))
+            return builder.add(acc, builder.add(low, builder.shl(high, _vconst(4))))
+        return builder.add(acc, _pair_sums(builder, unsigned, signed))
+    bytes64, wide = ir.VectorType(I8, 4 * LANES), ir.VectorType(I32, 4 * LANES)
     products = builder.mul(builder.zext(builder.bitcast(unsigned, bytes64), wide),
                            builder.sext(builder.bitcast(signed, bytes64), wide))
     for e in range(4):
@@ -208,13 +217,24 @@ def _dpbusd(builder: ir.IRBuilder, acc: ir.Value, unsigned: ir.Value, signed: ir
     return acc
 
 
+def _pair_sums(builder: ir.IRBuilder, unsigned: ir.Value, signed: ir.Value) -> ir.Value:
+    """The four-byte product sums of each lane through AVX2's 32-byte vpmaddubsw and vpmaddwd, half by half."""
+    b32, i16x16, i32x8 = ir.VectorType(I8, 32), ir.VectorType(I16, 16), ir.VectorType(I32, 8)
+    halves = [[builder.shuffle_vector(v, ir.Constant(VI32, ir.Undefined), ir.Constant(i32x8, list(range(h, h + 8))))
+               for v in (unsigned, signed)] for h in (0, 8)]
+    ones = ir.Constant(i16x16, [1] * 16)
+    sums = [_call(builder, "llvm.x86.avx2.pmadd.wd", i32x8,
+                  _call(builder, "llvm.x86.avx2.pmadd.ub.sw", i16x16, builder.bitcast(u, b32), builder.bitcast(x, b32)),
+                  ones) for u, x in halves]
+    return builder.shuffle_vector(sums[0], sums[1], ir.Constant(VI32, list(range(16))))
+
+
 def _masked_load(builder: ir.IRBuilder, p: ir.Value, offset: ir.Value, vec: ir.VectorType,
                  mask: ir.Value) -> ir.Value:
     """The vector at byte offset of p, zero in the lanes mask leaves out (none of their bytes is read)."""
-    name = f"llvm.masked.load.v{LANES}i{vec.element.width}.p0"
     ptr = builder.bitcast(builder.gep(p, [offset]), vec.as_pointer())
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [ptr.type, I32, mask.type, vec]), name)
-    return builder.call(fn, [ptr, ir.Constant(I32, 1), mask, ir.Constant(vec, None)])
+    return _call(builder, f"llvm.masked.load.v{LANES}i{vec.element.width}.p0", vec, ptr, ir.Constant(I32, 1), mask,
+                 ir.Constant(vec, None))
 
 
 def _plain_load(builder: ir.IRBuilder, p: ir.Value, offset: ir.Value, vec: ir.VectorType) -> ir.Value:
@@ -227,11 +247,9 @@ def _halves(builder: ir.IRBuilder, v: ir.Value) -> ir.Value:
 
 
 def _masked_store(builder: ir.IRBuilder, value: ir.Value, p: ir.Value, offset: ir.Value, mask: ir.Value) -> None:
+    """Store the float vector's lanes that mask keeps at byte offset of p."""
     ptr = builder.bitcast(builder.gep(p, [offset]), value.type.as_pointer())
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [value.type, ptr.type, I32,
-                                                                                          mask.type]),
-                                        f"llvm.masked.store.v{LANES}f32.p0")
-    builder.call(fn, [value, ptr, ir.Constant(I32, 4), mask])
+    _call(builder, f"llvm.masked.store.v{LANES}f32.p0", ir.VoidType(), value, ptr, ir.Constant(I32, 4), mask)
 
 
 def _scalar(builder: ir.IRBuilder, p: ir.Value, offset: ir.Value, ty: ir.Type, vec: ir.VectorType) -> ir.Value:
@@ -298,8 +316,8 @@ def _tile_loop(builder: ir.IRBuilder, dtype: DType, w: tuple, t: ir.Value, xq: t
         for j in range(n_x):
             dots = _scalar(builder, m_rows[j], meta_at[2], I32, VI32)
             for i, v in enumerate(values):
-                dots = _dpbusd(builder, dots, v, _scalar(builder, x_rows[j], builder.add(x_at, _const(x_at, 4 * i)),
-                                                         I32, VI32))
+                x_i = _scalar(builder, x_rows[j], builder.add(x_at, _const(x_at, 4 * i)), I32, VI32)
+                dots = _dpbusd(builder, dots, v, x_i, fmt.bits)
             d_x = _scalar(builder, m_rows[j], meta_at[0], F32, VF32)
             total = _fma(builder, builder.sitofp(dots, VF32), builder.fmul(d_w, d_x), builder.load(acc[j]))
             if m_w is not None:  # the min times the activations' sum

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import load_reference
 from pyggml.backends.numba_backend import NumbaQ8Backend
-from pyggml.backends.numba_q8 import Q8_FORMATS, _has_vnni, q8_product, quantize_activations, repack, tiled_rows
+from pyggml.backends.numba_q8 import Q8_FORMATS, q8_product, quantize_activations, repack, tiled_rows
 from pyggml.graph.dtypes import DType
 from pyggml.model.model import Model
 from test_batch import TEXTS, run_batch
@@ -87,15 +87,16 @@ for dtype in (DType.Q4_1, DType.Q8_0):
 """
 
 
-@pytest.mark.skipif(not _has_vnni(), reason="without AVX512-VNNI every other test runs the portable products")
-def test_portable_products_equal_the_vnni_ones(tmp_path):
-    """The products compiled for Haswell (no VNNI: the portable byte products) give the same bits."""
-    env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CACHE_DIR": str(tmp_path)}
+@pytest.mark.parametrize("cpu", [("haswell", "+avx,+avx2,+fma,+f16c"), ("ivybridge", "")], ids=["avx2", "avx"])
+def test_every_path_gives_the_same_bits(cpu, tmp_path):
+    """The products compiled for AVX2 (ggml's pair sums) and for AVX without AVX2 (plain integer IR; Ivy Bridge,
+    for its float16 conversions) equal this host's (VNNI where it has it) bit for bit: the integer sums are
+    exact, the float steps the same."""
+    env = {**os.environ, "NUMBA_CPU_NAME": cpu[0], "NUMBA_CPU_FEATURES": cpu[1], "NUMBA_CACHE_DIR": str(tmp_path)}
     code = PORTABLE_CHECK.format(tests=os.path.dirname(__file__))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=True)
+    (tmp_path / "out.npy").write_bytes(done.stdout)
     rng = np.random.default_rng(11)
-    with open(tmp_path / "out.npy", "wb") as f:
-        f.write(done.stdout)
     with open(tmp_path / "out.npy", "rb") as f:
         for dtype in (DType.Q4_1, DType.Q8_0):
             w, x = stored(dtype, 20, 96, rng), rng.standard_normal((3, 96)).astype(np.float32)
