@@ -2,6 +2,7 @@
 first token and tokens/s per request (median, p95), failures, and the KV blocks held afterwards.
 
     python examples/load_test.py [--model smollm2-135m] [--requests 200] [--concurrency 16] [--max-tokens 32]
+        [--backend numba-q8]
 
 Starts `pyggml serve` in a subprocess on 127.0.0.1 and a free port (or uses --url).
 """
@@ -33,11 +34,12 @@ def health(url: str) -> dict:
         return json.loads(r.read())
 
 
-def start_server(model: str, parallel: int, ctx: int) -> tuple[subprocess.Popen, str]:
+def start_server(model: str, parallel: int, ctx: int, backend: str | None) -> tuple[subprocess.Popen, str]:
     """`pyggml serve` in a subprocess; returns it and its URL once /health answers."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "pyggml", "serve", model, "--port", str(port), "--parallel",
-                             str(parallel), "--ctx-size", str(ctx), "--queue", "256"])
+                             str(parallel), "--ctx-size", str(ctx), "--queue", "256",
+                             *(["--backend", backend] if backend else [])])
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -74,8 +76,9 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--backend", default=None, help="the server's --backend, e.g. numba-q8 (default: its default)")
     args = ap.parse_args()
-    proc, url = (None, args.url) if args.url else start_server(args.model, args.concurrency, args.ctx)
+    proc, url = (None, args.url) if args.url else start_server(args.model, args.concurrency, args.ctx, args.backend)
     try:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=600)
         t0 = time.perf_counter()

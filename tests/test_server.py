@@ -256,3 +256,13 @@ def test_serve_command_refuses_a_missing_model(capsys, tmp_path):
     assert main(["serve", str(tmp_path / "missing.gguf"), "--port", str(free_port())]) == 1
     err = capsys.readouterr().err
     assert err.startswith("pyggml serve: error:") and err.count("\n") == 1
+
+
+def test_serve_command_takes_a_backend(tmp_path, monkeypatch):
+    from pyggml.cli import main
+    seen = {}
+    monkeypatch.setattr("pyggml.server.app.create_app", lambda model, engine, name: seen.update(backend=model.backend))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: None)
+    path = write_chat_llama(tmp_path / "chat-llama.gguf", n_ctx=64)
+    assert main(["serve", str(path), "--backend", "numba-q8", "--port", str(free_port())]) == 0
+    assert seen["backend"].name == "numba-q8"

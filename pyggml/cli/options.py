@@ -13,9 +13,14 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-b", "--batch-size", type=int, default=512, help="prefill chunk size")
     p.add_argument("--cache-type", choices=("f32", "f16"), default="f32", help="KV cache element type")
     p.add_argument("--swa-full", action="store_true", help="full-size caches for sliding-window layers too")
+    add_backend_option(p)
+
+
+def add_backend_option(p: argparse.ArgumentParser) -> None:
+    """--backend NAMES."""
     p.add_argument("--backend", type=backend_names, default=None, metavar="NAMES",
-                   help="backends by name in priority order, the last the fallback, e.g. cupy,numpy "
-                        "(see `pyggml backends`; default: the built-in default)")
+                   help="backends by name in priority order, the last the fallback, e.g. cupy,numpy; numba-q8: "
+                        "llama.cpp's 8-bit activations, faster (see `pyggml backends`; default: the built-in default)")
 
 
 def backend_names(text: str) -> list[str]:
@@ -42,13 +47,18 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
 
 
+def chosen_backend(args: argparse.Namespace):
+    """The backend --backend names (one, a list for the scheduler, or None for the default)."""
+    from pyggml.backends.registry import create
+    backends = [create(name) for name in args.backend or ()]
+    return backends[0] if len(backends) == 1 else backends or None
+
+
 def load_model(args: argparse.Namespace):
     """The model the options name."""
-    from pyggml.backends.registry import create
     from pyggml.model.model import Model
-    backends = [create(name) for name in args.backend or ()]
     return Model(args.model, n_ctx=args.ctx_size, n_batch=args.batch_size, kv_type=args.cache_type,
-                 swa_full=args.swa_full, backend=backends[0] if len(backends) == 1 else backends or None)
+                 swa_full=args.swa_full, backend=chosen_backend(args))
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:
