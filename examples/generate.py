@@ -2,6 +2,7 @@
 
     python examples/generate.py "The capital of France is" --max-tokens 64
     python examples/generate.py --model gemma3-270m "Write a haiku about graphs"
+    python examples/generate.py --backend numba "..."   (float32 products, as the float32 reference)
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import argparse
 import sys
 
 import pyggml
+from pyggml.backends.registry import create
 
 DEFAULT_PROMPT = "Quantum mechanics is a fundamental theory in physics that"
 
@@ -21,9 +23,12 @@ def main() -> int:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn of the chat template")
+    parser.add_argument("--backend", default="numba-q8",
+                        help="numba-q8 (the fastest CPU backend: llama.cpp's 8-bit activations), numba (float32 "
+                             "products, the library's default) or numpy; see `pyggml backends`")
     args = parser.parse_args()
     try:
-        model = pyggml.load(args.model)
+        model = pyggml.load(args.model, backend=create(args.backend))
         options = dict(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed, stream=True)
         if args.chat:
             pieces = model.chat([{"role": "user", "content": args.prompt}], **options)

@@ -100,3 +100,17 @@ def test_bench_batch_prints_rates_and_weight_products(tmp_path):
     out = run_example("bench_batch.py", *args, "--weights", cwd=EXAMPLES)
     rows = [line.split(" | ") for line in out.splitlines() if line[:3] in ("| 1", "| 3")]
     assert [r[0] for r in rows] == ["| 1", "| 3"] and rows[0][2] == "1.00x"
+
+
+def test_generate_runs_on_the_backend_asked_for(tmp_path):
+    """The main job's script: the fastest backend by default, another by name, one line for an unknown one."""
+    synthetic = _load_example("synthetic_gguf")
+    path = tmp_path / "s.gguf"
+    synthetic.write(path, synthetic.Shape(n_layer=1, n_embd=64, n_ff=96, n_head=4, n_head_kv=2, n_vocab=300,
+                                          tied=False), gguf.GGMLQuantizationType.Q8_0)
+    texts = [run_example("generate.py", "--model", str(path), "ab", "-n", "4", *backend, cwd=EXAMPLES)
+             for backend in ([], ["--backend", "numba"])]
+    assert all(text.startswith("ab") for text in texts)
+    done = subprocess.run([sys.executable, str(EXAMPLES / "generate.py"), "--model", str(path), "--backend", "nope"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "unknown backend 'nope'" in done.stderr
