@@ -1,7 +1,7 @@
 """The numba backend's three mul_mat paths per block type and activation rows, side by side in one run, next
 to NumPy's F32 product on a dense copy of the same weight (the bare mat-vec bound) and its GB/s of blocks: the
 register tiles (blocks decoded straight into the products), four rows dequantized once at a time, and panels
-dequantized for BLAS.
+dequantized for BLAS; and numba-q8's integer tiles (activations rounded to Q8_0, weights repacked) for its types.
 
     python examples/bench_matvec.py --rows 1 4 8 16 --shape 4096 4096
 """
@@ -15,7 +15,7 @@ import numpy as np
 from bench_dequant import random_tensor
 from compare_backends import cpu_name
 
-from pyggml.backends import numba_quants, numba_tiles
+from pyggml.backends import numba_q8, numba_quants, numba_tiles
 from pyggml.backends.numba_backend import panel_product
 from pyggml.backends.quants import dequantize
 from pyggml.graph.dtypes import DType
@@ -35,11 +35,13 @@ def best_ms(fn, repeats: int) -> float:
     return 1e3 * min(times)
 
 
-def paths(dtype: DType, w: np.ndarray, x: np.ndarray, dense: np.ndarray, out: np.ndarray) -> dict:
-    """Name -> the call of each way to compute out = x @ W.T."""
+def paths(dtype: DType, w: np.ndarray, tiled: np.ndarray | None, x: np.ndarray, dense: np.ndarray,
+          out: np.ndarray) -> dict:
+    """Name -> the call of each way to compute out = x @ W.T (None where the type has no such path)."""
     table = numba_quants.F16_TABLE
     threads = numba.get_num_threads()
     return {"register tiles": numba_tiles.tiled_product(dtype, w, x, out, threads),
+            "int8 tiles (numba-q8)": None if tiled is None else numba_q8.q8_product(dtype, tiled, x, out, threads),
             "dequantize once": lambda: numba_quants.MATMAT[dtype](w, x, out, table, numba_quants.N16, threads),
             "panel + BLAS": panel_product(dtype, w, x, out),
             "F32 copy": lambda: np.matmul(x, dense.T, out=out)}
@@ -87,19 +89,21 @@ def main() -> None:
     rng = np.random.default_rng(0)
     print(f"{m} x {k} weights on {cpu_name()}; ms per product (best of {args.repeats}); for the register tiles, GB/s "
           f"of blocks and G multiply-adds/s against the FP32 peak of {numba.get_num_threads()} threads (a register "
-          "tile from L1, measured before each row)\n\n| type | rows | register tiles | dequantize once | panel + BLAS "
-          "| F32 copy | tiles GB/s | tiles G multiply-adds/s (of the peak) |\n|---|---|---|---|---|---|---|---|")
+          "tile from L1, measured before each row)\n\n| type | rows | register tiles | int8 tiles (numba-q8) | "
+          "dequantize once | panel + BLAS | F32 copy | tiles GB/s | tiles G multiply-adds/s (of the peak) |\n"
+          "|---|---|---|---|---|---|---|---|---|")
     for dtype in (DType[name] for name in args.types):
         w = random_tensor(dtype, m, k, rng).reshape(m, -1)
         dense = dequantize(w, dtype, (m, k))
+        tiled = numba_q8.repack(dtype, w) if dtype in numba_q8.Q8_FORMATS else None
         for rows in args.rows:
             x = rng.standard_normal((rows, k)).astype(np.float32)
             time.sleep(BLAS_IDLE_S)  # BLAS's threads spin after the last row's BLAS columns, starving numba's
             peak = fma_peak(args.repeats)
-            times = {name: best_ms(fn, args.repeats)
-                     for name, fn in paths(dtype, w, x, dense, np.empty((rows, m), np.float32)).items()}
+            times = {name: fn and best_ms(fn, args.repeats)
+                     for name, fn in paths(dtype, w, tiled, x, dense, np.empty((rows, m), np.float32)).items()}
             tiles = times["register tiles"]
-            print(f"| {dtype.name} | {rows} | " + " | ".join(f"{t:.3f}" for t in times.values())
+            print(f"| {dtype.name} | {rows} | " + " | ".join("-" if t is None else f"{t:.3f}" for t in times.values())
                   + f" | {w.nbytes / tiles / 1e6:.1f} | {m * k * rows / tiles / 1e6:.1f} "
                   f"({m * k * rows / tiles / 1e6 / peak:.0%} of {peak:.1f}) |")
 
