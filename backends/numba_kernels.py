@@ -69,7 +69,7 @@ def _visible_rows(rows, mask, t, seen, bias):
 @njit(**INLINE)
 def _softmax_in_place(s, n):
     """s[:n] = softmax(s[:n])."""
-    top = -np.inf
+    top = f32(-np.inf)
     for j in range(n):
         top = max(top, s[j])
     total = f32(0)
