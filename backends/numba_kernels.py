@@ -20,7 +20,7 @@ from .fusion import rms_norm_mul_kernel as numpy_rms_norm_mul
 from .numpy_attention import flash_attn_ext as numpy_flash_attn_ext, paged_attn as numpy_paged_attn
 from .numpy_kernels import GLU_GATES, get_rows as numpy_get_rows, glu_kernel
 from .numba_q8 import Q8_FORMATS, tiled_rows
-from .numba_quants import BLOCK_TYPES, FAST, INLINE, dequantize_into
+from .numba_quants import BLOCK_TYPES, FAST, INLINE, _prefetch, dequantize_into
 from .quants import checked_rows, gather_block_rows
 
 LOG2E, LN2_HI, LN2_LO = f32(1.44269504088896341), f32(0.693359375), f32(-2.12194440e-4)
@@ -81,6 +81,17 @@ def _softmax_in_place(s, n):
         s[j] *= inv
 
 
+ATTEND_AHEAD = 8  # rows ahead whose key and value lines are fetched: 8 sequences of SmolLM2 at 125 rows, paged_attn
+# 6.7-7.5 -> 5.1-6.2 ms a step (16 ahead: the same); the rows of a block table are scattered over the pool
+
+
+@njit(**INLINE)
+def _prefetch_row(row):
+    """Fetch every cache line of a float32 row."""
+    for i in range(0, row.shape[0], 16):
+        _prefetch(row, i)
+
+
 @njit(**INLINE)
 def _attend(qs, k, v, hk, seen, bias, n, softcap, out):
     """out[g] = softmax(softcap(qs[g] · k[seen[j], hk]) + bias[j]) · v[seen[j], hk] over j < n, for the G query
@@ -88,6 +99,9 @@ def _attend(qs, k, v, hk, seen, bias, n, softcap, out):
     group, dk = qs.shape
     scores = np.empty((group, n), np.float32)
     for j in range(n):
+        if j + ATTEND_AHEAD < n:
+            _prefetch_row(k[seen[j + ATTEND_AHEAD], hk])
+            _prefetch_row(v[seen[j + ATTEND_AHEAD], hk])
         kr = k[seen[j], hk]
         for g in range(group):
             s = f32(0)
