@@ -4,6 +4,7 @@ with --weights, a decode step's weight products alone at each batch size (how fa
     python examples/bench_batch.py [--model smollm2-135m] [--batches 1 2 4 8 16] [--tokens 128] [--repeats 4]
     python examples/bench_batch.py --weights [--batches 1 2 4 8 16]
     python examples/bench_batch.py --backend numba-q8   (llama.cpp's 8-bit activations)
+    python examples/bench_batch.py --ops [--batches 8]   (where a step's time goes, op by op)
 """
 from __future__ import annotations
 
@@ -38,6 +39,33 @@ def decode_rate(bc: BatchContext, prompts: list[list[int]], n_tokens: int) -> tu
     for s in seqs:
         bc.cache.release(s)
     return len(prompts) * timed / wall, len(prompts) * timed / cpu
+
+
+def op_times(model, n_seqs: int, n_tokens: int) -> dict[str, float]:
+    """ms a step per op (weight products apart) over n_tokens profiled greedy steps of n_seqs sequences."""
+    bc = context(model, n_seqs, n_tokens)
+    seqs = [bc.cache.new_sequence() for _ in range(n_seqs)]
+    logits = bc.step([Entry(s, p) for s, p in zip(seqs, prompts(model, n_seqs))])
+    totals: dict[str, float] = {}
+    for _ in range(n_tokens):
+        logits = bc.step([Entry(s, [int(np.argmax(row))]) for s, row in zip(seqs, logits)], profile=True)
+        for node, t in bc.last_plan.last_profile:
+            key = "weight products" if node.op == "mul_mat" and node.srcs[0].is_leaf else node.op
+            totals[key] = totals.get(key, 0.0) + 1e3 * t / n_tokens
+    for s in seqs:
+        bc.cache.release(s)
+    return totals
+
+
+def print_op_times(model, batches: list[int], n_tokens: int) -> None:
+    """Where a step's time goes at each batch size, next to one sequence (time per node, as profiled)."""
+    runs = {b: op_times(model, b, n_tokens) for b in sorted({1, *batches})}
+    ops = sorted(runs[max(runs)], key=lambda op: -runs[max(runs)][op])
+    print("| op | " + " | ".join(f"{b} sequence{'s' * (b > 1)} (ms a step)" for b in runs) + " |\n|---|"
+          + "---|" * len(runs))
+    for op in [*ops, "all ops"]:
+        cells = [sum(r.values()) if op == "all ops" else r.get(op, 0.0) for r in runs.values()]
+        print(f"| {op} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
 
 
 def paired_rates(model, b: int, n_tokens: int, second_first: bool) -> list[tuple[float, float]]:
@@ -105,11 +133,14 @@ def main() -> None:
     ap.add_argument("-r", "--repeats", type=int, default=2,
                     help="pairs of runs per batch size, alternating which runs first (medians reported)")
     ap.add_argument("--weights", action="store_true", help="time the weight products alone instead")
+    ap.add_argument("--ops", action="store_true", help="where a step's time goes, op by op, instead")
     ap.add_argument("--backend", default="numba", help="backend name (see `pyggml backends`), e.g. numba-q8")
     args = ap.parse_args()
     model = pyggml.load(args.model, n_ctx=args.ctx, backend=create(args.backend))
     if args.weights:
         return print_weight_products(model, args.batches, 10 * args.repeats)
+    if args.ops:
+        return print_op_times(model, args.batches, args.tokens)
     print("| sequences | aggregate decode tok/s (wall) | per sequence | 1 sequence next to it | ratio | "
           "ratio by CPU time |\n|---|---|---|---|---|---|")
     decode_rate(context(model, 1, 8), prompts(model, 1), 8)  # warm-up: numba loads its kernels on first use

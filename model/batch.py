@@ -47,9 +47,11 @@ class BatchContext:
         self._plans: OrderedDict[tuple, tuple[Plan, StepInputs]] = OrderedDict()
         self._copy_plans: dict[int | None, tuple[Plan, Tensor, Tensor]] = {}
         self.n_compiled = 0  # plans compiled so far (a step that compiles one takes longer)
+        self.last_plan: Plan | None = None  # the latest step's plan (its last_profile after a profiled step)
 
-    def step(self, entries: Sequence[Entry]) -> list[np.ndarray | None]:
-        """Append each entry's tokens to its sequence; the logits of each entry's last token (if wanted)."""
+    def step(self, entries: Sequence[Entry], profile: bool = False) -> list[np.ndarray | None]:
+        """Append each entry's tokens to its sequence; the logits of each entry's last token (if wanted); profile:
+        time each node (in the plan's last_profile)."""
         for entry in entries:
             for w, src, dst in self.cache.reserve(entry.seq, len(entry.tokens)):
                 self._copy_block(w, src, dst)
@@ -62,7 +64,8 @@ class BatchContext:
         for w, (idx, read) in kinds.items():
             names = (inp.kv_rows[w],) if paged else (inp.kv_gather[w], inp.kq_mask[w])
             values.update(zip((inp.kv_idx[w], *names), (idx, *read)))
-        logits = plan.run(values)[0]
+        logits = plan.run(values, profile=profile)[0]
+        self.last_plan = plan
         for entry in entries:
             self.cache.commit(entry.seq, list(entry.tokens))
         return [logits[out_rows[i]] if i in out_rows else None for i in range(len(entries))]

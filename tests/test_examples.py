@@ -100,6 +100,9 @@ def test_bench_batch_prints_rates_and_weight_products(tmp_path):
     out = run_example("bench_batch.py", *args, "--weights", cwd=EXAMPLES)
     rows = [line.split(" | ") for line in out.splitlines() if line[:3] in ("| 1", "| 3")]
     assert [r[0] for r in rows] == ["| 1", "| 3"] and rows[0][2] == "1.00x"
+    out = run_example("bench_batch.py", *args, "--tokens", "2", "--ops", cwd=EXAMPLES)
+    cells = {line.split(" | ")[0]: line.split(" | ")[1:] for line in out.splitlines() if line.startswith("| ")}
+    assert "| weight products" in cells and "| all ops" in cells and len(cells["| all ops"]) == 2
 
 
 def test_generate_runs_on_the_backend_asked_for(tmp_path):
