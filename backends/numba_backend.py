@@ -138,8 +138,8 @@ class NumbaBackend(NumpyBackend):
 
     name = "numba"
     kernels = {**KERNELS, "mul_mat": block_mul_mat(block_step),
-               "mul_mat_permuted": one_blas_thread(mul_mat_permuted_kernel), "paged_attn": paged_attn, "rms_norm_mul": rms_norm_mul, "swiglu": glu,
-               "get_rows": get_rows, "flash_attn_ext": flash_attn_ext}
+               "mul_mat_permuted": one_blas_thread(mul_mat_permuted_kernel), "paged_attn": paged_attn,
+               "rms_norm_mul": rms_norm_mul, "swiglu": glu, "get_rows": get_rows, "flash_attn_ext": flash_attn_ext}
     fusions = tuple(FUSIONS)
 
     def __init__(self) -> None:
