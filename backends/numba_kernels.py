@@ -12,7 +12,8 @@ from collections.abc import Callable
 import numpy as np
 from llvmlite import ir
 from numba import float32 as f32, njit, prange, types as nbtypes
-from numba.extending import intrinsic
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
 
 from pyggml.graph.tensor import Tensor
 
@@ -87,22 +88,62 @@ ATTEND_AHEAD = 8  # rows ahead whose key and value lines are fetched: 8 sequence
 
 @njit(**INLINE)
 def _prefetch_row(row):
-    """Fetch every cache line of a float32 row."""
-    for i in range(0, row.shape[0], 16):
+    """Fetch every cache line of a row."""
+    for i in range(0, row.shape[0], 64 // row.itemsize):
         _prefetch(row, i)
+
+
+@intrinsic
+def _halves_into(typingctx, src, dst):
+    """dst[:] = the float16 values of src (uint16 bits, a length that 16 divides), as float32."""
+    def codegen(context, builder, signature, args):
+        (src_data, _, n), (dst_data, _, _) = (_row_pointer(context, builder, t, a)
+                                              for t, a in zip(signature.args, args))
+        i16x16, f32x16 = ir.VectorType(ir.IntType(16), 16), ir.VectorType(ir.FloatType(), 16)
+        with cgutils.for_range(builder, builder.sdiv(n, ir.Constant(n.type, 16))) as loop:
+            at = builder.mul(loop.index, ir.Constant(n.type, 16))
+            halves = builder.load(builder.bitcast(builder.gep(src_data, [at]), i16x16.as_pointer()), align=2)
+            values = builder.fpext(builder.bitcast(halves, ir.VectorType(ir.HalfType(), 16)), f32x16)
+            builder.store(values, builder.bitcast(builder.gep(dst_data, [at]), f32x16.as_pointer()), align=4)
+        return context.get_dummy_value()
+    return nbtypes.void(src, dst), codegen
+
+
+def _row_pointer(context, builder, ary_type, value):
+    """(pointer to the data of a contiguous 1-D array, its stride, its length)."""
+    ary = context.make_array(ary_type)(context, builder, value)
+    return ary.data, cgutils.unpack_tuple(builder, ary.strides, 1)[0], cgutils.unpack_tuple(builder, ary.shape, 1)[0]
+
+
+def _f32_row(row, scratch):
+    """row as float32: itself, or (a float16 row held as uint16 bits) its values converted into scratch."""
+
+
+@overload(_f32_row, inline="always")
+def _f32_row_overload(row, scratch):
+    if row.dtype == nbtypes.float32:
+        return lambda row, scratch: row
+    if row.dtype == nbtypes.uint16:
+        def convert(row, scratch):
+            _halves_into(row, scratch)
+            return scratch
+        return convert
+    return None
 
 
 @njit(**INLINE)
 def _attend(qs, k, v, hk, seen, bias, n, softcap, out):
     """out[g] = softmax(softcap(qs[g] · k[seen[j], hk]) + bias[j]) · v[seen[j], hk] over j < n, for the G query
-    heads qs (already scaled) of K/V head hk: each key and value row is read once for the group."""
+    heads qs (already scaled) of K/V head hk: each key and value row (float32, or float16 as uint16 bits) is read
+    once for the group."""
     group, dk = qs.shape
     scores = np.empty((group, n), np.float32)
+    k_row, v_row = np.empty(dk, np.float32), np.empty(v.shape[2], np.float32)  # for float16 rows converted
     for j in range(n):
         if j + ATTEND_AHEAD < n:
             _prefetch_row(k[seen[j + ATTEND_AHEAD], hk])
             _prefetch_row(v[seen[j + ATTEND_AHEAD], hk])
-        kr = k[seen[j], hk]
+        kr = _f32_row(k[seen[j], hk], k_row)
         for g in range(group):
             s = f32(0)
             for d in range(dk):
@@ -112,7 +153,7 @@ def _attend(qs, k, v, hk, seen, bias, n, softcap, out):
         _softmax_in_place(scores[g], n)
     acc = np.zeros((group, v.shape[2]), np.float32)
     for j in range(n):
-        vr = v[seen[j], hk]
+        vr = _f32_row(v[seen[j], hk], v_row)
         for g in range(group):
             p = scores[g, j]
             for d in range(vr.shape[0]):
@@ -138,22 +179,38 @@ def _attention(q, k, v, rows, mask, scale, softcap, out):
 
 def paged_attn(node: Tensor, out: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
                rows: np.ndarray) -> Callable[[], None]:
-    """paged_attn through the numba kernel for an F32 cache; an F16 one goes through the NumPy kernel."""
-    if not all(a.dtype == np.float32 for a in (q, k, v, out)):
+    """paged_attn through the numba kernel for an F32 or F16 cache (its rows a length that 16 divides); anything
+    else through the NumPy kernel."""
+    if not (_kernel_reads(k, v) and all(a.dtype == np.float32 for a in (q, out))):
         return numpy_paged_attn(node, out, q, k, v, rows)
     scale, softcap = np.float32(node.params["scale"]), np.float32(node.params["logit_softcap"])
     no_mask = np.broadcast_to(np.float32(0), rows.shape)
+    k, v = _as_bits(k), _as_bits(v)
     return lambda: _attention(q, k, v, rows, no_mask, scale, softcap, out)
+
+
+def _kernel_reads(k: np.ndarray, v: np.ndarray) -> bool:
+    """Whether the attention kernel reads these keys and values: float32, or float16 rows whose elements are
+    contiguous and a multiple of 16."""
+    if k.dtype == v.dtype == np.float32:
+        return True
+    return k.dtype == v.dtype == np.float16 and all(a.strides[-1] == 2 and a.shape[-1] % 16 == 0 for a in (k, v))
+
+
+def _as_bits(a: np.ndarray) -> np.ndarray:
+    """A float16 array as its uint16 bits (numba has no float16 arithmetic); float32 as it is."""
+    return a.view(np.uint16) if a.dtype == np.float16 else a
 
 
 def flash_attn_ext(node: Tensor, out: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
                    mask: np.ndarray | None = None) -> Callable[[], None]:
-    """flash_attn_ext through the numba kernel for 3-D F32 operands and mask without ALiBi; anything else through
-    the NumPy kernel."""
+    """flash_attn_ext through the numba kernel for 3-D operands, F32 (keys and values F16 too) and a mask without
+    ALiBi; anything else through the NumPy kernel."""
     p = node.params
-    arrays = (q, k, v, out) if mask is None else (q, k, v, out, mask)
-    if q.ndim != 3 or p["max_bias"] or not all(a.dtype == np.float32 for a in arrays):
+    arrays = (q, out) if mask is None else (q, out, mask)
+    if q.ndim != 3 or p["max_bias"] or not (_kernel_reads(k, v) and all(a.dtype == np.float32 for a in arrays)):
         return numpy_flash_attn_ext(node, out, q, k, v, mask)
+    k, v = _as_bits(k), _as_bits(v)
     shape = (q.shape[1], k.shape[1])  # (T, KV): every key row, under the mask
     rows = np.broadcast_to(np.arange(shape[1], dtype=np.int64), shape)
     mask_rows = np.broadcast_to(np.float32(0), shape) if mask is None else mask[:shape[0]]

@@ -312,6 +312,33 @@ def test_paged_attn_reads_each_tokens_own_rows(rng, n_head, n_kv_head, softcap):
         close(got[t], want[0], tol=1e-4)
 
 
+def f16_cache(values: np.ndarray, name: str) -> pg.Tensor:
+    """A persistent F16 tensor (as a KV cache is) holding values, written by cpy."""
+    return pg.cpy(pg.from_numpy(values.astype(np.float32)), pg.new_tensor(values.shape, DType.F16, name,
+                                                                          pg.Flag.PERSISTENT))
+
+
+@pytest.mark.parametrize("backend", ["numba", "numba-q8", "numpy"])
+def test_attention_reads_a_float16_cache(rng, backend):
+    """F16 keys and values (an F16 KV cache; rows of 64 and 32, as the numba kernel converts them 16 at a time):
+    paged_attn and the fused flash_attn_ext against the formula on the float16 values."""
+    device = pg.backends.create(backend)
+    k, v = rand(rng, 12, 2, 64).astype(np.float16), rand(rng, 12, 2, 32).astype(np.float16)
+    q, rows = rand(rng, 3, 6, 64), np.array([[3, 7, 0, 11], [5, 5, 2, 9], [1, -1, -1, -1]], np.int32)
+    node = pg.paged_attn(pg.from_numpy(q), f16_cache(k, "k"), f16_cache(v, "v"), pg.from_numpy(rows), 0.125)
+    got = pg.compute(node, backend=device)
+    for t, row in enumerate(rows):
+        seen = row[row >= 0]
+        want = reference_attention(q[t][:, None], *(np.swapaxes(x[seen], 0, 1).astype(np.float32) for x in (k, v)),
+                                   None, 0.125)
+        close(got[t], want[0], tol=1e-5)
+    kt, vt = (f16_cache(np.swapaxes(x, 0, 1), name) for x, name in ((k, "kt"), (v, "vt")))  # (Hkv, KV, D)
+    fused = pg.compute(pg.flash_attn_ext(pg.from_numpy(np.swapaxes(q, 0, 1).copy()), kt, vt, None, 0.125),
+                       backend=device)
+    close(fused, reference_attention(np.swapaxes(q, 0, 1), *(np.swapaxes(x, 0, 1).astype(np.float32)
+                                                              for x in (k, v)), None, 0.125), tol=1e-5)
+
+
 def test_paged_attn_takes_tokens_in_chunks_on_the_numpy_backend(rng, monkeypatch):
     from pyggml.backends import numpy_attention
     q, k, v = rand(rng, 5, 4, 8), rand(rng, 12, 2, 8), rand(rng, 12, 2, 8)

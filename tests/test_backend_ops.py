@@ -8,7 +8,7 @@ import pytest
 
 import pyggml as pg
 from fake_device import TestDevice
-from op_cases import CASE_IDS, CASES, MAX_NMSE, Q8_ACTIVATIONS_NMSE, nmse
+from op_cases import CASE_IDS, CASES, HALF_CASES, HALF_IDS, MAX_NMSE, Q8_ACTIVATIONS_NMSE, nmse
 from pyggml.backends import registry
 from pyggml.backends.numpy_backend import NumpyBackend
 from pyggml.graph.errors import PyggmlError
@@ -48,3 +48,11 @@ def test_op_matches_numpy(backend, op, i):
     assert got.shape == want.shape and got.dtype == want.dtype
     # numba-q8 rounds mul_mat's activations to 8 bits (its own tests hold it to float64 of rounded activations)
     assert nmse(got, want) <= (Q8_ACTIVATIONS_NMSE if backend.name == "numba-q8" and op == "mul_mat" else MAX_NMSE)
+
+
+@pytest.mark.parametrize("op,dtype", HALF_IDS, ids=[f"{op}-{t.name}" for op, t in HALF_IDS])
+def test_half_precision_operands_match_numpy(backend, op, dtype):
+    """F16 and BF16 operands (an F16 KV cache read by the attention kernels, among others)."""
+    want = pg.compute(HALF_CASES[op](np.random.default_rng(3), dtype), backend=NumpyBackend())
+    got = pg.compute(HALF_CASES[op](np.random.default_rng(3), dtype), backend=backend)
+    assert got.shape == want.shape and nmse(got, want) <= 1e-5
