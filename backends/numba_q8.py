@@ -25,7 +25,7 @@ from numba.extending import intrinsic
 from pyggml.graph.dtypes import DType
 
 from .numba_quants import _share, _specialize, prefetch_line
-from .numba_tiles import F16, F32, I8, I16, I32, VF32, VI32, _array, _const, _fma, _splat
+from .numba_tiles import F16, F32, I8, I16, I32, VF32, VI32, _array, _const, _fma, _splat, row_count_switch
 
 LANES = 16  # weight rows per tile: one int32 lane each
 TILE_ROWS = 8  # activation rows per tile: their 8 int32 and 8 float accumulators beside the 8 weight vectors
@@ -265,15 +265,8 @@ def make_tile(dtype: DType):
         w_ty, _, xq_ty, meta_ty, _, _, out_ty = signature.args
         w, xq, meta, out = (_array(context, builder, t, args[i]) for t, i in ((w_ty, 0), (xq_ty, 2), (meta_ty, 3),
                                                                               (out_ty, 6)))
-        end = builder.append_basic_block("tile.end")
-        switch = builder.switch(args[5], end)
-        for n in range(1, TILE_ROWS + 1):
-            case = builder.append_basic_block(f"tile.{n}")
-            switch.add_case(_const(args[5], n), case)
-            builder.position_at_end(case)
-            _tile_loop(builder, dtype, w, args[1], xq, meta, args[4], n, out)
-            builder.branch(end)
-        builder.position_at_end(end)
+        row_count_switch(builder, args[5], TILE_ROWS,
+                         lambda n: _tile_loop(builder, dtype, w, args[1], xq, meta, args[4], n, out))
         return context.get_dummy_value()
 
     @intrinsic

@@ -271,21 +271,28 @@ def make_tile(dtype: DType, n_w: int):
         following = builder.add(g, _const(g, 1))  # the next group's rows are fetched while these are multiplied
         ahead = _group_rows(builder, w, w_stride, n_rows, builder.select(
             builder.icmp_signed("<", following, n_groups), following, g), n_groups, n_w)[1]
-        end = builder.append_basic_block("tile.end")
-        switch = builder.switch(n_x, end)
-        for n in range(1, TILE_ROWS + 1):
-            case = builder.append_basic_block(f"tile.{n}")
-            switch.add_case(_const(n_x, n), case)
-            builder.position_at_end(case)
-            _tile_loop(builder, dtype, starts, ahead, x, n0, n, out, rows, exists)
-            builder.branch(end)
-        builder.position_at_end(end)
+        row_count_switch(builder, n_x, TILE_ROWS,
+                         lambda n: _tile_loop(builder, dtype, starts, ahead, x, n0, n, out, rows, exists))
         return context.get_dummy_value()
 
     @intrinsic
     def tile(typingctx, w, g, n_groups, x, n0, n_x, out):
         return nbtypes.void(w, g, n_groups, x, n0, n_x, out), codegen
     return tile
+
+
+def row_count_switch(builder: ir.IRBuilder, n_x: ir.Value, most: int, emit: Callable[[int], None]) -> None:
+    """IR: a switch on the run-time row count n_x with a case for each n in 1..most, emit(n) writing its code (a
+    loop compiled for each count keeps its accumulators in registers)."""
+    end = builder.append_basic_block("tile.end")
+    switch = builder.switch(n_x, end)
+    for n in range(1, most + 1):
+        case = builder.append_basic_block(f"tile.{n}")
+        switch.add_case(_const(n_x, n), case)
+        builder.position_at_end(case)
+        emit(n)
+        builder.branch(end)
+    builder.position_at_end(end)
 
 
 def _group_rows(builder: ir.IRBuilder, w: ir.Value, w_stride: ir.Value, n_rows: ir.Value, g: ir.Value,
