@@ -22,7 +22,7 @@ from pyggml.graph.dtypes import DType
 from pyggml.graph.tensor import Tensor
 
 from .fusion import FUSIONS, mul_mat_permuted_kernel
-from .numba_kernels import flash_attn_ext, get_rows, glu, paged_attn, rms_norm_mul, tiled_get_rows
+from .numba_kernels import flash_attn_ext, get_rows, glu, paged_attn, rms_norm_mul, set_rows, tiled_get_rows
 from .numpy_backend import NumpyBackend
 from .numpy_kernels import KERNELS, mul_mat as numpy_mul_mat
 from .numba_q8 import Q8_FORMATS, q8_product, repack
@@ -139,7 +139,8 @@ class NumbaBackend(NumpyBackend):
     name = "numba"
     kernels = {**KERNELS, "mul_mat": block_mul_mat(block_step),
                "mul_mat_permuted": one_blas_thread(mul_mat_permuted_kernel), "paged_attn": paged_attn,
-               "rms_norm_mul": rms_norm_mul, "swiglu": glu, "get_rows": get_rows, "flash_attn_ext": flash_attn_ext}
+               "rms_norm_mul": rms_norm_mul, "swiglu": glu, "get_rows": get_rows, "flash_attn_ext": flash_attn_ext,
+               "set_rows": set_rows}
     fusions = tuple(FUSIONS)
 
     def __init__(self) -> None:

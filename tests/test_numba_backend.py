@@ -80,3 +80,17 @@ def test_register_tiles_give_each_row_the_same_sums_at_any_row_count_and_refuse_
     assert np.array_equal(outs[0], outs[-1][:1]) and np.array_equal(outs[1], outs[-1][:3])
     with pytest.raises(ValueError, match="contiguous"):
         tiled_product(DType.Q4_1, raw, x[:, ::2], np.empty((11, 9), np.float32), 2)
+
+
+def test_set_rows_of_several_rows_checks_its_indices():
+    """The numba set_rows (several F32 rows): negative indices from the end as NumPy's, none out of range."""
+    rng = np.random.default_rng(4)
+    table, rows = rng.standard_normal((6, 8)).astype(np.float32), rng.standard_normal((3, 8)).astype(np.float32)
+    for backend in (NumbaBackend(), NumpyBackend()):
+        node = pg.set_rows(pg.from_numpy(table), pg.from_numpy(rows), pg.from_numpy(np.array([4, -1, 0], np.int32)))
+        want = table.copy()
+        want[[4, 5, 0]] = rows
+        np.testing.assert_array_equal(pg.compute(node, backend=backend), want)
+    bad = pg.set_rows(pg.from_numpy(table), pg.from_numpy(rows), pg.from_numpy(np.array([1, 6, 0], np.int32)))
+    with pytest.raises(IndexError):
+        pg.compute(bad, backend=NumbaBackend())
