@@ -31,7 +31,8 @@ LANES = 16  # weight rows per tile: one int32 lane each
 TILE_ROWS = 8  # activation rows per tile: their 8 int32 and 8 float accumulators beside the 8 weight vectors
 PREFETCH_AHEAD = 4096  # bytes ahead of a tile's blocks (read in order) fetched on the way: SmolLM2's products at 8
 # rows 9.7 -> 7.4-8.4 ms with 2-4 KiB; 8 rows against 1, alternated in one session: 1.48-1.59x at 4 KiB, 1.53-1.84x
-# at 2 KiB, 1.58-1.84x at 8 KiB (the hardware's prefetcher alone runs out of lead)
+# at 2 KiB, 1.58-1.84x at 8 KiB (the hardware's prefetcher alone runs out of lead); into L2 only (locality 1,
+# prefetcht2), which leaves L1's fill buffers to the loads: 1 row 4.0-5.4 against 4.5-6.0 ms into L1, alternated
 VI16, VF16 = ir.VectorType(I16, LANES), ir.VectorType(F16, LANES)
 
 
@@ -298,7 +299,8 @@ def _tile_loop(builder: ir.IRBuilder, dtype: DType, w: tuple, t: ir.Value, xq: t
         b = loop.index
         start = builder.mul(b, builder.mul(rows, _const(rows, type_size)))
         for line in range(-(-LANES * type_size // 64)):  # a block's lines, PREFETCH_AHEAD bytes on
-            prefetch_line(builder, builder.gep(tile, [builder.add(start, _const(start, PREFETCH_AHEAD + 64 * line))]))
+            prefetch_line(builder, builder.gep(tile, [builder.add(start, _const(start, PREFETCH_AHEAD + 64 * line))]),
+                          locality=1)
         scales = _masked_load(builder, tile, start, VI16 if fmt.scale_bytes == 2 else VI32, mask)
         words_at = builder.add(start, builder.mul(rows, _const(rows, fmt.scale_bytes)))
         words = [_masked_load(builder, tile, builder.add(words_at, builder.mul(rows, _const(rows, 4 * i))), VI32,

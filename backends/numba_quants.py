@@ -31,13 +31,13 @@ INLINE = dict(inline="always", cache=True, fastmath=FAST)
 f32 = np.float32
 
 
-def prefetch_line(builder: ir.IRBuilder, p: ir.Value) -> None:
-    """IR: start fetching the cache line at byte pointer p into all cache levels without waiting for it
-    (llvm.prefetch: read, locality 3, data)."""
+def prefetch_line(builder: ir.IRBuilder, p: ir.Value, locality: int = 3) -> None:
+    """IR: start fetching the cache line at byte pointer p without waiting for it (llvm.prefetch: read, data;
+    locality 3 into all cache levels, lower ones less close)."""
     i32 = ir.IntType(32)
     fnty = ir.FunctionType(ir.VoidType(), [p.type] + [i32] * 3)
     fn = builder.module.declare_intrinsic("llvm.prefetch", [p.type], fnty)
-    builder.call(fn, [p, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+    builder.call(fn, [p, ir.Constant(i32, 0), ir.Constant(i32, locality), ir.Constant(i32, 1)])
 
 
 @intrinsic
