@@ -3,8 +3,9 @@
 A weight read by mul_mat keeps its memory-mapped blocks (F16 weights stay F16); a step with up to
 BLOCK_KERNEL_MAX_ROWS activation rows (decode, batched decode, prefill chunks) runs the block kernels of
 numba_tiles.py and numba_quants.py, a longer one dequantizes a panel of weight rows at a time into a reused
-scratch and multiplies it with BLAS. paged_attn, flash_attn_ext, rms_norm_mul, swiglu and get_rows of blocks
-have numba kernels too (numba_kernels.py); every other op is the NumPy backend's kernel.
+scratch and multiplies it with BLAS. paged_attn, flash_attn_ext, rms_norm_mul, swiglu, get_rows of blocks and
+set_rows of several F32 rows have numba kernels too (numba_kernels.py); every other op is the NumPy backend's
+kernel.
 
 NumbaQ8Backend ("numba-q8") takes llama.cpp's numerics instead: the weights of the types in numba_q8.Q8_FORMATS
 are held repacked and mul_mat multiplies them with activations rounded to Q8_0, in integers, at every row count.
