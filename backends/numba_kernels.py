@@ -283,6 +283,38 @@ def tiled_get_rows(node: Tensor, out: np.ndarray, a: np.ndarray, idx: np.ndarray
     return lambda: dequantize_into(a_type, tiled_rows(a_type, a, checked_rows(idx, len(a))), rows)
 
 
+@intrinsic
+def _floats_into_halves(typingctx, src, dst):
+    """dst[:] = src's float32 values rounded to float16 (as uint16 bits), 16 at a time (a length that 16
+    divides)."""
+    def codegen(context, builder, signature, args):
+        (src_data, _, n), (dst_data, _, _) = (_row_pointer(context, builder, t, a)
+                                              for t, a in zip(signature.args, args))
+        f32x16, i16x16 = ir.VectorType(ir.FloatType(), 16), ir.VectorType(ir.IntType(16), 16)
+        with cgutils.for_range(builder, builder.sdiv(n, ir.Constant(n.type, 16))) as loop:
+            at = builder.mul(loop.index, ir.Constant(n.type, 16))
+            values = builder.load(builder.bitcast(builder.gep(src_data, [at]), f32x16.as_pointer()), align=4)
+            halves = builder.bitcast(builder.fptrunc(values, ir.VectorType(ir.HalfType(), 16)), i16x16)
+            builder.store(halves, builder.bitcast(builder.gep(dst_data, [at]), i16x16.as_pointer()), align=2)
+        return context.get_dummy_value()
+    return nbtypes.void(src, dst), codegen
+
+
+def _store_row(table, r, row):
+    """table[r] = row: float32 as it is, or into float16 bits (a uint16 table) rounded to nearest."""
+
+
+@overload(_store_row, inline="always")
+def _store_row_overload(table, r, row):
+    if table.dtype == nbtypes.float32:
+        def store(table, r, row):
+            table[r, :] = row
+        return store
+    if table.dtype == nbtypes.uint16:
+        return lambda table, r, row: _floats_into_halves(row, table[r])
+    return None
+
+
 @njit(cache=True)
 def _set_rows(table, rows, idx):
     """table[idx[i]] = rows[i] for every i, an index below 0 counted from the end as NumPy does."""
@@ -290,15 +322,17 @@ def _set_rows(table, rows, idx):
         r = idx[i] + table.shape[0] if idx[i] < 0 else idx[i]
         if not 0 <= r < table.shape[0]:
             raise IndexError("set_rows: row index out of range")
-        table[r, :] = rows[i, :]
+        _store_row(table, r, rows[i])
 
 
 def set_rows(node: Tensor, out: np.ndarray, dst: np.ndarray, src: np.ndarray, idx: np.ndarray) -> Callable[[], None]:
-    """set_rows of several float32 rows into a float32 table (a batch's K/V rows into an F32 cache) in one numba
-    call: NumPy's scatter took 7-10 us for SmolLM2's 8 rows; anything else through NumPy's kernel."""
+    """set_rows of several float32 rows into a float32 or float16 table (a batch's K/V rows into the cache) in one
+    numba call: NumPy's scatter took 7-10 us for SmolLM2's 8 rows, its float16 conversion more; anything else
+    through NumPy's kernel."""
     table = out.reshape(len(out), -1) if out.ndim >= 2 and out.flags.c_contiguous else None
     rows = src.reshape(len(idx), -1) if idx.ndim == 1 and src.flags.c_contiguous else None
-    if (table is None or rows is None or len(idx) < 2 or out.dtype != np.float32 or src.dtype != np.float32
-            or rows.shape[1] != table.shape[1]):
+    if (table is None or rows is None or len(idx) < 2 or src.dtype != np.float32 or rows.shape[1] != table.shape[1]
+            or not (out.dtype == np.float32 or (out.dtype == np.float16 and table.shape[1] % 16 == 0))):
         return numpy_set_rows(node, out, dst, src, idx)
+    table = _as_bits(table)
     return lambda: _set_rows(table, rows, idx)

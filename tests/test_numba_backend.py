@@ -94,3 +94,19 @@ def test_set_rows_of_several_rows_checks_its_indices():
     bad = pg.set_rows(pg.from_numpy(table), pg.from_numpy(rows), pg.from_numpy(np.array([1, 6, 0], np.int32)))
     with pytest.raises(IndexError):
         pg.compute(bad, backend=NumbaBackend())
+
+
+def test_set_rows_into_a_float16_table_rounds_as_numpy():
+    """Several F32 rows into an F16 table (an F16 KV cache): the numba kernel rounds as NumPy's astype."""
+    rng = np.random.default_rng(5)
+    values = rng.standard_normal((6, 32)).astype(np.float32) * 100
+    rows = rng.standard_normal((3, 32)).astype(np.float32) * 100
+    got = []
+    for backend in (NumbaBackend(), NumpyBackend(DType.F16)):
+        table = pg.cpy(pg.from_numpy(values), pg.new_tensor((6, 32), DType.F16, "t", pg.Flag.PERSISTENT))
+        node = pg.set_rows(table, pg.from_numpy(rows), pg.from_numpy(np.array([4, 0, 2], np.int32)))
+        got.append(pg.compute(node, backend=backend))
+    want = values.astype(np.float16)
+    want[[4, 0, 2]] = rows.astype(np.float16)
+    np.testing.assert_array_equal(got[0], want)
+    np.testing.assert_array_equal(got[1], want)
