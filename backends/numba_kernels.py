@@ -93,20 +93,33 @@ def _prefetch_row(row):
         _prefetch(row, i)
 
 
-@intrinsic
-def _halves_into(typingctx, src, dst):
-    """dst[:] = the float16 values of src (uint16 bits, a length that 16 divides), as float32."""
+def _converting_copy(source: ir.Type, target: ir.Type) -> Callable:
+    """The codegen of an intrinsic (src, dst): dst[:] = src's values, read as `source` and written as `target`
+    (float16 held as uint16 bits), 16 at a time (a length that 16 divides)."""
     def codegen(context, builder, signature, args):
         (src_data, _, n), (dst_data, _, _) = (_row_pointer(context, builder, t, a)
                                               for t, a in zip(signature.args, args))
-        i16x16, f32x16 = ir.VectorType(ir.IntType(16), 16), ir.VectorType(ir.FloatType(), 16)
+        vec_in, vec_out = ir.VectorType(source, 16), ir.VectorType(target, 16)
+        convert = builder.fpext if target.intrinsic_name == "f32" else builder.fptrunc
         with cgutils.for_range(builder, builder.sdiv(n, ir.Constant(n.type, 16))) as loop:
             at = builder.mul(loop.index, ir.Constant(n.type, 16))
-            halves = builder.load(builder.bitcast(builder.gep(src_data, [at]), i16x16.as_pointer()), align=2)
-            values = builder.fpext(builder.bitcast(halves, ir.VectorType(ir.HalfType(), 16)), f32x16)
-            builder.store(values, builder.bitcast(builder.gep(dst_data, [at]), f32x16.as_pointer()), align=4)
+            values = builder.load(builder.bitcast(builder.gep(src_data, [at]), vec_in.as_pointer()), align=2)
+            builder.store(convert(values, vec_out), builder.bitcast(builder.gep(dst_data, [at]),
+                                                                    vec_out.as_pointer()), align=2)
         return context.get_dummy_value()
-    return nbtypes.void(src, dst), codegen
+    return codegen
+
+
+@intrinsic
+def _halves_into(typingctx, src, dst):
+    """dst[:] = the float16 values of src (uint16 bits) as float32."""
+    return nbtypes.void(src, dst), _converting_copy(ir.HalfType(), ir.FloatType())
+
+
+@intrinsic
+def _floats_into_halves(typingctx, src, dst):
+    """dst[:] = src's float32 values rounded to nearest float16 (as uint16 bits)."""
+    return nbtypes.void(src, dst), _converting_copy(ir.FloatType(), ir.HalfType())
 
 
 def _row_pointer(context, builder, ary_type, value):
@@ -281,23 +294,6 @@ def tiled_get_rows(node: Tensor, out: np.ndarray, a: np.ndarray, idx: np.ndarray
         raise ValueError(f"get_rows of a repacked table needs a float32 output with contiguous rows, got "
                          f"{out.dtype} {out.shape} strides {out.strides}")
     return lambda: dequantize_into(a_type, tiled_rows(a_type, a, checked_rows(idx, len(a))), rows)
-
-
-@intrinsic
-def _floats_into_halves(typingctx, src, dst):
-    """dst[:] = src's float32 values rounded to float16 (as uint16 bits), 16 at a time (a length that 16
-    divides)."""
-    def codegen(context, builder, signature, args):
-        (src_data, _, n), (dst_data, _, _) = (_row_pointer(context, builder, t, a)
-                                              for t, a in zip(signature.args, args))
-        f32x16, i16x16 = ir.VectorType(ir.FloatType(), 16), ir.VectorType(ir.IntType(16), 16)
-        with cgutils.for_range(builder, builder.sdiv(n, ir.Constant(n.type, 16))) as loop:
-            at = builder.mul(loop.index, ir.Constant(n.type, 16))
-            values = builder.load(builder.bitcast(builder.gep(src_data, [at]), f32x16.as_pointer()), align=4)
-            halves = builder.bitcast(builder.fptrunc(values, ir.VectorType(ir.HalfType(), 16)), i16x16)
-            builder.store(halves, builder.bitcast(builder.gep(dst_data, [at]), i16x16.as_pointer()), align=2)
-        return context.get_dummy_value()
-    return nbtypes.void(src, dst), codegen
 
 
 def _store_row(table, r, row):
