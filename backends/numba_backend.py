@@ -156,7 +156,6 @@ class NumbaBackend(NumpyBackend):
         return super().make_placed(leaf, dense)
 
 
-
 class NumbaQ8Backend(NumbaBackend):
     """The numba backend with llama.cpp's numerics: mul_mat quantizes activations to Q8_0 and sums integer products
     for weights of the types in Q8_FORMATS, which it holds repacked (numba_q8.py); 2 to 4 times the float kernels'

@@ -97,8 +97,7 @@ def _converting_copy(source: ir.Type, target: ir.Type) -> Callable:
     """The codegen of an intrinsic (src, dst): dst[:] = src's values, read as `source` and written as `target`
     (float16 held as uint16 bits), 16 at a time (a length that 16 divides)."""
     def codegen(context, builder, signature, args):
-        (src_data, _, n), (dst_data, _, _) = (_row_pointer(context, builder, t, a)
-                                              for t, a in zip(signature.args, args))
+        (src_data, n), (dst_data, _) = (_row_pointer(context, builder, t, a) for t, a in zip(signature.args, args))
         vec_in, vec_out = ir.VectorType(source, 16), ir.VectorType(target, 16)
         convert = builder.fpext if target.intrinsic_name == "f32" else builder.fptrunc
         with cgutils.for_range(builder, builder.sdiv(n, ir.Constant(n.type, 16))) as loop:
@@ -123,9 +122,9 @@ def _floats_into_halves(typingctx, src, dst):
 
 
 def _row_pointer(context, builder, ary_type, value):
-    """(pointer to the data of a contiguous 1-D array, its stride, its length)."""
+    """(pointer to the data of a contiguous 1-D array, its length)."""
     ary = context.make_array(ary_type)(context, builder, value)
-    return ary.data, cgutils.unpack_tuple(builder, ary.strides, 1)[0], cgutils.unpack_tuple(builder, ary.shape, 1)[0]
+    return ary.data, cgutils.unpack_tuple(builder, ary.shape, 1)[0]
 
 
 def _f32_row(row, scratch):
@@ -151,7 +150,9 @@ def _attend(qs, k, v, hk, seen, bias, n, softcap, out):
     once for the group."""
     group, dk = qs.shape
     scores = np.empty((group, n), np.float32)
-    k_row, v_row = np.empty(dk, np.float32), np.empty(v.shape[2], np.float32)  # for float16 rows converted
+    # room for float16 rows converted (none for float32: this runs once per token and K/V head of a step)
+    k_row = np.empty(dk if k.itemsize == 2 else 0, np.float32)
+    v_row = np.empty(v.shape[2] if v.itemsize == 2 else 0, np.float32)
     for j in range(n):
         if j + ATTEND_AHEAD < n:
             _prefetch_row(k[seen[j + ATTEND_AHEAD], hk])

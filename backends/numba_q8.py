@@ -183,9 +183,14 @@ def _quantize_rows(x, xq, meta, zero):
         _quantize_row(x, xq, meta, n, zero)
 
 
+def _activation_buffers(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Room for x (N, K) as Q8_0: values (N, K) int8 and per-block meta (N, 3 x blocks)."""
+    return np.empty(x.shape, np.int8), np.empty((len(x), 3 * (x.shape[1] // 32)), np.float32)
+
+
 def quantize_activations(x: np.ndarray, zero: int) -> tuple[np.ndarray, np.ndarray]:
     """x (N, K) float32 as Q8_0: (values (N, K) int8, per-block meta), zero being the weight type's."""
-    xq, meta = np.empty(x.shape, np.int8), np.empty((len(x), 3 * (x.shape[1] // 32)), np.float32)
+    xq, meta = _activation_buffers(x)
     _quantize_rows(x, xq, meta, zero)
     return xq, meta
 
@@ -347,5 +352,5 @@ def q8_product(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray, n_ta
     if not all(a.dtype == np.float32 and a.ndim == 2 and a.strides[1] == 4 for a in (x, out)):
         raise ValueError(f"q8_product needs float32 rows with contiguous elements, got x {x.dtype} "
                          f"strides {x.strides} and out {out.dtype} strides {out.strides}")
-    xq, meta = np.empty(x.shape, np.int8), np.empty((len(x), 3 * (x.shape[1] // 32)), np.float32)
+    xq, meta = _activation_buffers(x)
     return functools.partial(Q8_TILED[dtype], w, x, xq, meta, out, Q8_FORMATS[dtype].zero, n_tasks)
