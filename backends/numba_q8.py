@@ -22,6 +22,7 @@ from numba import njit, prange, types as nbtypes
 from numba.core import cgutils, config
 from numba.extending import intrinsic
 
+from pyggml.graph.block_layouts import BLOCKS
 from pyggml.graph.dtypes import DType
 
 from .numba_quants import _share, _specialize, prefetch_line
@@ -81,10 +82,18 @@ class Q8Format(NamedTuple):
     unpack: Callable
 
 
+def _q8_format(dtype: DType, zero: int, bits: int, unpack: Callable) -> Q8Format:
+    """A row of Q8_FORMATS, its byte counts from the block-layout table: the float16 scalars come first, the
+    value fields (Q5's qh word first) fill the rest."""
+    layout = BLOCKS[dtype]
+    scale_bytes = 2 * len(layout.scalars())
+    return Q8Format(scale_bytes, (layout.nbytes - scale_bytes) // 4, zero, bits, unpack)
+
+
 Q8_FORMATS: dict[DType, Q8Format] = {
-    DType.Q4_0: Q8Format(2, 4, 8, 4, _q4), DType.Q4_1: Q8Format(4, 4, 0, 4, _q4),
-    DType.Q5_0: Q8Format(2, 5, 16, 5, _q5), DType.Q5_1: Q8Format(4, 5, 0, 5, _q5),
-    DType.Q8_0: Q8Format(2, 8, 128, 8, _q8)}
+    DType.Q4_0: _q8_format(DType.Q4_0, 8, 4, _q4), DType.Q4_1: _q8_format(DType.Q4_1, 0, 4, _q4),
+    DType.Q5_0: _q8_format(DType.Q5_0, 16, 5, _q5), DType.Q5_1: _q8_format(DType.Q5_1, 0, 5, _q5),
+    DType.Q8_0: _q8_format(DType.Q8_0, 128, 8, _q8)}
 
 
 @njit(cache=True)
