@@ -470,7 +470,8 @@ def _specialize(template, dtype: DType, parallel: bool, **constants):
     # One kernel dispatching on the type inside its loops ran 6x slower (LLVM no longer vectorized the block
     # loop), and numba's literal dispatch took minutes to compile: a copy per type, as C++ templates would.
     name = f"{template.__name__.strip('_')}_{dtype.name.lower()}"
-    code = template.__code__.replace(co_name=name, co_qualname=name)
+    names = {"co_name": name, "co_qualname": name} if hasattr(template.__code__, "co_qualname") else {"co_name": name}
+    code = template.__code__.replace(**names)  # co_qualname is Python 3.11's
     fn = types.FunctionType(code, {**template.__globals__, **constants}, name)
     fn.__qualname__ = name
     return njit(parallel=parallel, cache=True, fastmath=FAST)(fn)
