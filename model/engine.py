@@ -18,6 +18,7 @@ from pyggml.graph.errors import PyggmlError
 
 from .batch import Entry
 from .generation import TextPieces
+from .grammar import Constraint, GrammarSpec, apply_mask
 from .paged_cache import BLOCK_SIZE, SeqBlocks, common_prefix
 from .sampling import Sampler, SamplingParams, log_softmax
 
@@ -53,7 +54,7 @@ class Event:
     """A request's progress: a token and the text it completes; the last event has a finish_reason."""
     token: int | None
     text: str = ""
-    finish_reason: str | None = None  # "stop", "length", "cancelled" or "error"
+    finish_reason: str | None = None  # "stop" (also a complete grammar), "length", "cancelled" or "error"
     error: str | None = None
     logprob: TokenLogprob | None = None  # when the request asked for log-probabilities
 
@@ -74,6 +75,7 @@ class Request:
     events: queue.Queue = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     logprobs: int | None = None  # None: no log-probabilities; else each token's and this many top ones
+    constraint: Constraint | None = None  # the grammar its tokens must follow
 
     def cancel(self) -> None:
         """Ask the engine to stop this request and free its blocks (thread-safe)."""
@@ -109,10 +111,12 @@ class Engine:
         self._stopping = False
 
     def submit(self, prompt_ids: Sequence[int], max_tokens: int = 128, sampling: SamplingParams | None = None,
-               stop: Sequence[str] = (), events=None, logprobs: int | None = None) -> Request:
+               stop: Sequence[str] = (), events=None, logprobs: int | None = None,
+               grammar: GrammarSpec | None = None) -> Request:
         """Queue a request (its events go to `events`, anything with put(), or to its own queue; with logprobs,
-        each token's event carries its log-probability and that many top ones); PyggmlError if it can never
-        fit, QueueFull if the queue is full."""
+        each token's event carries its log-probability and that many top ones; with a grammar, its tokens follow
+        it); PyggmlError if it can never fit, GrammarError if the grammar does not compile, QueueFull if the
+        queue is full."""
         if max_tokens < 1:
             raise PyggmlError(f"max_tokens must be at least 1, not {max_tokens}")
         if not prompt_ids or len(prompt_ids) >= self.n_ctx:
@@ -120,6 +124,7 @@ class Engine:
         req = Request(list(prompt_ids), max_tokens, Sampler(sampling), TextPieces(self.model.tokenizer, stop))
         req.events = events if events is not None else req.events
         req.logprobs = logprobs
+        req.constraint = self.model.constraint(grammar)
         if self._budget(req) > self.cache.n_blocks - 1:
             raise PyggmlError(f"the request needs {self._budget(req)} KV blocks; "
                               f"the pool has {self.cache.n_blocks - 1}")
@@ -203,9 +208,13 @@ class Engine:
         return entries
 
     def _run(self, work: list[tuple[Request, Entry]]) -> None:
-        """Evaluate entries in one step and sample the next token of each entry that wants logits."""
+        """Evaluate entries in one step and sample the next token of each entry that wants logits (the grammar
+        masks of the constrained ones computed meanwhile, in one call)."""
+        constrained = [req for req, entry in work if entry.logits and req.constraint is not None]
+        masks = self.model.grammars.start_masks([r.constraint for r in constrained]) if constrained else None
         try:
             logits = self.batch.step([entry for _, entry in work])
+            bits = dict(zip(map(id, constrained), masks.result())) if masks else {}
         except Exception as exc:  # a failed step fails its requests; the engine goes on
             for req, _ in work:
                 self._finish(req, "error", f"{type(exc).__name__}: {exc}")
@@ -213,7 +222,8 @@ class Engine:
         for (req, _), row in zip(work, logits):
             if row is not None:
                 try:
-                    self._accept(req, req.sampler.sample(row, req.prompt_ids + req.tokens), row)
+                    allowed = apply_mask(row, bits[id(req)]) if id(req) in bits else row
+                    self._accept(req, req.sampler.sample(allowed, req.prompt_ids + req.tokens), row)
                 except Exception as exc:
                     self._finish(req, "error", f"{type(exc).__name__}: {exc}")
 
@@ -221,12 +231,16 @@ class Engine:
         """Record a sampled token, emit its text, and finish the request when it is done."""
         req.timings.setdefault("first_token", time.perf_counter())
         req.tokens.append(token)
+        if req.constraint is not None:
+            req.constraint.accept(token)
         piece = req.pieces.feed(token)
         req.text += piece
         logprob = None if req.logprobs is None else token_logprob(logits, token, req.logprobs)
         req.events.put(Event(token, piece, logprob=logprob))
         if req.pieces.finish_reason:
             self._finish(req, req.pieces.finish_reason)
+        elif req.constraint is not None and req.constraint.done:  # the grammar is complete
+            self._finish(req, "stop", text=req.pieces.flush())
         elif len(req.tokens) >= req.max_tokens or len(req.prompt_ids) + len(req.tokens) >= self.n_ctx:
             self._finish(req, "length", text=req.pieces.flush())
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from .decoder import build_decoder
 from .engine import Engine
 from .generation import TextStream
 from .gguf_file import GGUFFile
+from .grammar import Constraint, GrammarSpec, Grammars, apply_mask, grammar_spec
 from .hparams import HParams, load_hparams
 from .kv_cache import KVCache
 from .paged_cache import BLOCK_SIZE, PagedKVCache
@@ -82,6 +84,15 @@ class Model:
         hp = self.hparams
         return [hp.sliding_window if hp.is_swa(il) else None for il in range(hp.n_layer)]
 
+    @cached_property
+    def grammars(self) -> Grammars:
+        """llguidance over this model's vocabulary (built on first use: 0.1-1 s), with its compiled grammars."""
+        return Grammars(self.tokenizer)
+
+    def constraint(self, grammar: GrammarSpec | None) -> Constraint | None:
+        """A new sequence's constraint under the grammar (None for none); GrammarError naming its field."""
+        return None if grammar is None else self.grammars.matcher(grammar)
+
     @classmethod
     def load(cls, path_or_name: str | Path, **options) -> Model:
         """Open a GGUF file or a known model name (pulled on first use)."""
@@ -113,25 +124,38 @@ class Model:
         return ids
 
     def generate_ids(self, prompt_ids: Sequence[int], max_tokens: int, sampling: SamplingParams,
-                     kv_cache: bool = True, logprobs: bool = False) -> Iterator[tuple[int, float | None]]:
-        """(token, its log-probability if asked for) as they are produced; the prompt is prefilled first."""
+                     kv_cache: bool = True, logprobs: bool = False,
+                     constraint: Constraint | None = None) -> Iterator[tuple[int, float | None]]:
+        """(token, its log-probability if asked for) as they are produced; the prompt is prefilled first; with a
+        constraint, each token follows its grammar (the mask computed while the step runs) up to its end."""
         sampler, history = Sampler(sampling), list(prompt_ids)
+        masks = None if constraint is None else self.grammars.start_masks([constraint])
         logits = self.context.eval_prompt(history) if kv_cache else self.context.eval_uncached(history)
         for _ in range(max_tokens):
-            token = sampler.sample(logits[-1], history)
+            row = logits[-1] if masks is None else apply_mask(logits[-1], masks.result()[0])
+            token = sampler.sample(row, history)
             yield token, float(log_softmax(logits[-1])[token]) if logprobs else None
             history.append(token)
-            if self.tokenizer.is_eog(token) or len(history) >= self.n_ctx:
+            if constraint is not None:
+                constraint.accept(token)
+            if self.tokenizer.is_eog(token) or len(history) >= self.n_ctx or (constraint and constraint.done):
                 return
+            masks = None if constraint is None else self.grammars.start_masks([constraint])
             logits = self.eval([token]) if kv_cache else self.context.eval_uncached(history)
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 128, stream: bool = False,
                  stop: Sequence[str] = (), kv_cache: bool = True, logprobs: bool = False,
+                 json_schema: Mapping | str | None = None, grammar: str | GrammarSpec | None = None,
+                 regex: str | None = None, choice: Sequence[str] | None = None,
                  **sampling) -> Completion | TextStream:
         """Generate a continuation: a Completion, or (stream=True) a TextStream iterating over text pieces
-        (its tokens, finish_reason and timings are filled in as it runs)."""
+        (its tokens, finish_reason and timings are filled in as it runs). At most one of json_schema, grammar
+        (Lark or GBNF text, or a GrammarSpec), regex and choice (strings) constrains it; a complete grammar
+        ends it with finish_reason "stop"."""
         params = SamplingParams(**sampling)
-        text_stream = TextStream(self, self.prompt_ids(prompt), max_tokens, params, stop, kv_cache, logprobs)
+        constraint = self.constraint(constraint_spec(json_schema, grammar, regex, choice))
+        text_stream = TextStream(self, self.prompt_ids(prompt), max_tokens, params, stop, kv_cache, logprobs,
+                                 constraint)
         if stream:
             return text_stream
         text = "".join(text_stream)
@@ -139,11 +163,16 @@ class Model:
                           text_stream.logprobs or None, text_stream.timings)
 
     def generate_batch(self, prompts: Sequence[str | Sequence[int]], max_tokens: int = 128,
-                       stop: Sequence[str] = (), n_parallel: int | None = None, **sampling) -> list[Completion]:
-        """Generate continuations of several prompts together (continuous batching over a paged KV cache)."""
+                       stop: Sequence[str] = (), n_parallel: int | None = None,
+                       json_schema: Mapping | str | None = None, grammar: str | GrammarSpec | None = None,
+                       regex: str | None = None, choice: Sequence[str] | None = None,
+                       **sampling) -> list[Completion]:
+        """Generate continuations of several prompts together (continuous batching over a paged KV cache), each
+        under the grammar if one is given (as in `generate`)."""
         engine = Engine(self, n_parallel=n_parallel or len(prompts), max_queue=len(prompts))
         params = SamplingParams(**sampling)
-        requests = [engine.submit(self.prompt_ids(p), max_tokens, params, stop) for p in prompts]
+        spec = constraint_spec(json_schema, grammar, regex, choice)
+        requests = [engine.submit(self.prompt_ids(p), max_tokens, params, stop, grammar=spec) for p in prompts]
         engine.run_until_idle()
         return [Completion(r.text, r.tokens, r.finish_reason, None, r.timings) for r in requests]
 
@@ -159,6 +188,16 @@ class Model:
         eos = tok.tokens[tok.eos_id] if tok.eos_id is not None else ""
         text = render_chat(template, messages, bos, eos, add_generation_prompt)
         return text[len(bos):] if bos and tok.add_bos and text.startswith(bos) else text  # BOS comes from tokenize
+
+
+def constraint_spec(json_schema: Mapping | str | None, grammar: str | GrammarSpec | None, regex: str | None,
+                    choice: Sequence[str] | None) -> GrammarSpec | None:
+    """The grammar of generate's keyword arguments (a GrammarSpec given as `grammar` passes through)."""
+    if isinstance(grammar, GrammarSpec):
+        if json_schema is not None or regex is not None or choice is not None:
+            raise PyggmlError("give either a GrammarSpec or json_schema, regex or choice, not both")
+        return grammar
+    return grammar_spec(json_schema, grammar, regex, choice)
 
 
 def load(path_or_name: str | Path, **options) -> Model:

@@ -145,6 +145,14 @@ class Tokenizer:
         """The token's type, after llama.cpp's overrides (end-of-generation tokens are CONTROL)."""
         return TokenType(int(self._types[token_id]))
 
+    @property
+    def special_ids(self) -> frozenset[int]:
+        """Ids of tokens that stand for no text of the vocabulary's own: control and unknown ones, and user-defined
+        ones written as <...> (llama.cpp's rule for grammars)."""
+        marked = {i for i, t in enumerate(self.tokens) if self._types[i] == TokenType.USER_DEFINED
+                  and t.startswith("<") and t.endswith(">")}
+        return self._hidden | marked
+
     def is_eog(self, token_id: int) -> bool:
         """Whether generating this token ends generation."""
         return token_id in self.eog_ids
