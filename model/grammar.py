@@ -35,7 +35,7 @@ class GrammarError(PyggmlError):
 @dataclass(frozen=True)
 class GrammarSpec:
     """What a request's output must match. kind: "json_schema" (a schema, as a dict or JSON text), "grammar"
-    (Lark or GBNF), "regex", "choice" (a list of strings) or "llguidance" (its own grammar JSON); field: the
+    (Lark or GBNF), "lark", "regex", "choice" (a list of strings) or "llguidance" (its own grammar JSON); field: the
     request's field it came from, named in errors."""
     kind: str
     source: str
@@ -70,6 +70,7 @@ def _choice(source: str) -> str:
 _COMPILERS = {  # kind -> its source text to llguidance's grammar JSON
     "json_schema": lambda s: llguidance.LLMatcher.grammar_from_json_schema(s, defaults=JSON_OPTIONS),
     "grammar": lambda s: llguidance.grammar_from("gbnf", s),  # Lark passes through, GBNF is converted
+    "lark": llguidance.LLMatcher.grammar_from_lark,
     "regex": llguidance.LLMatcher.grammar_from_regex,
     "choice": _choice,
     "llguidance": lambda s: s,

@@ -27,6 +27,7 @@ from .paged_cache import BLOCK_SIZE, PagedKVCache
 from .pull import resolve_model
 from .sampling import Sampler, SamplingParams, log_softmax
 from .tokenizer import load_tokenizer
+from .tool_calls import ToolCall, ToolFormat, parse_tool_calls, template_messages, tool_format, tool_grammar
 from .weights import Weights
 
 DEFAULT_N_CTX = 4096
@@ -180,14 +181,35 @@ class Model:
         """Reply to a conversation rendered through the chat template."""
         return self.generate(self.apply_chat_template(messages), **options)
 
-    def apply_chat_template(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> str:
-        """The prompt text of a conversation."""
-        template, _ = template_source(self.gguf.metadata, self.hparams.arch)
+    @property
+    def chat_template(self) -> str:
+        """The chat template's source: the file's own, else the architecture's built-in."""
+        return template_source(self.gguf.metadata, self.hparams.arch)[0]
+
+    def apply_chat_template(self, messages: Sequence[Mapping], add_generation_prompt: bool = True,
+                            tools: Sequence[Mapping] | None = None) -> str:
+        """The prompt text of a conversation (messages may hold tool calls and tool results; tools: OpenAI's
+        function descriptions, through the template or the built-in format where it takes none)."""
+        messages, tools = template_messages(messages, tools, self.chat_template)
         tok = self.tokenizer
         bos = tok.tokens[tok.bos_id] if tok.bos_id is not None else ""
         eos = tok.tokens[tok.eos_id] if tok.eos_id is not None else ""
-        text = render_chat(template, messages, bos, eos, add_generation_prompt)
+        text = render_chat(self.chat_template, messages, bos, eos, add_generation_prompt, tools)
         return text[len(bos):] if bos and tok.add_bos and text.startswith(bos) else text  # BOS comes from tokenize
+
+    @property
+    def tool_format(self) -> ToolFormat:
+        """How this model writes tool calls (from its chat template)."""
+        return tool_format(self.chat_template)
+
+    def tool_grammar(self, tools: Sequence[Mapping], choice: str = "auto", parallel: bool = True) -> GrammarSpec | None:
+        """The grammar of a reply under tool_choice ("none", "auto", "required" or a function's name)."""
+        special = {self.tokenizer.tokens[i]: i for i in self.tokenizer.special_ids}
+        return tool_grammar(tools, self.tool_format, choice, parallel, special)
+
+    def parse_tool_calls(self, text: str) -> tuple[str | None, list[ToolCall]]:
+        """(the text around them, the calls) of a reply in this model's tool-call format."""
+        return parse_tool_calls(text, self.tool_format)
 
 
 def constraint_spec(json_schema: Mapping | str | None, grammar: str | GrammarSpec | None, regex: str | None,
