@@ -7,11 +7,12 @@ import dataclasses
 import functools
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
@@ -21,8 +22,11 @@ from pyggml.model.engine import Request as EngineRequest
 from pyggml.model.model import Model
 
 from . import protocol as api
+from .request_models import ChatRequest, CompletionRequest
 
-POLL_SECONDS = 0.5  # how often a waiting non-streaming handler checks that its client is still there
+DEFAULT_MAX_TOKENS = 16  # of a completion, as OpenAI (a chat's: up to the context)
+POLL_SECONDS = 0.5
+UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}  # how often a waiting non-streaming handler checks that its client is still there
 
 
 @dataclass
@@ -91,18 +95,15 @@ def create_app(model: Model, engine: Engine, model_name: str) -> FastAPI:
                                             "owned_by": "pyggml"}]}
 
     @app.post("/v1/completions")
-    async def completions(request: Request):
-        body = await read_body(request)
-        params = api.parse_params(body, api.completion_prompts(body), model.hparams.n_vocab)
-        ids = [prompt_ids(model, engine, p, TEXT) for p in params.prompts]
+    async def completions(body: CompletionRequest, request: Request):
+        params = api.params(body, model.hparams.n_vocab, DEFAULT_MAX_TOKENS)
+        ids = [prompt_ids(model, engine, p, TEXT) for p in body.prompts]
         return await answer(request, engine, model_name, ids, params, TEXT)
 
     @app.post("/v1/chat/completions")
-    async def chat(request: Request):
-        body = await read_body(request)
-        text = model.apply_chat_template(api.chat_messages(body))
-        params = api.parse_params(body, [text], model.hparams.n_vocab, ("max_tokens", "max_completion_tokens"),
-                                  engine.n_ctx, chat=True)
+    async def chat(body: ChatRequest, request: Request):
+        params = api.params(body, model.hparams.n_vocab, engine.n_ctx)
+        text = model.apply_chat_template(body.chat_messages)
         return await answer(request, engine, model_name, [prompt_ids(model, engine, text, CHAT)], params, CHAT)
     return app
 
@@ -113,6 +114,10 @@ def add_error_handlers(app: FastAPI) -> None:
     async def api_error(_: Request, e: api.APIError) -> JSONResponse:
         return JSONResponse(e.body(), e.status)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        return JSONResponse(validation_error(e.errors()).body(), 400)
+
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, e: HTTPException) -> JSONResponse:
         return JSONResponse(api.APIError(e.status_code, str(e.detail), code=str(e.status_code)).body(), e.status_code)
@@ -122,12 +127,22 @@ def add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(api.APIError(500, f"{type(e).__name__}: {e}", kind="server_error").body(), 500)
 
 
-async def read_body(request: Request) -> dict:
-    """The request's JSON object, or a 400."""
-    try:
-        return api.need_object(json.loads(await request.body()))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise api.APIError(400, f"the request body is not valid JSON: {e}") from None
+def validation_error(errors: Sequence[Mapping]) -> api.APIError:
+    """The first of pydantic's errors as OpenAI words one, param naming the top-level field."""
+    error = errors[0]
+    where = error["loc"][1:] if error["loc"][:1] == ("body",) else error["loc"]
+    if error["type"] == "json_invalid":
+        return api.APIError(400, f"the request body is not valid JSON: {error['ctx'].get('error', '')}")
+    if not where or not isinstance(where[0], str):
+        return api.APIError(400, "the request body must be a JSON object, sent as Content-Type: application/json")
+    path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in where if not is_tag(part))[1:]
+    message = error["msg"].removeprefix("Value error, ")
+    return api.APIError(400, f"invalid '{path}': {message}", where[0], "invalid_value")
+
+
+def is_tag(part: str | int) -> bool:
+    """Whether a part of an error's location names a member of a union ('str', 'list[int]') rather than a field."""
+    return isinstance(part, str) and (part in UNION_TAGS or "[" in part or "-" in part)
 
 
 def prompt_ids(model: Model, engine: Engine, prompt: str | list[int], shape: Shape) -> list[int]:
