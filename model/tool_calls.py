@@ -11,6 +11,7 @@ from typing import Any
 
 from llguidance import StructTag
 
+from .generation import held_back
 from .grammar import JSON_OPTIONS, GrammarSpec
 
 
@@ -225,3 +226,40 @@ def _json_values(text: str) -> list:
         except ValueError:
             return []
         values.append(value)
+
+
+class CallStream:
+    """A streamed reply split into text to show now and calls: text before a call passes through (a possible
+    start of the opening marker held back); from the call's opening on, the rest is held and parsed at the end.
+    forced: the reply is a call from its first token."""
+
+    def __init__(self, fmt: ToolFormat, forced: bool = False):
+        self.fmt, self.held, self.in_call = fmt, "", forced
+        self.marker = fmt.open.strip()
+
+    def feed(self, text: str) -> str:
+        """The part of text that can be shown as content now."""
+        self.held += text
+        if self.in_call:
+            return ""
+        if not self.marker:  # Llama 3.x: a reply that opens with JSON (or <|python_tag|>) is a call
+            start = self.held.lstrip()
+            if not start:
+                return ""
+            self.in_call = start.startswith(("{", "<|python_tag|>")) or "<|python_tag|>".startswith(start)
+            return "" if self.in_call else self._take(len(self.held))
+        at = self.held.find(self.marker)
+        if at >= 0:
+            self.in_call = True
+            return self._take(at)
+        return self._take(len(self.held) - held_back(self.held, [self.marker]))
+
+    def finish(self) -> tuple[str, list[ToolCall]]:
+        """(the text left to show, the calls) at the end of the reply."""
+        content, calls = parse_tool_calls(self.held, self.fmt) if self.in_call else (self.held, [])
+        self.held = ""
+        return content or "", calls
+
+    def _take(self, n: int) -> str:
+        piece, self.held = self.held[:n], self.held[n:]
+        return piece

@@ -19,7 +19,9 @@ from starlette.exceptions import HTTPException
 from pyggml.graph.errors import PyggmlError
 from pyggml.model.engine import Engine, Event, QueueFull, TokenLogprob
 from pyggml.model.engine import Request as EngineRequest
+from pyggml.model.grammar import GrammarError
 from pyggml.model.model import Model
+from pyggml.model.tool_calls import CallStream
 
 from . import protocol as api
 from .request_models import ChatRequest, CompletionRequest
@@ -98,12 +100,14 @@ def create_app(model: Model, engine: Engine, model_name: str) -> FastAPI:
     async def completions(body: CompletionRequest, request: Request):
         params = api.params(body, model.hparams.n_vocab, DEFAULT_MAX_TOKENS)
         ids = [prompt_ids(model, engine, p, TEXT) for p in body.prompts]
+        await compile_grammar(model, params)
         return await answer(request, engine, model_name, ids, params, TEXT)
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request):
-        params = api.params(body, model.hparams.n_vocab, engine.n_ctx)
-        text = model.apply_chat_template(body.chat_messages)
+        params = api.params(body, model.hparams.n_vocab, engine.n_ctx, model.tool_grammar)
+        text = model.apply_chat_template(body.chat_messages, tools=api.tool_list(body))
+        await compile_grammar(model, params)
         return await answer(request, engine, model_name, [prompt_ids(model, engine, text, CHAT)], params, CHAT)
     return app
 
@@ -156,6 +160,20 @@ def prompt_ids(model: Model, engine: Engine, prompt: str | list[int], shape: Sha
     return ids
 
 
+async def compile_grammar(model: Model, params: api.Params) -> None:
+    """Compile the request's grammar (cached per grammar) off the event loop: a 400 naming the field when it
+    does not compile."""
+    if params.grammar is not None:
+        try:
+            await asyncio.to_thread(model.grammars.compile, params.grammar)
+        except GrammarError as e:
+            raise grammar_error(e) from None
+
+
+def grammar_error(e: GrammarError) -> api.APIError:
+    return api.APIError(400, f"'{e.field}' does not compile: {e}", e.field, "invalid_grammar")
+
+
 def submit(engine: Engine, prompts: list[list[int]], params: api.Params) -> tuple[list[EngineRequest], AsyncSink]:
     """Hand each prompt's n choices to the engine, choice i·n + j being prompt i's j-th (a seed moves by j, so
     that the choices differ): 503 when the queue is full (none is left queued), 400 when one can never fit."""
@@ -170,11 +188,15 @@ def submit(engine: Engine, prompts: list[list[int]], params: api.Params) -> tupl
         for ids in prompts:
             for sampling in samplings:
                 reqs.append(engine.submit(ids, params.max_tokens, sampling, params.stop,
-                                          events=ChoiceSink(sink, len(reqs)), logprobs=params.logprobs))
+                                          events=ChoiceSink(sink, len(reqs)), logprobs=params.logprobs,
+                                          grammar=params.grammar))
     except QueueFull as e:
         cancel(reqs)
         raise api.APIError(503, f"the server is busy: {e}; retry later", code="queue_full",
                            kind="server_error") from None
+    except GrammarError as e:
+        cancel(reqs)
+        raise grammar_error(e) from None
     except PyggmlError as e:
         cancel(reqs)
         raise api.APIError(400, str(e)) from None
@@ -193,7 +215,8 @@ async def answer(request: Request, engine: Engine, name: str, prompts: list[list
     reqs, sink = submit(engine, prompts, params)
     rid, piece, n_prompt = api.new_id(shape.id_prefix), token_bytes(engine), sum(map(len, prompts))
     if params.stream:
-        return StreamingResponse(stream(reqs, sink, name, rid, n_prompt, params, shape, piece),
+        calls = [CallStream(engine.model.tool_format, params.tools != "auto") for _ in reqs] if params.tools else None
+        return StreamingResponse(stream(reqs, sink, name, rid, n_prompt, params, shape, piece, calls),
                                  media_type="text/event-stream")
     watcher = asyncio.create_task(cancel_when_gone(request, reqs))
     try:
@@ -204,8 +227,8 @@ async def answer(request: Request, engine: Engine, name: str, prompts: list[list
             if event.finish_reason:
                 failed(event)
                 reasons[index] = event.finish_reason
-        choices = [shape.choice(i, req.text, reasons[i],
-                                None if params.logprobs is None else shape.logprobs(entries[i], piece, 0))
+        choices = [choice(engine.model, shape, params, i, req.text, reasons[i],
+                          None if params.logprobs is None else shape.logprobs(entries[i], piece, 0))
                    for i, req in enumerate(reqs)]
         return api.envelope(rid, shape.obj, name, choices, api.usage(n_prompt, sum(len(r.tokens) for r in reqs)))
     finally:
@@ -220,12 +243,34 @@ async def cancel_when_gone(request: Request, reqs: list[EngineRequest]) -> None:
     cancel(reqs)
 
 
+def choice(model: Model, shape: Shape, params: api.Params, index: int, text: str, reason: str,
+           logprobs: dict | None) -> dict:
+    """A finished choice; a reply that may hold tool calls is parsed into its content and its calls."""
+    if not params.tools:
+        return shape.choice(index, text, reason, logprobs)
+    content, calls = model.parse_tool_calls(text)
+    return api.message_choice(index, content, reason, logprobs, calls)
+
+
 def failed(event: Event) -> None:
     """Raise the API error of a request that ended without a result."""
     if event.finish_reason == "error":
         raise api.APIError(500, f"generation failed: {event.error}", kind="server_error")
     if event.finish_reason == "cancelled":
         raise api.APIError(503, "the request was cancelled (the server is stopping)", kind="server_error")
+
+
+def split_calls(calls: CallStream, index: int, text: str, reason: str | None) -> tuple[str, str | None, dict | None]:
+    """(content to send, finish reason, a delta.tool_calls chunk to send first or None) for a streamed event of a
+    reply that may hold tool calls: content passes until a call opens; the calls go out whole at the end."""
+    text = calls.feed(text)
+    if not reason:
+        return text, reason, None
+    tail, found = calls.finish()
+    if not found:
+        return text + tail, reason, None
+    delta = {"content": text + tail or None, "tool_calls": api.tool_calls_json(found, with_index=True)}
+    return "", "tool_calls" if reason == "stop" else reason, api.delta_choice(index, delta, None)
 
 
 def sse(body: dict) -> str:
@@ -238,10 +283,11 @@ def token_bytes(engine: Engine) -> api.Piece:
 
 
 async def stream(reqs: list[EngineRequest], sink: AsyncSink, name: str, rid: str, n_prompt: int,
-                 params: api.Params, shape: Shape, piece: api.Piece) -> AsyncIterator[str]:
+                 params: api.Params, shape: Shape, piece: api.Piece,
+                 calls: list[CallStream] | None = None) -> AsyncIterator[str]:
     """Server-sent events, a choice per chunk: (chat) each choice's role, then a chunk per piece of text (and per
     token, with its log-probabilities, when asked) and each choice's finish reason as they come, usage if asked
-    for, then [DONE]."""
+    for, then [DONE]. calls: each choice's splitter of tool calls from its text, when replies may hold them."""
     offsets = [0] * len(reqs)  # of each choice's next token in its text, for logprobs' text_offset
     open_choices = len(reqs)
     try:
@@ -261,10 +307,14 @@ async def stream(reqs: list[EngineRequest], sink: AsyncSink, name: str, rid: str
             if event.logprob is not None:
                 logprobs = shape.logprobs([event.logprob], piece, offsets[index])
                 offsets[index] += len(api.token_text(piece, event.token))
-            if event.text or event.finish_reason or logprobs:
-                yield sse(api.envelope(rid, shape.chunk_obj, name,
-                                       [shape.chunk(index, event.text, event.finish_reason, logprobs)]))
-            open_choices -= bool(event.finish_reason)
+            text, reason = event.text, event.finish_reason
+            if calls:
+                text, reason, chunk = split_calls(calls[index], index, text, reason)
+                if chunk:
+                    yield sse(api.envelope(rid, shape.chunk_obj, name, [chunk]))
+            if text or reason or logprobs:
+                yield sse(api.envelope(rid, shape.chunk_obj, name, [shape.chunk(index, text, reason, logprobs)]))
+            open_choices -= bool(reason)
         else:
             if params.include_usage:
                 use = api.usage(n_prompt, sum(len(r.tokens) for r in reqs))

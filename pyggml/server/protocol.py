@@ -8,9 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pyggml.model.engine import TokenLogprob
+from pyggml.model.grammar import GrammarSpec
 from pyggml.model.sampling import SamplingParams
+from pyggml.model.tool_calls import ToolCall
 
 from .request_models import ChatRequest, Sampling
+
+ToolGrammar = Callable[[list[dict], str, bool], "GrammarSpec | None"]  # (tools, tool_choice, parallel) -> grammar
 
 
 class APIError(Exception):
@@ -35,10 +39,13 @@ class Params:
     include_usage: bool = False
     logprobs: int | None = None  # None: none asked; else each token's log-probability and this many top ones
     n: int = 1
+    grammar: GrammarSpec | None = None  # what the output must follow
+    tools: str | None = None  # the tool_choice when replies may hold tool calls ("auto", "required", a name)
 
 
-def params(req: Sampling, n_vocab: int, default_max_tokens: int) -> Params:
-    """What a validated request asks for (its logit_bias token ids checked against n_vocab)."""
+def params(req: Sampling, n_vocab: int, default_max_tokens: int, tool_grammar: ToolGrammar | None = None) -> Params:
+    """What a validated request asks for (its logit_bias token ids checked against n_vocab; tool_grammar: the
+    grammar of a reply under tools and tool_choice)."""
     max_tokens = getattr(req, "max_completion_tokens", None) or req.max_tokens or default_max_tokens
     repeat = req.repetition_penalty or req.repeat_penalty or 1.0
     sampling = SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=max(req.top_k, 0),
@@ -46,7 +53,34 @@ def params(req: Sampling, n_vocab: int, default_max_tokens: int) -> Params:
                               presence_penalty=req.presence_penalty, seed=req.seed,
                               logit_bias=_logit_bias(req.logit_bias or {}, n_vocab))
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    return Params(max_tokens, sampling, req.stops, req.stream, include_usage, _logprobs(req), req.n)
+    tools = req.tool_mode if isinstance(req, ChatRequest) and req.tool_mode != "none" else None
+    grammars = _grammars(req) + ([("tools", tool_grammar(tool_list(req), tools, req.parallel_tool_calls))]
+                                 if tools and tool_grammar else [])
+    grammars = [(name, g) for name, g in grammars if g is not None]
+    if len(grammars) > 1:
+        raise APIError(400, f"only one of {', '.join(n for n, _ in grammars)} may constrain the output",
+                       grammars[1][0])
+    return Params(max_tokens, sampling, req.stops, req.stream, include_usage, _logprobs(req), req.n,
+                  grammars[0][1] if grammars else None, tools)
+
+
+def tool_list(req: ChatRequest) -> list[dict] | None:
+    """The request's tools as the chat template takes them (OpenAI's dicts)."""
+    return [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
+
+
+def _grammars(req: Sampling) -> list[tuple[str, GrammarSpec]]:
+    """The grammars that response_format and llama-server's grammar and json_schema fields ask for."""
+    out, fmt = [], req.response_format
+    if fmt is not None and fmt.type == "json_object":
+        out.append(("response_format", GrammarSpec.of("json_schema", {"type": "object"}, "response_format")))
+    elif fmt is not None and fmt.type == "json_schema":
+        out.append(("response_format", GrammarSpec.of("json_schema", fmt.json_schema.schema_, "response_format")))
+    if req.json_schema is not None:
+        out.append(("json_schema", GrammarSpec.of("json_schema", req.json_schema)))
+    if req.grammar is not None:
+        out.append(("grammar", GrammarSpec.of("grammar", req.grammar)))
+    return out
 
 
 def _logit_bias(bias: dict[str, float], n_vocab: int) -> dict[int, float]:
@@ -85,9 +119,20 @@ def text_choice(index: int, text: str, finish_reason: str | None, logprobs: dict
     return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
 
 
-def message_choice(index: int, text: str, finish_reason: str | None, logprobs: dict | None = None) -> dict:
-    return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
-            "finish_reason": finish_reason}
+def message_choice(index: int, text: str | None, finish_reason: str | None, logprobs: dict | None = None,
+                   calls: list[ToolCall] = ()) -> dict:
+    """A chat choice; with tool calls, message.tool_calls and finish_reason tool_calls."""
+    message = {"role": "assistant", "content": text}
+    if calls:
+        message["tool_calls"] = tool_calls_json(calls)
+        finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
+    return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
+
+
+def tool_calls_json(calls: list[ToolCall], with_index: bool = False) -> list[dict]:
+    """OpenAI's tool_calls entries (a stream's deltas carry each one's index)."""
+    return [{**({"index": i} if with_index else {}), "id": new_id("call"), "type": "function",
+             "function": {"name": c.name, "arguments": c.arguments}} for i, c in enumerate(calls)]
 
 
 def delta_choice(index: int, delta: dict, finish_reason: str | None, logprobs: dict | None = None) -> dict:

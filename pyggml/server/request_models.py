@@ -3,10 +3,11 @@
 and infinities refused, types strict (no "8" for 8)."""
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 MAX_STOPS = 4
 MAX_BIAS = 100.0  # OpenAI's bound on a logit_bias value
@@ -24,9 +25,15 @@ UNSUPPORTED = {  # a field -> when a request's value of it asks for what this se
     "echo": lambda v: v is True,
     "suffix": lambda v: bool(v),
     "best_of": lambda v: v not in (None, 1),
-    "tools": lambda v: bool(v),
-    "response_format": lambda v: isinstance(v, Mapping) and v.get("type") not in (None, "text"),
+    "tools": lambda v: bool(v),  # on /v1/completions
 }
+
+
+def refuse_unsupported(value: Any, info: ValidationInfo) -> Any:
+    """An error for a value that asks for what is not implemented (rather than an answer that ignores it)."""
+    if UNSUPPORTED[info.field_name](value):
+        raise ValueError(f"'{info.field_name}' with value {value!r} is not supported by this server")
+    return value
 
 
 class Body(BaseModel):
@@ -36,6 +43,67 @@ class Body(BaseModel):
 
 class StreamOptions(Body):
     include_usage: bool = False
+
+
+class JsonSchemaFormat(Body):
+    """response_format's json_schema: the schema the reply must follow."""
+    name: str = "response"
+    description: str | None = None
+    schema_: dict = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(Body):
+    """response_format: free text, any JSON object, or JSON under a schema."""
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("'json_schema' is required when type is 'json_schema'")
+        return self
+
+
+class Function(Body):
+    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    description: str | None = None
+    parameters: dict | None = None
+    strict: bool | None = None
+
+
+class Tool(Body):
+    type: Literal["function"]
+    function: Function
+
+
+class FunctionName(Body):
+    name: str
+
+
+class NamedToolChoice(Body):
+    type: Literal["function"]
+    function: FunctionName
+
+
+class CalledFunction(Body):
+    name: str
+    arguments: str
+
+    @field_validator("arguments")
+    @classmethod
+    def json_arguments(cls, arguments: str) -> str:
+        try:
+            json.loads(arguments or "{}")
+        except ValueError:
+            raise ValueError("a tool call's arguments must be JSON text") from None
+        return arguments
+
+
+class ToolCallItem(Body):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: CalledFunction
 
 
 class Sampling(Body):
@@ -58,18 +126,17 @@ class Sampling(Body):
     min_p: Annotated[float, Field(ge=0, le=1)] = 0.0
     repetition_penalty: Repetition | None = None
     repeat_penalty: Repetition | None = None
+    # structured outputs: OpenAI's response_format, llama-server's grammar (GBNF) and json_schema
+    response_format: ResponseFormat | None = None
+    grammar: str | None = None
+    json_schema: dict | None = None
     # refused when they ask for something (UNSUPPORTED)
     best_of: int | None = None
-    tools: list | None = None
-    response_format: dict | None = None
 
-    @field_validator("best_of", "tools", "response_format", "echo", "suffix", check_fields=False)
+    @field_validator("best_of", "echo", "suffix", check_fields=False)
     @classmethod
     def refuse_unsupported(cls, value: Any, info: ValidationInfo) -> Any:
-        """An error for a value that asks for what is not implemented (rather than an answer that ignores it)."""
-        if UNSUPPORTED[info.field_name](value):
-            raise ValueError(f"'{info.field_name}' with value {value!r} is not supported by this server")
-        return value
+        return refuse_unsupported(value, info)
 
     @field_validator("logit_bias")
     @classmethod
@@ -89,6 +156,12 @@ class CompletionRequest(Sampling):
     logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     echo: bool = False
     suffix: str | None = None
+    tools: list | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def no_tools(cls, value: Any, info: ValidationInfo) -> Any:
+        return refuse_unsupported(value, info)
 
     @property
     def prompts(self) -> list[str | list[int]]:
@@ -106,6 +179,8 @@ class Message(Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Union[str, list[TextPart], None] = None
     name: str | None = None
+    tool_calls: list[ToolCallItem] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool's result: the call it answers
 
     @property
     def text(self) -> str:
@@ -121,7 +196,26 @@ class ChatRequest(Sampling):
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
-    tool_choice: Any = None
+    tools: list[Tool] | None = None
+    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
+    parallel_tool_calls: bool = True
+
+    @field_validator("tool_choice")
+    @classmethod
+    def tool_choice_names_a_tool(cls, choice: Any, info: ValidationInfo) -> Any:
+        tools = info.data.get("tools")
+        if choice not in (None, "none") and not tools:
+            raise ValueError("'tool_choice' needs 'tools'")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in {t.function.name for t in tools}:
+            raise ValueError(f"'tool_choice' names {choice.function.name!r}, which is not in 'tools'")
+        return choice
+
+    @property
+    def tool_mode(self) -> str:
+        """"none", "auto", "required" or the function tool_choice names (OpenAI's default: auto with tools)."""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return self.tool_choice.function.name
+        return self.tool_choice or ("auto" if self.tools else "none")
 
     @field_validator("top_logprobs")
     @classmethod
@@ -131,5 +225,7 @@ class ChatRequest(Sampling):
         return top
 
     @property
-    def chat_messages(self) -> list[dict[str, str]]:
-        return [{"role": m.role, "content": m.text} for m in self.messages]
+    def chat_messages(self) -> list[dict[str, Any]]:
+        """The messages as the chat template takes them (tool calls and the ids of tool results kept)."""
+        return [{"role": m.role, "content": m.text, **m.model_dump(include={"name", "tool_calls", "tool_call_id"},
+                                                                  exclude_none=True)} for m in self.messages]
