@@ -156,11 +156,13 @@ class Constraint:
         return self.matcher.is_stopped()
 
 
-def apply_mask(logits: np.ndarray, bits: np.ndarray) -> np.ndarray:
-    """logits with every token the bitmask row forbids at -inf (tokens past the mask's vocabulary too)."""
-    allowed = np.unpackbits(bits.view(np.uint8), bitorder="little", count=min(len(logits), 32 * len(bits)))
-    out = np.full(len(logits), -np.inf, np.float32)
-    keep = np.flatnonzero(allowed)
-    out[keep] = logits[keep]
-    return out
+_ADD = np.array([-np.inf, 0.0], np.float32)  # forbidden, allowed: added to a logit
 
+
+def apply_mask(logits: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """logits with every token the bitmask row forbids at -inf (tokens past the mask's vocabulary too); by a
+    lookup and an add (np.where's per-element branch took 2x as long)."""
+    n = min(len(logits), 32 * len(bits))
+    allowed = np.zeros(len(logits), np.uint8)
+    allowed[:n] = np.unpackbits(bits.view(np.uint8), count=n, bitorder="little")
+    return logits + _ADD.take(allowed)
