@@ -202,10 +202,14 @@ class Model:
         """How this model writes tool calls (from its chat template)."""
         return tool_format(self.chat_template)
 
-    def tool_grammar(self, tools: Sequence[Mapping], choice: str = "auto", parallel: bool = True) -> GrammarSpec | None:
+    def tool_grammar(self, tools: Sequence[Mapping], choice: str = "auto",
+                     parallel: bool = True) -> GrammarSpec | None:
         """The grammar of a reply under tool_choice ("none", "auto", "required" or a function's name)."""
-        special = {self.tokenizer.tokens[i]: i for i in self.tokenizer.special_ids}
-        return tool_grammar(tools, self.tool_format, choice, parallel, special)
+        return tool_grammar(tools, self.tool_format, choice, parallel, self._special_texts)
+
+    @cached_property
+    def _special_texts(self) -> dict[str, int]:
+        return {self.tokenizer.tokens[i]: i for i in self.tokenizer.special_ids}
 
     def parse_tool_calls(self, text: str) -> tuple[str | None, list[ToolCall]]:
         """(the text around them, the calls) of a reply in this model's tool-call format."""

@@ -7,6 +7,7 @@ the model-specific tokenizer runs (tokenizer_st_partition), and detokenization r
 from __future__ import annotations
 
 import codecs
+import functools
 import importlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -145,7 +146,7 @@ class Tokenizer:
         """The token's type, after llama.cpp's overrides (end-of-generation tokens are CONTROL)."""
         return TokenType(int(self._types[token_id]))
 
-    @property
+    @functools.cached_property
     def special_ids(self) -> frozenset[int]:
         """Ids of tokens that stand for no text of the vocabulary's own: control and unknown ones, and user-defined
         ones written as <...> (llama.cpp's rule for grammars)."""
