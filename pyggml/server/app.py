@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import functools
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -79,6 +80,8 @@ def create_app(model: Model, engine: Engine, model_name: str) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         engine.start()
+        # llguidance's view of the vocabulary, built now rather than by the first request with a grammar
+        threading.Thread(target=getattr, args=(model, "grammars"), name="pyggml-grammars", daemon=True).start()
         yield
         engine.shutdown()
 
