@@ -11,6 +11,8 @@ from typing import Any
 
 from llguidance import StructTag
 
+from pyggml.graph.errors import PyggmlError
+
 from .generation import held_back
 from .grammar import JSON_OPTIONS, GrammarSpec
 
@@ -111,6 +113,8 @@ def tool_grammar(tools: Sequence[Mapping], fmt: ToolFormat, choice: str, paralle
         return lazy_call_grammar(tools, fmt, special)
     if choice != "required":
         tools = [t for t in tools if _function(t)["name"] == choice]
+        if not tools:
+            raise PyggmlError(f"tool_choice names {choice!r}, which is not one of the tools")
     return call_grammar(tools, fmt, parallel, special, "tool_choice")
 
 
@@ -145,8 +149,8 @@ def call_grammar(tools: Sequence[Mapping], fmt: ToolFormat, parallel: bool, spec
         array = _schema({"type": "array", "items": schema, "minItems": 1, **({} if parallel else {"maxItems": 1})})
         body = f"{_literal(fmt.open, special)} %json {json.dumps(array)}"
         return GrammarSpec("lark", f"start: {body}\n", field)
-    opener = f"{_literal(fmt.open.strip(), special)} {json.dumps(fmt.open.lstrip()[len(fmt.open.strip()):])}" \
-        if fmt.open else ""
+    marker = fmt.open.rstrip()  # "<tool_call>" of "<tool_call>\n": a special token in some vocabularies
+    opener = f"{_literal(marker, special)} {json.dumps(fmt.open[len(marker):])}" if fmt.open else ""
     call = f"{opener} %json {json.dumps(schema)} {json.dumps(fmt.close) if fmt.close else ''}"
     start = "call (\"\\n\" call)*" if parallel else "call"
     return GrammarSpec("lark", f"start: {start}\ncall: {call}\n", field)

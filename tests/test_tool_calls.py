@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from chat_llama import write_chat_llama
+from pyggml.graph.errors import PyggmlError
 from pyggml.model.chat_template import render_chat
 from pyggml.model.grammar import apply_mask
 from pyggml.model.model import Model
@@ -140,3 +141,9 @@ def test_the_stream_splitter_shows_text_and_holds_calls():
     assert stream.finish() == ("", [ToolCall("add", "{}")])
     stream = CallStream(TOOL_FORMATS["llama3"])
     assert stream.feed("Plain text") == "Plain text" and stream.finish() == ("", [])
+
+
+def test_a_named_tool_that_is_not_there_is_named(tiny):
+    with pytest.raises(PyggmlError, match="'nope'"):
+        tiny.tool_grammar([ADD], "nope")
+    assert tiny.tool_grammar([ADD], "none") is None and tiny.tool_grammar([], "required") is None
