@@ -114,18 +114,22 @@ def allowed_bytes(tiny: Model, constraint) -> set[int]:
     return set(np.flatnonzero(np.isfinite(mask[:256])).tolist())
 
 
-def test_auto_is_free_until_a_call_opens(tiny):
+@pytest.mark.parametrize("template, opening, then", [("", b"<tool_call>\n", b'{"name": "'),
+                                                     ("[TOOL_CALLS]", b"[TOOL_CALLS]", b'[{"name": "'),
+                                                     ("<|python_tag|>", b'{"name": ', b'"')])
+def test_auto_is_free_until_a_call_opens(tiny, monkeypatch, template, opening, then):
+    """Free text (any UTF-8) until the format's opening, then only what the call's schema allows, byte by byte."""
+    monkeypatch.setitem(tiny.gguf.metadata, "tokenizer.chat_template", template + "{{x}}")
     constraint = tiny.constraint(tiny.tool_grammar([ADD], "auto"))
     utf8_starts = set(range(0x80)) | set(range(0xC2, 0xF5))  # the bytes that can begin a UTF-8 character
     for byte in b"Let me add. ":
         assert allowed_bytes(tiny, constraint) == utf8_starts  # free text
         constraint.accept(byte)
-    for byte in b"<tool_call>\n":
+    for byte in opening:
         constraint.accept(byte)
-    assert allowed_bytes(tiny, constraint) == {ord("{")}  # the call is held to its schema from here
-    for byte in b'{"name": "':
+    for byte in then + b"add":
+        assert allowed_bytes(tiny, constraint) == {byte}  # the call is held to its schema from here
         constraint.accept(byte)
-    assert allowed_bytes(tiny, constraint) == {ord("a")}
 
 
 def test_the_stream_splitter_shows_text_and_holds_calls():
