@@ -26,6 +26,7 @@ from .access import allow_origins, key_check
 from .body_limit import BodyLimit
 from .errors import add_error_handlers
 from .metrics import Metrics, Timer
+from .relay import AsyncSink, ChoiceSink, Relay
 from .request_models import ChatRequest, CompletionRequest
 
 DEFAULT_MAX_TOKENS = 16  # of a completion, as OpenAI (a chat's: up to the context)
@@ -51,30 +52,6 @@ CHAT = Shape("chatcmpl", "chat.completion", "chat.completion.chunk", api.message
              api.chat_logprobs, "messages")
 
 
-class AsyncSink:
-    """The engine events of a request's choices, handed from the engine thread to a handler's asyncio queue as
-    (choice index, event)."""
-
-    def __init__(self) -> None:
-        self.loop, self.queue = asyncio.get_running_loop(), asyncio.Queue()
-
-    def put(self, item: tuple[int, Event]) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:  # the loop is gone (the server stopped): nobody listens
-            pass
-
-
-@dataclass
-class ChoiceSink:
-    """Where the engine puts one choice's events."""
-    sink: AsyncSink
-    index: int
-
-    def put(self, event: Event) -> None:
-        self.sink.put((self.index, event))
-
-
 @dataclass
 class Options:
     """How the app guards itself."""
@@ -91,6 +68,7 @@ class Served:
     engine: Engine
     name: str
     metrics: Metrics
+    relay: Relay | None = None  # made on the loop, with the first request
 
 
 def create_app(model: Model, engine: Engine, model_name: str, options: Options | None = None) -> FastAPI:
@@ -183,7 +161,8 @@ def fits(engine: Engine, n_tokens: int, shape: Shape) -> None:
                            "context_length_exceeded")
 
 
-def submit(engine: Engine, prompts: list[list[int]], params: api.Params) -> tuple[list[EngineRequest], AsyncSink]:
+def submit(engine: Engine, prompts: list[list[int]], params: api.Params,
+           sink: AsyncSink) -> tuple[list[EngineRequest], AsyncSink]:
     """Hand each prompt's n choices to the engine, choice i·n + j being prompt i's j-th (a seed moves by j, so
     that the choices differ): 503 when the queue is full (none is left queued), 400 when one can never fit."""
     if len(prompts) * params.n > engine.max_queue + engine.n_parallel:
@@ -192,7 +171,7 @@ def submit(engine: Engine, prompts: list[list[int]], params: api.Params) -> tupl
     seed = params.sampling.seed
     samplings = [dataclasses.replace(params.sampling, seed=seed if seed is None else seed + j)
                  for j in range(params.n)]
-    sink, reqs = AsyncSink(), []
+    reqs = []
     try:
         for ids in prompts:
             for sampling in samplings:
@@ -217,7 +196,8 @@ def cancel(reqs: list[EngineRequest]) -> None:
 async def answer(request: Request, served: Served, prompts: list[list[int]], params: api.Params, shape: Shape,
                  arrived: float):
     """The whole completion as one body, or a stream of server-sent events."""
-    reqs, sink = submit(served.engine, prompts, params)
+    served.relay = served.relay or Relay(asyncio.get_running_loop())
+    reqs, sink = submit(served.engine, prompts, params, AsyncSink(served.relay))
     n_prompt = sum(map(len, prompts))
     reply = Reply(served.name, api.new_id(shape.id_prefix), shape, token_bytes(served.engine),
                   served.metrics.timer(arrived, len(reqs), n_prompt))
@@ -256,6 +236,17 @@ class Reply:
         """A stream chunk as a server-sent event."""
         return sse(api.envelope(self.rid, self.shape.chunk_obj, self.name, choices, use))
 
+    def token_chunk(self, index: int, event: Event, offsets: list[int], logprobs: bool) -> str:
+        """The chunk of a choice's token: its text, finish reason and log-probabilities ("" when it has none);
+        offsets: each choice's next token's offset in its text, moved on."""
+        entry = None
+        if logprobs and event.logprob is not None:
+            entry = self.shape.logprobs([event.logprob], self.piece, offsets[index])
+            offsets[index] += len(api.token_text(self.piece, event.token))
+        if not (event.text or event.finish_reason or entry):
+            return ""
+        return self.chunk([self.shape.chunk(index, event.text, event.finish_reason, entry)])
+
 
 async def cancel_when_gone(request: Request, reqs: list[EngineRequest]) -> None:
     """Cancel the engine requests when their client disconnects."""
@@ -273,6 +264,15 @@ def failed(event: Event) -> None:
                            retry=True)
 
 
+def error_event(event: Event) -> str:
+    """The error event that ends a stream whose choice failed or was cancelled."""
+    try:
+        failed(event)
+    except api.APIError as e:
+        return sse(e.body())
+    raise AssertionError(f"not a failure: {event.finish_reason}")
+
+
 def sse(body: dict) -> str:
     return f"data: {json.dumps(body)}\n\n"
 
@@ -287,32 +287,27 @@ async def stream(reqs: list[EngineRequest], sink: AsyncSink, reply: Reply, n_pro
     """Server-sent events, a choice per chunk: (chat) each choice's role, then a chunk per piece of text (and per
     token, with its log-probabilities, when asked) and each choice's finish reason as they come, usage if asked
     for, then [DONE]; a failed or cancelled choice ends the stream with an error event."""
-    shape, piece = reply.shape, reply.piece
     offsets = [0] * len(reqs)  # of each choice's next token in its text, for logprobs' text_offset
     open_choices = len(reqs)
     try:
-        if shape is CHAT:
+        if reply.shape is CHAT:
             for i in range(len(reqs)):
                 yield reply.chunk([api.delta_choice(i, {"role": "assistant", "content": ""}, None)])
-        while open_choices:
-            index, event = await sink.queue.get()
-            reply.timer.event(index, event)
-            if event.finish_reason in ("error", "cancelled"):
-                try:
-                    failed(event)
-                except api.APIError as e:
-                    yield sse(e.body())
-                break
-            logprobs = None
-            if event.logprob is not None:
-                logprobs = shape.logprobs([event.logprob], piece, offsets[index])
-                offsets[index] += len(api.token_text(piece, event.token))
-            if event.text or event.finish_reason or logprobs:
-                yield reply.chunk([shape.chunk(index, event.text, event.finish_reason, logprobs)])
-            open_choices -= bool(event.finish_reason)
-        else:
-            if params.include_usage:
-                yield reply.chunk([], api.usage(n_prompt, sum(len(r.tokens) for r in reqs)))
+        failure = False
+        while open_choices and not failure:
+            parts = []  # the events that have come, sent together
+            for index, event in [await sink.queue.get(), *sink.drain()]:
+                reply.timer.event(index, event)
+                failure = event.finish_reason in ("error", "cancelled")
+                if failure:
+                    parts.append(error_event(event))
+                    break
+                parts.append(reply.token_chunk(index, event, offsets, params.logprobs is not None))
+                open_choices -= bool(event.finish_reason)
+            if any(parts):
+                yield "".join(parts)
+        if not failure and params.include_usage:
+            yield reply.chunk([], api.usage(n_prompt, sum(len(r.tokens) for r in reqs)))
         yield "data: [DONE]\n\n"
     finally:
         cancel(reqs)
