@@ -14,7 +14,7 @@ from pyggml.backends import BackendSpec, default_backend
 from pyggml.graph.dtypes import DType, as_dtype
 from pyggml.graph.errors import PyggmlError
 
-from .chat_template import render_chat, template_source
+from .chat_template import render_chat_segments, template_source
 from .batch import BatchContext
 from .context import Context
 from .decoder import build_decoder
@@ -185,7 +185,7 @@ class Model:
 
     def chat(self, messages: Sequence[Mapping[str, str]], **options) -> Completion | TextStream:
         """Reply to a conversation rendered through the chat template."""
-        return self.generate(self.apply_chat_template(messages), **options)
+        return self.generate(self.chat_prompt_ids(messages), **options)
 
     @property
     def chat_template(self) -> str:
@@ -196,12 +196,26 @@ class Model:
                             tools: Sequence[Mapping] | None = None) -> str:
         """The prompt text of a conversation (messages may hold tool calls and tool results; tools: OpenAI's
         function descriptions, through the template or the built-in format where it takes none)."""
+        return "".join(text for text, _ in self.chat_segments(messages, add_generation_prompt, tools))
+
+    def chat_prompt_ids(self, messages: Sequence[Mapping], add_generation_prompt: bool = True,
+                        tools: Sequence[Mapping] | None = None) -> list[int]:
+        """Token ids of a conversation's prompt: the template's markers read as special tokens, the messages'
+        content as text (a message saying "<|im_end|>" cannot end its turn)."""
+        return self.tokenizer.encode_segments(self.chat_segments(messages, add_generation_prompt, tools))
+
+    def chat_segments(self, messages: Sequence[Mapping], add_generation_prompt: bool = True,
+                      tools: Sequence[Mapping] | None = None) -> list[tuple[str, bool]]:
+        """The prompt of a conversation as (text, is the template's own) segments, without the BOS that
+        tokenizing adds."""
         messages, tools = template_messages(messages, tools, self.chat_template)
         tok = self.tokenizer
         bos = tok.tokens[tok.bos_id] if tok.bos_id is not None else ""
         eos = tok.tokens[tok.eos_id] if tok.eos_id is not None else ""
-        text = render_chat(self.chat_template, messages, bos, eos, add_generation_prompt, tools)
-        return text[len(bos):] if bos and tok.add_bos and text.startswith(bos) else text  # BOS comes from tokenize
+        segments = render_chat_segments(self.chat_template, messages, bos, eos, add_generation_prompt, tools)
+        if bos and tok.add_bos and segments and segments[0][1] and segments[0][0].startswith(bos):
+            segments[0] = (segments[0][0][len(bos):], True)
+        return segments
 
     @property
     def tool_format(self) -> ToolFormat:

@@ -220,17 +220,23 @@ def post_in_thread(url: str, body: dict, results: list) -> threading.Thread:
 
 
 def test_full_queue_answers_503_and_queued_requests_finish(tiny):
-    with serving(tiny, n_parallel=1, n_ctx=64, max_queue=1) as (url, engine):
+    """--queue 0: nothing waits beyond the free slots, but an idle slot takes a request."""
+    with serving(tiny, n_parallel=1, n_ctx=64, max_queue=0) as (url, engine):
         gate, step = threading.Event(), engine.step
         engine.step = lambda: (gate.wait(30), step())
         results = []
         first = post_in_thread(url, {"prompt": "ab", "max_tokens": 4}, results)
-        wait_until(lambda: health(url)["waiting"] == 1)
-        status, answer = call(url, "/v1/completions", {"prompt": "cd", "max_tokens": 4})
-        assert status == 503 and answer["error"]["code"] == "queue_full"
+        wait_until(lambda: health(url)["waiting"] == 1)  # not admitted yet: the engine is held
+        conn = connect(url, 30)
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": "cd", "max_tokens": 4}), JSON)
+        r = conn.getresponse()
+        assert r.status == 503 and json.loads(r.read())["error"]["code"] == "queue_full"
+        assert int(r.headers["Retry-After"]) >= 1
         gate.set()
         first.join(timeout=60)
         assert results[0][0] == 200 and results[0][1]["usage"]["completion_tokens"] >= 1
+        status, answer = call(url, "/v1/completions", {"prompt": "cd", "max_tokens": 2})
+        assert status == 200 and answer["usage"]["completion_tokens"] == 2
         assert health(url)["kv_blocks_used"] == 0
 
 
@@ -272,8 +278,22 @@ def test_serve_command_refuses_a_missing_model(capsys, tmp_path):
 def test_serve_command_takes_a_backend(tmp_path, monkeypatch):
     from pyggml.cli import main
     seen = {}
-    monkeypatch.setattr("pyggml.server.app.create_app", lambda model, engine, name: seen.update(backend=model.backend))
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: None)
+    monkeypatch.setattr("pyggml.server.app.create_app",
+                        lambda model, engine, name, options: seen.update(backend=model.backend))
+    monkeypatch.setattr("pyggml.server.runner.serve", lambda *args: None)
     path = write_chat_llama(tmp_path / "chat-llama.gguf", n_ctx=64)
     assert main(["serve", str(path), "--backend", "numba-q8", "--port", str(free_port())]) == 0
     assert seen["backend"].name == "numba-q8"
+
+
+@pytest.mark.parametrize("host, key, warned", [("0.0.0.0", None, True), ("0.0.0.0", "k", False),
+                                               ("127.0.0.1", None, False), ("::1", None, False)])
+def test_serve_command_warns_of_an_open_host_without_a_key(tmp_path, monkeypatch, capsys, host, key, warned):
+    from pyggml.cli import main
+    seen = {}
+    monkeypatch.setattr("pyggml.server.runner.serve", lambda app, engine, host, port, grace: seen.update(app=app))
+    monkeypatch.delenv("PYGGML_API_KEY", raising=False)
+    path = write_chat_llama(tmp_path / "chat-llama.gguf", n_ctx=64)
+    assert main(["serve", str(path), "--host", host, *(["--api-key", key] if key else []), "--docs"]) == 0
+    assert ("warning:" in capsys.readouterr().err) == warned
+    assert any(r.path == "/docs" for r in seen["app"].routes)  # served only when asked

@@ -17,13 +17,17 @@ from .request_models import ChatRequest, Sampling
 ToolGrammar = Callable[[list[dict], str, bool], "GrammarSpec | None"]  # (tools, tool_choice, parallel) -> grammar
 
 
+RETRY_AFTER = 1  # seconds a client told the server is busy waits before it retries
+
+
 class APIError(Exception):
     """An error answered as OpenAI does: an HTTP status and {"error": {message, type, param, code}}."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
+                 kind: str = "invalid_request_error", retry: bool = False):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = {"Retry-After": str(RETRY_AFTER)} if retry else None  # a 503 says when to come back
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
