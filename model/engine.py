@@ -18,6 +18,7 @@ from pyggml.graph.errors import PyggmlError
 
 from .batch import Entry
 from .generation import TextPieces
+from .grammar import Constraint, GrammarSpec, apply_mask
 from .paged_cache import BLOCK_SIZE, SeqBlocks, common_prefix
 from .sampling import Sampler, SamplingParams, log_softmax
 
@@ -53,7 +54,7 @@ class Event:
     """A request's progress: a token and the text it completes; the last event has a finish_reason."""
     token: int | None
     text: str = ""
-    finish_reason: str | None = None  # "stop", "length", "cancelled" or "error"
+    finish_reason: str | None = None  # "stop" (also a complete grammar), "length", "cancelled" or "error"
     error: str | None = None
     logprob: TokenLogprob | None = None  # when the request asked for log-probabilities
 
@@ -74,6 +75,7 @@ class Request:
     events: queue.Queue = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     logprobs: int | None = None  # None: no log-probabilities; else each token's and this many top ones
+    constraint: Constraint | None = None  # the grammar its tokens must follow
 
     def cancel(self) -> None:
         """Ask the engine to stop this request and free its blocks (thread-safe)."""
@@ -97,6 +99,7 @@ class Engine:
 
     def __init__(self, model: Model, n_parallel: int = 4, n_ctx: int | None = None, n_blocks: int | None = None,
                  block_size: int = BLOCK_SIZE, max_queue: int = 64, kv_type: str = "f32"):
+        """An engine of n_parallel slots; max_queue requests may wait beyond the free slots (0: none)."""
         self.model, self.n_parallel, self.max_queue = model, n_parallel, max_queue
         self.n_ctx = n_ctx or model.n_ctx
         n_blocks = n_blocks or n_parallel * -(-self.n_ctx // block_size)
@@ -107,12 +110,15 @@ class Engine:
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._deadline: float | None = None  # when draining: the time.monotonic() at which running requests stop
 
     def submit(self, prompt_ids: Sequence[int], max_tokens: int = 128, sampling: SamplingParams | None = None,
-               stop: Sequence[str] = (), events=None, logprobs: int | None = None) -> Request:
+               stop: Sequence[str] = (), events=None, logprobs: int | None = None,
+               grammar: GrammarSpec | None = None) -> Request:
         """Queue a request (its events go to `events`, anything with put(), or to its own queue; with logprobs,
-        each token's event carries its log-probability and that many top ones); PyggmlError if it can never
-        fit, QueueFull if the queue is full."""
+        each token's event carries its log-probability and that many top ones; with a grammar, its tokens follow
+        it); PyggmlError if it can never fit, GrammarError if the grammar does not compile, QueueFull if the
+        queue is full."""
         if max_tokens < 1:
             raise PyggmlError(f"max_tokens must be at least 1, not {max_tokens}")
         if not prompt_ids or len(prompt_ids) >= self.n_ctx:
@@ -120,11 +126,14 @@ class Engine:
         req = Request(list(prompt_ids), max_tokens, Sampler(sampling), TextPieces(self.model.tokenizer, stop))
         req.events = events if events is not None else req.events
         req.logprobs = logprobs
+        req.constraint = self.model.constraint(grammar)
         if self._budget(req) > self.cache.n_blocks - 1:
             raise PyggmlError(f"the request needs {self._budget(req)} KV blocks; "
                               f"the pool has {self.cache.n_blocks - 1}")
         with self._wake:
-            if len(self.waiting) >= self.max_queue:
+            if self._deadline is not None:
+                raise QueueFull("the engine is stopping")
+            if len(self.waiting) >= self.max_queue + max(self.n_parallel - len(self.active), 0):
                 raise QueueFull(f"{len(self.waiting)} requests are waiting already")
             req.timings["submitted"] = time.perf_counter()
             self.waiting.append(req)
@@ -157,15 +166,15 @@ class Engine:
             self._run(work)
 
     def _admit(self) -> None:
-        """Move waiting requests into the batch while slots and blocks allow, sharing a common prefix."""
+        """Drop cancelled waiting requests, then move waiting ones into the batch while slots and blocks allow,
+        sharing a common prefix."""
         with self._wake:
+            for req in [r for r in self.waiting if r.cancelled.is_set()]:  # even while every slot is taken
+                self.waiting.remove(req)
+                req.finish_reason = "cancelled"
+                req.events.put(Event(None, finish_reason="cancelled"))
             while self.waiting and len(self.active) < self.n_parallel:
                 req = self.waiting[0]
-                if req.cancelled.is_set():
-                    self.waiting.popleft()
-                    req.finish_reason = "cancelled"
-                    req.events.put(Event(None, finish_reason="cancelled"))
-                    continue
                 if sum(map(self._budget, self.active)) + self._budget(req) > self.cache.n_blocks - 1:
                     return  # the pool is full: the request waits
                 if self._prefix_pending(req):
@@ -203,9 +212,13 @@ class Engine:
         return entries
 
     def _run(self, work: list[tuple[Request, Entry]]) -> None:
-        """Evaluate entries in one step and sample the next token of each entry that wants logits."""
+        """Evaluate entries in one step and sample the next token of each entry that wants logits (the grammar
+        masks of the constrained ones computed meanwhile, in one call)."""
+        constrained = [req for req, entry in work if entry.logits and req.constraint is not None]
+        masks = self.model.grammars.start_masks([r.constraint for r in constrained]) if constrained else None
         try:
             logits = self.batch.step([entry for _, entry in work])
+            bits = dict(zip(map(id, constrained), masks.result())) if masks else {}
         except Exception as exc:  # a failed step fails its requests; the engine goes on
             for req, _ in work:
                 self._finish(req, "error", f"{type(exc).__name__}: {exc}")
@@ -213,7 +226,8 @@ class Engine:
         for (req, _), row in zip(work, logits):
             if row is not None:
                 try:
-                    self._accept(req, req.sampler.sample(row, req.prompt_ids + req.tokens), row)
+                    allowed = apply_mask(row, bits[id(req)]) if id(req) in bits else row
+                    self._accept(req, req.sampler.sample(allowed, req.prompt_ids + req.tokens), row)
                 except Exception as exc:
                     self._finish(req, "error", f"{type(exc).__name__}: {exc}")
 
@@ -221,12 +235,16 @@ class Engine:
         """Record a sampled token, emit its text, and finish the request when it is done."""
         req.timings.setdefault("first_token", time.perf_counter())
         req.tokens.append(token)
+        if req.constraint is not None:
+            req.constraint.accept(token)
         piece = req.pieces.feed(token)
         req.text += piece
         logprob = None if req.logprobs is None else token_logprob(logits, token, req.logprobs)
         req.events.put(Event(token, piece, logprob=logprob))
         if req.pieces.finish_reason:
             self._finish(req, req.pieces.finish_reason)
+        elif req.constraint is not None and req.constraint.done:  # the grammar is complete
+            self._finish(req, "stop", text=req.pieces.flush())
         elif len(req.tokens) >= req.max_tokens or len(req.prompt_ids) + len(req.tokens) >= self.n_ctx:
             self._finish(req, "length", text=req.pieces.flush())
 
@@ -244,8 +262,20 @@ class Engine:
         self._thread = threading.Thread(target=self._loop, name="pyggml-engine", daemon=True)
         self._thread.start()
 
+    def drain(self, grace: float) -> None:
+        """Admit nothing more (submit raises QueueFull), cancel what waits, and cancel what runs once grace
+        seconds have passed (thread-safe; for a graceful shutdown)."""
+        with self._wake:
+            self._deadline = time.monotonic() + grace
+            for req in self.waiting:
+                req.cancel()
+            self._wake.notify()
+
     def _loop(self) -> None:
         while not self._stopping:
+            if self._deadline is not None and time.monotonic() >= self._deadline:
+                for req in self.active:
+                    req.cancel()
             with self._wake:
                 if not self.busy:
                     self._wake.wait(0.1)

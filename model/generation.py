@@ -5,6 +5,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
+from .grammar import Constraint
 from .sampling import SamplingParams
 from .tokenizer import StreamDecoder
 
@@ -45,8 +46,8 @@ class TextPieces:
         return self._take(len(self.pending) - held_back(self.pending, self.stop))
 
     def flush(self) -> str:
-        """The rest of the text when generation ends for another reason (length)."""
-        self.pending += self.decoder.flush()
+        """The rest of the text when generation ends for another reason (length): what stop strings held back,
+        not an incomplete character."""
         return self._take(len(self.pending))
 
     def _take(self, n: int) -> str:
@@ -58,9 +59,10 @@ class TextStream:
     """Iterates over the text pieces of one generation; afterwards holds tokens, finish reason, timings."""
 
     def __init__(self, model: Model, prompt_ids: list[int], max_tokens: int, params: SamplingParams,
-                 stop: Sequence[str] = (), kv_cache: bool = True, logprobs: bool = False):
+                 stop: Sequence[str] = (), kv_cache: bool = True, logprobs: bool = False,
+                 constraint: Constraint | None = None):
         self.model, self.prompt_ids, self.max_tokens, self.params = model, prompt_ids, max_tokens, params
-        self.stop, self.kv_cache, self.want_logprobs = stop, kv_cache, logprobs
+        self.stop, self.kv_cache, self.want_logprobs, self.constraint = stop, kv_cache, logprobs, constraint
         self.tokens: list[int] = []
         self.logprobs: list[float] = []
         self.finish_reason = "length"
@@ -71,7 +73,7 @@ class TextStream:
         t0 = time.perf_counter()
         t_first = None
         steps = self.model.generate_ids(self.prompt_ids, self.max_tokens, self.params, self.kv_cache,
-                                        self.want_logprobs)
+                                        self.want_logprobs, self.constraint)
         for token, logprob in steps:
             t_first = t_first or time.perf_counter()
             self.tokens.append(token)
@@ -84,6 +86,8 @@ class TextStream:
                 self.finish_reason = pieces.finish_reason
                 break
         else:
+            if self.constraint is not None and self.constraint.done:  # the grammar is complete
+                self.finish_reason = "stop"
             piece = pieces.flush()
             if piece:
                 yield piece

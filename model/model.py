@@ -1,9 +1,11 @@
 """Model: a GGUF LLM loaded for inference: tokenize, evaluate, generate, chat."""
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -12,19 +14,21 @@ from pyggml.backends import BackendSpec, default_backend
 from pyggml.graph.dtypes import DType, as_dtype
 from pyggml.graph.errors import PyggmlError
 
-from .chat_template import render_chat, template_source
+from .chat_template import render_chat_segments, template_source
 from .batch import BatchContext
 from .context import Context
 from .decoder import build_decoder
 from .engine import Engine
 from .generation import TextStream
 from .gguf_file import GGUFFile
+from .grammar import Constraint, GrammarSpec, Grammars, apply_mask, grammar_spec
 from .hparams import HParams, load_hparams
 from .kv_cache import KVCache
 from .paged_cache import BLOCK_SIZE, PagedKVCache
 from .pull import resolve_model
 from .sampling import Sampler, SamplingParams, log_softmax
 from .tokenizer import load_tokenizer
+from .tool_calls import ToolCall, ToolFormat, parse_tool_calls, template_messages, tool_format, tool_grammar
 from .weights import Weights
 
 DEFAULT_N_CTX = 4096
@@ -59,6 +63,7 @@ class Model:
         self.backend = backend or default_backend()
         self.context = self.make_context(n_ctx, n_batch, kv_type, swa_full)
         self.n_ctx, self.cache = self.context.cache.n_ctx, self.context.cache
+        self._grammars, self._grammars_lock = None, threading.Lock()
         self.load_seconds = time.perf_counter() - t0
 
     def make_context(self, n_ctx: int | None = None, n_batch: int = 512, kv_type: DType | str = DType.F32,
@@ -81,6 +86,19 @@ class Model:
     def _layer_windows(self) -> list[int | None]:
         hp = self.hparams
         return [hp.sliding_window if hp.is_swa(il) else None for il in range(hp.n_layer)]
+
+    @property
+    def grammars(self) -> Grammars:
+        """llguidance over this model's vocabulary (built once, on first use, by whichever thread comes first:
+        0.3 s for 49k tokens, several for 262k), with its compiled grammars."""
+        with self._grammars_lock:
+            if self._grammars is None:
+                self._grammars = Grammars(self.tokenizer)
+            return self._grammars
+
+    def constraint(self, grammar: GrammarSpec | None) -> Constraint | None:
+        """A new sequence's constraint under the grammar (None for none); GrammarError naming its field."""
+        return None if grammar is None else self.grammars.matcher(grammar)
 
     @classmethod
     def load(cls, path_or_name: str | Path, **options) -> Model:
@@ -113,25 +131,38 @@ class Model:
         return ids
 
     def generate_ids(self, prompt_ids: Sequence[int], max_tokens: int, sampling: SamplingParams,
-                     kv_cache: bool = True, logprobs: bool = False) -> Iterator[tuple[int, float | None]]:
-        """(token, its log-probability if asked for) as they are produced; the prompt is prefilled first."""
+                     kv_cache: bool = True, logprobs: bool = False,
+                     constraint: Constraint | None = None) -> Iterator[tuple[int, float | None]]:
+        """(token, its log-probability if asked for) as they are produced; the prompt is prefilled first; with a
+        constraint, each token follows its grammar (the mask computed while the step runs) up to its end."""
         sampler, history = Sampler(sampling), list(prompt_ids)
+        masks = None if constraint is None else self.grammars.start_masks([constraint])
         logits = self.context.eval_prompt(history) if kv_cache else self.context.eval_uncached(history)
         for _ in range(max_tokens):
-            token = sampler.sample(logits[-1], history)
+            row = logits[-1] if masks is None else apply_mask(logits[-1], masks.result()[0])
+            token = sampler.sample(row, history)
             yield token, float(log_softmax(logits[-1])[token]) if logprobs else None
             history.append(token)
-            if self.tokenizer.is_eog(token) or len(history) >= self.n_ctx:
+            if constraint is not None:
+                constraint.accept(token)
+            if self.tokenizer.is_eog(token) or len(history) >= self.n_ctx or (constraint and constraint.done):
                 return
+            masks = None if constraint is None else self.grammars.start_masks([constraint])
             logits = self.eval([token]) if kv_cache else self.context.eval_uncached(history)
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 128, stream: bool = False,
                  stop: Sequence[str] = (), kv_cache: bool = True, logprobs: bool = False,
+                 json_schema: Mapping | str | None = None, grammar: str | GrammarSpec | None = None,
+                 regex: str | None = None, choice: Sequence[str] | None = None,
                  **sampling) -> Completion | TextStream:
         """Generate a continuation: a Completion, or (stream=True) a TextStream iterating over text pieces
-        (its tokens, finish_reason and timings are filled in as it runs)."""
+        (its tokens, finish_reason and timings are filled in as it runs). At most one of json_schema, grammar
+        (Lark or GBNF text, or a GrammarSpec), regex and choice (strings) constrains it; a complete grammar
+        ends it with finish_reason "stop"."""
         params = SamplingParams(**sampling)
-        text_stream = TextStream(self, self.prompt_ids(prompt), max_tokens, params, stop, kv_cache, logprobs)
+        constraint = self.constraint(constraint_spec(json_schema, grammar, regex, choice))
+        text_stream = TextStream(self, self.prompt_ids(prompt), max_tokens, params, stop, kv_cache, logprobs,
+                                 constraint)
         if stream:
             return text_stream
         text = "".join(text_stream)
@@ -139,26 +170,80 @@ class Model:
                           text_stream.logprobs or None, text_stream.timings)
 
     def generate_batch(self, prompts: Sequence[str | Sequence[int]], max_tokens: int = 128,
-                       stop: Sequence[str] = (), n_parallel: int | None = None, **sampling) -> list[Completion]:
-        """Generate continuations of several prompts together (continuous batching over a paged KV cache)."""
+                       stop: Sequence[str] = (), n_parallel: int | None = None,
+                       json_schema: Mapping | str | None = None, grammar: str | GrammarSpec | None = None,
+                       regex: str | None = None, choice: Sequence[str] | None = None,
+                       **sampling) -> list[Completion]:
+        """Generate continuations of several prompts together (continuous batching over a paged KV cache), each
+        under the grammar if one is given (as in `generate`)."""
         engine = Engine(self, n_parallel=n_parallel or len(prompts), max_queue=len(prompts))
         params = SamplingParams(**sampling)
-        requests = [engine.submit(self.prompt_ids(p), max_tokens, params, stop) for p in prompts]
+        spec = constraint_spec(json_schema, grammar, regex, choice)
+        requests = [engine.submit(self.prompt_ids(p), max_tokens, params, stop, grammar=spec) for p in prompts]
         engine.run_until_idle()
         return [Completion(r.text, r.tokens, r.finish_reason, None, r.timings) for r in requests]
 
     def chat(self, messages: Sequence[Mapping[str, str]], **options) -> Completion | TextStream:
         """Reply to a conversation rendered through the chat template."""
-        return self.generate(self.apply_chat_template(messages), **options)
+        return self.generate(self.chat_prompt_ids(messages), **options)
 
-    def apply_chat_template(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> str:
-        """The prompt text of a conversation."""
-        template, _ = template_source(self.gguf.metadata, self.hparams.arch)
+    @property
+    def chat_template(self) -> str:
+        """The chat template's source: the file's own, else the architecture's built-in."""
+        return template_source(self.gguf.metadata, self.hparams.arch)[0]
+
+    def apply_chat_template(self, messages: Sequence[Mapping], add_generation_prompt: bool = True,
+                            tools: Sequence[Mapping] | None = None) -> str:
+        """The prompt text of a conversation (messages may hold tool calls and tool results; tools: OpenAI's
+        function descriptions, through the template or the built-in format where it takes none)."""
+        return "".join(text for text, _ in self.chat_segments(messages, add_generation_prompt, tools))
+
+    def chat_prompt_ids(self, messages: Sequence[Mapping], add_generation_prompt: bool = True,
+                        tools: Sequence[Mapping] | None = None) -> list[int]:
+        """Token ids of a conversation's prompt: the template's markers read as special tokens, the messages'
+        content as text (a message saying "<|im_end|>" cannot end its turn)."""
+        return self.tokenizer.encode_segments(self.chat_segments(messages, add_generation_prompt, tools))
+
+    def chat_segments(self, messages: Sequence[Mapping], add_generation_prompt: bool = True,
+                      tools: Sequence[Mapping] | None = None) -> list[tuple[str, bool]]:
+        """The prompt of a conversation as (text, is the template's own) segments, without the BOS that
+        tokenizing adds."""
+        messages, tools = template_messages(messages, tools, self.chat_template)
         tok = self.tokenizer
         bos = tok.tokens[tok.bos_id] if tok.bos_id is not None else ""
         eos = tok.tokens[tok.eos_id] if tok.eos_id is not None else ""
-        text = render_chat(template, messages, bos, eos, add_generation_prompt)
-        return text[len(bos):] if bos and tok.add_bos and text.startswith(bos) else text  # BOS comes from tokenize
+        segments = render_chat_segments(self.chat_template, messages, bos, eos, add_generation_prompt, tools)
+        if bos and tok.add_bos and segments and segments[0][1] and segments[0][0].startswith(bos):
+            segments[0] = (segments[0][0][len(bos):], True)
+        return segments
+
+    @property
+    def tool_format(self) -> ToolFormat:
+        """How this model writes tool calls (from its chat template)."""
+        return tool_format(self.chat_template)
+
+    def tool_grammar(self, tools: Sequence[Mapping], choice: str = "auto",
+                     parallel: bool = True) -> GrammarSpec | None:
+        """The grammar of a reply under tool_choice ("none", "auto", "required" or a function's name)."""
+        return tool_grammar(tools, self.tool_format, choice, parallel, self._special_texts)
+
+    @cached_property
+    def _special_texts(self) -> dict[str, int]:
+        return {self.tokenizer.tokens[i]: i for i in self.tokenizer.special_ids}
+
+    def parse_tool_calls(self, text: str) -> tuple[str | None, list[ToolCall]]:
+        """(the text around them, the calls) of a reply in this model's tool-call format."""
+        return parse_tool_calls(text, self.tool_format)
+
+
+def constraint_spec(json_schema: Mapping | str | None, grammar: str | GrammarSpec | None, regex: str | None,
+                    choice: Sequence[str] | None) -> GrammarSpec | None:
+    """The grammar of generate's keyword arguments (a GrammarSpec given as `grammar` passes through)."""
+    if isinstance(grammar, GrammarSpec):
+        if json_schema is not None or regex is not None or choice is not None:
+            raise PyggmlError("give either a GrammarSpec or json_schema, regex or choice, not both")
+        return grammar
+    return grammar_spec(json_schema, grammar, regex, choice)
 
 
 def load(path_or_name: str | Path, **options) -> Model:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import pyggml
+from chat_llama import write_chat_llama
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -117,3 +118,11 @@ def test_generate_runs_on_the_backend_asked_for(tmp_path):
     done = subprocess.run([sys.executable, str(EXAMPLES / "generate.py"), "--model", str(path), "--backend", "nope"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and "unknown backend 'nope'" in done.stderr
+
+
+def test_bench_grammar_prints_mask_costs(tmp_path):
+    path = write_chat_llama(tmp_path / "chat.gguf", n_ctx=512)
+    out = run_example("bench_grammar.py", "--model", str(path), "--batches", "1", "2", "--tokens", "3",
+                      cwd=EXAMPLES).splitlines()
+    assert "vocabulary 258" in out[0] and out[1].startswith("compile a new schema")
+    assert [line.split(" ")[0] for line in out[2:]] == ["1", "2"] and all("masks" in line for line in out[2:])

@@ -20,6 +20,7 @@ from pyggml.model.engine import Engine
 from pyggml.model.model import Model
 from pyggml.server.app import create_app
 
+JSON = {"Content-Type": "application/json"}
 WAIT_STEPS = 2400  # bounded polling: at most 60 s (a machine shared with other jobs can be slow)
 
 
@@ -62,7 +63,7 @@ def call(url: str, path: str, body: str | dict | None = None, timeout: float = 3
     conn = connect(url, timeout)
     try:
         data = json.dumps(body) if isinstance(body, dict) else body
-        conn.request("GET" if body is None else "POST", path, data, {"Content-Type": "application/json"})
+        conn.request("GET" if body is None else "POST", path, data, JSON)
         r = conn.getresponse()
         return r.status, json.loads(r.read())
     finally:
@@ -174,10 +175,16 @@ BAD = [("{not json", "body"), ('["a list"]', "body"), ('{"prompt": ""}', "prompt
        ('{"prompt": "hi", "logit_bias": {"5": 101}}', "logit_bias"),
        ('{"prompt": "hi", "logit_bias": {"99999": 1}}', "logit_bias"), ('{"prompt": "hi", "logprobs": 21}', "logprobs"),
        ('{"prompt": "hi", "echo": true}', "echo"), ('{"prompt": "hi", "best_of": 3}', "best_of"),
-       ('{"prompt": "hi", "response_format": {"type": "json_object"}}', "response_format"),
+       ('{"prompt": "hi", "response_format": {"type": "json_schema"}}', "response_format"),
+       ('{"prompt": "hi", "tools": [{}]}', "tools"),
        ('{"prompt": ["hi", ""]}', "prompt"), ('{"prompt": ["hi", 5]}', "prompt"), ('{"prompt": "hi", "n": 129}', "n"),
        ('{"prompt": ["a", "b"], "n": 40}', "n"), ('{"prompt": "hi", "top_k": -2}', "top_k"),
-       ('{"prompt": "hi", "min_p": 2}', "min_p"), ('{"prompt": "hi", "repeat_penalty": 0}', "repeat_penalty")]
+       ('{"prompt": "hi", "min_p": 2}', "min_p"), ('{"prompt": "hi", "repeat_penalty": 0}', "repeat_penalty"),
+       ('{"prompt": "hi", "temperature": NaN}', "temperature"), ('{"prompt": "hi", "top_p": NaN}', "top_p"),
+       ('{"prompt": "hi", "frequency_penalty": -Infinity}', "frequency_penalty"),
+       ('{"prompt": "hi", "seed": -1}', "seed"),
+       ('{"prompt": "hi", "stream_options": {"include_usage": 1}}', "stream_options"), ("[" * 1000 + "]" * 1000, "body"),
+       ('{"prompt": "hi", "logit_bias": {"5": 1e999}}', "logit_bias"), ('{"prompt": [-1]}', "prompt")]
 
 
 def test_bad_input_gets_400_with_an_openai_error_body(tiny):
@@ -186,9 +193,13 @@ def test_bad_input_gets_400_with_an_openai_error_body(tiny):
             status, answer = call(url, "/v1/completions", body)
             error = answer["error"]
             assert status == 400 and set(error) == {"message", "type", "param", "code"}, body
-            assert error["type"] == "invalid_request_error" and error["param"] in (param, None), body
-        status, answer = call(url, "/v1/chat/completions", {"messages": "hi"})
-        assert status == 400 and answer["error"]["param"] == "messages"
+            want = None if param == "body" else param
+            assert error["type"] == "invalid_request_error" and error["param"] == want, body
+        for messages in ("hi", [], [{"role": "user", "content": 5}], [{"role": "king", "content": "hi"}]):
+            status, answer = call(url, "/v1/chat/completions", {"messages": messages})
+            assert status == 400 and answer["error"]["param"] == "messages", messages
+        status, answer = call(url, "/v1/completions", {"prompt": "ok", "max_tokens": 1, "whatever": [1], "user": "u"})
+        assert status == 200 and answer["usage"]["completion_tokens"] == 1  # unknown fields are ignored
         status, answer = call(url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
                                                             "top_logprobs": 2})
         assert status == 400 and answer["error"]["param"] == "top_logprobs"
@@ -209,17 +220,23 @@ def post_in_thread(url: str, body: dict, results: list) -> threading.Thread:
 
 
 def test_full_queue_answers_503_and_queued_requests_finish(tiny):
-    with serving(tiny, n_parallel=1, n_ctx=64, max_queue=1) as (url, engine):
+    """--queue 0: nothing waits beyond the free slots, but an idle slot takes a request."""
+    with serving(tiny, n_parallel=1, n_ctx=64, max_queue=0) as (url, engine):
         gate, step = threading.Event(), engine.step
         engine.step = lambda: (gate.wait(30), step())
         results = []
         first = post_in_thread(url, {"prompt": "ab", "max_tokens": 4}, results)
-        wait_until(lambda: health(url)["waiting"] == 1)
-        status, answer = call(url, "/v1/completions", {"prompt": "cd", "max_tokens": 4})
-        assert status == 503 and answer["error"]["code"] == "queue_full"
+        wait_until(lambda: health(url)["waiting"] == 1)  # not admitted yet: the engine is held
+        conn = connect(url, 30)
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": "cd", "max_tokens": 4}), JSON)
+        r = conn.getresponse()
+        assert r.status == 503 and json.loads(r.read())["error"]["code"] == "queue_full"
+        assert int(r.headers["Retry-After"]) >= 1
         gate.set()
         first.join(timeout=60)
         assert results[0][0] == 200 and results[0][1]["usage"]["completion_tokens"] >= 1
+        status, answer = call(url, "/v1/completions", {"prompt": "cd", "max_tokens": 2})
+        assert status == 200 and answer["usage"]["completion_tokens"] == 2
         assert health(url)["kv_blocks_used"] == 0
 
 
@@ -231,7 +248,7 @@ def test_clients_that_go_away_free_their_blocks_and_faults_do_not_stop_the_serve
         no_end = {str(t): -100 for t in tiny.tokenizer.eog_ids}  # the requests run until they are cut off
         body = {"prompt": "ab", "max_tokens": 200, "temperature": 0.7, "logit_bias": no_end}
         conn = connect(url, 30)
-        conn.request("POST", "/v1/completions", json.dumps({**body, "stream": True}))
+        conn.request("POST", "/v1/completions", json.dumps({**body, "stream": True}), JSON)
         assert conn.getresponse().readline().startswith(b"data: ")
         conn.close()  # gone after the first chunk
         wait_until(lambda: reasons == ["cancelled"])
@@ -261,8 +278,22 @@ def test_serve_command_refuses_a_missing_model(capsys, tmp_path):
 def test_serve_command_takes_a_backend(tmp_path, monkeypatch):
     from pyggml.cli import main
     seen = {}
-    monkeypatch.setattr("pyggml.server.app.create_app", lambda model, engine, name: seen.update(backend=model.backend))
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: None)
+    monkeypatch.setattr("pyggml.server.app.create_app",
+                        lambda model, engine, name, options: seen.update(backend=model.backend))
+    monkeypatch.setattr("pyggml.server.runner.serve", lambda *args: None)
     path = write_chat_llama(tmp_path / "chat-llama.gguf", n_ctx=64)
     assert main(["serve", str(path), "--backend", "numba-q8", "--port", str(free_port())]) == 0
     assert seen["backend"].name == "numba-q8"
+
+
+@pytest.mark.parametrize("host, key, warned", [("0.0.0.0", None, True), ("0.0.0.0", "k", False),
+                                               ("127.0.0.1", None, False), ("::1", None, False)])
+def test_serve_command_warns_of_an_open_host_without_a_key(tmp_path, monkeypatch, capsys, host, key, warned):
+    from pyggml.cli import main
+    seen = {}
+    monkeypatch.setattr("pyggml.server.runner.serve", lambda app, engine, host, port, grace: seen.update(app=app))
+    monkeypatch.delenv("PYGGML_API_KEY", raising=False)
+    path = write_chat_llama(tmp_path / "chat-llama.gguf", n_ctx=64)
+    assert main(["serve", str(path), "--host", host, *(["--api-key", key] if key else []), "--docs"]) == 0
+    assert ("warning:" in capsys.readouterr().err) == warned
+    assert any(r.path == "/docs" for r in seen["app"].routes)  # served only when asked

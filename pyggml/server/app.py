@@ -6,22 +6,33 @@ import asyncio
 import dataclasses
 import functools
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.exceptions import HTTPException
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from pyggml.graph.errors import PyggmlError
 from pyggml.model.engine import Engine, Event, QueueFull, TokenLogprob
 from pyggml.model.engine import Request as EngineRequest
+from pyggml.model.grammar import GrammarError
 from pyggml.model.model import Model
+from pyggml.model.tool_calls import CallStream
 
+from . import MAX_BODY
 from . import protocol as api
+from .access import allow_origins, key_check
+from .body_limit import BodyLimit
+from .errors import add_error_handlers
+from .metrics import Metrics, Timer
+from .relay import AsyncSink, ChoiceSink, Relay
+from .request_models import ChatRequest, CompletionRequest
 
+DEFAULT_MAX_TOKENS = 16  # of a completion, as OpenAI (a chat's: up to the context)
 POLL_SECONDS = 0.5  # how often a waiting non-streaming handler checks that its client is still there
 
 
@@ -44,122 +55,157 @@ CHAT = Shape("chatcmpl", "chat.completion", "chat.completion.chunk", api.message
              api.chat_logprobs, "messages")
 
 
-class AsyncSink:
-    """The engine events of a request's choices, handed from the engine thread to a handler's asyncio queue as
-    (choice index, event)."""
-
-    def __init__(self) -> None:
-        self.loop, self.queue = asyncio.get_running_loop(), asyncio.Queue()
-
-    def put(self, item: tuple[int, Event]) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:  # the loop is gone (the server stopped): nobody listens
-            pass
+@dataclass
+class Options:
+    """How the app guards itself."""
+    api_key: str | None = None  # required as a Bearer token on every route but /health
+    cors_origins: list[str] = field(default_factory=list)  # origins browsers may call from (none: no CORS)
+    docs: bool = False  # serve /docs, /redoc and /openapi.json
+    max_body: int = MAX_BODY  # bytes of a request body; more gets 413
 
 
 @dataclass
-class ChoiceSink:
-    """Where the engine puts one choice's events."""
-    sink: AsyncSink
-    index: int
+class Served:
+    """What the handlers serve: a model through an engine, under a name, with its metrics."""
+    model: Model
+    engine: Engine
+    name: str
+    metrics: Metrics
+    relay: Relay | None = None  # made on the loop, with the first request
 
-    def put(self, event: Event) -> None:
-        self.sink.put((self.index, event))
 
-
-def create_app(model: Model, engine: Engine, model_name: str) -> FastAPI:
+def create_app(model: Model, engine: Engine, model_name: str, options: Options | None = None) -> FastAPI:
     """The app serving one model through one engine (started and stopped with the app)."""
+    options = options or Options()
+
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         engine.start()
+        # llguidance's view of the vocabulary, built now rather than by the first request with a grammar
+        threading.Thread(target=getattr, args=(model, "grammars"), name="pyggml-grammars", daemon=True).start()
         yield
         engine.shutdown()
 
-    app = FastAPI(title="pyggml", lifespan=lifespan)
+    docs = {} if options.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="pyggml", lifespan=lifespan, **docs)
+    app.add_middleware(BodyLimit, max_body=options.max_body)
     add_error_handlers(app)
-    created = int(time.time())
+    allow_origins(app, options.cors_origins)
+    app.include_router(routes(Served(model, engine, model_name, Metrics(engine)), options.api_key))
+    return app
 
-    @app.get("/health")
+
+def routes(served: Served, api_key: str | None) -> APIRouter:
+    """The endpoints: /health open to all, the others behind the API key when there is one."""
+    engine, model, created = served.engine, served.model, int(time.time())
+    router, guarded = APIRouter(), APIRouter(dependencies=[Depends(key_check(api_key))])
+
+    @router.get("/health")
     async def health() -> dict:
         return {"status": "ok", "slots": engine.n_parallel, "active": len(engine.active),
                 "waiting": len(engine.waiting), "kv_blocks_used": engine.cache.n_used}
 
-    @app.get("/v1/models")
+    @guarded.get("/metrics")
+    async def metrics() -> Response:
+        body, content_type = served.metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    @guarded.get("/v1/models")
     async def models() -> dict:
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
+        return {"object": "list", "data": [{"id": served.name, "object": "model", "created": created,
                                             "owned_by": "pyggml"}]}
 
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        body = await read_body(request)
-        params = api.parse_params(body, api.completion_prompts(body), model.hparams.n_vocab)
-        ids = [prompt_ids(model, engine, p, TEXT) for p in params.prompts]
-        return await answer(request, engine, model_name, ids, params, TEXT)
+    @guarded.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        arrived = time.perf_counter()
+        params = api.params(body, model.hparams.n_vocab, DEFAULT_MAX_TOKENS)
+        ids = await prompt_ids(model, engine, body.prompts, TEXT)
+        await compile_grammar(model, params)
+        return await answer(request, served, ids, params, TEXT, arrived)
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request):
-        body = await read_body(request)
-        text = model.apply_chat_template(api.chat_messages(body))
-        params = api.parse_params(body, [text], model.hparams.n_vocab, ("max_tokens", "max_completion_tokens"),
-                                  engine.n_ctx, chat=True)
-        return await answer(request, engine, model_name, [prompt_ids(model, engine, text, CHAT)], params, CHAT)
-    return app
-
-
-def add_error_handlers(app: FastAPI) -> None:
-    """Every error as an OpenAI error body."""
-    @app.exception_handler(api.APIError)
-    async def api_error(_: Request, e: api.APIError) -> JSONResponse:
-        return JSONResponse(e.body(), e.status)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, e: HTTPException) -> JSONResponse:
-        return JSONResponse(api.APIError(e.status_code, str(e.detail), code=str(e.status_code)).body(), e.status_code)
-
-    @app.exception_handler(Exception)
-    async def server_error(_: Request, e: Exception) -> JSONResponse:
-        return JSONResponse(api.APIError(500, f"{type(e).__name__}: {e}", kind="server_error").body(), 500)
+    @guarded.post("/v1/chat/completions")
+    async def chat(body: ChatRequest, request: Request):
+        arrived = time.perf_counter()
+        params = api.params(body, model.hparams.n_vocab, engine.n_ctx, model.tool_grammar)
+        ids = await chat_ids(model, engine, body.chat_messages, api.tool_list(body))
+        await compile_grammar(model, params)
+        return await answer(request, served, [ids], params, CHAT, arrived)
+    router.include_router(guarded)
+    return router
 
 
-async def read_body(request: Request) -> dict:
-    """The request's JSON object, or a 400."""
-    try:
-        return api.need_object(json.loads(await request.body()))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise api.APIError(400, f"the request body is not valid JSON: {e}") from None
-
-
-def prompt_ids(model: Model, engine: Engine, prompt: str | list[int], shape: Shape) -> list[int]:
-    """Token ids of the prompt, checked against the vocabulary and the context."""
-    ids = model.tokenize(prompt, parse_special=True) if isinstance(prompt, str) else prompt
-    if any(not 0 <= t < model.hparams.n_vocab for t in ids):
-        raise api.APIError(400, f"token ids must be in [0, {model.hparams.n_vocab})", shape.param)
-    if len(ids) >= engine.n_ctx:
-        raise api.APIError(400, f"the prompt has {len(ids)} tokens; this server's context holds {engine.n_ctx} "
-                                "(prompt and completion together)", shape.param, "context_length_exceeded")
+async def prompt_ids(model: Model, engine: Engine, prompts: list[str | list[int]], shape: Shape) -> list[list[int]]:
+    """Token ids of the prompts, tokenized off the event loop once their lengths allow them to fit, and checked
+    against the vocabulary and the context."""
+    for p in prompts:
+        fits(engine, -(-len(p.encode()) // model.tokenizer.longest_token) if isinstance(p, str) else len(p), shape)
+    ids = await run_in_threadpool(lambda: [model.tokenize(p, parse_special=True) if isinstance(p, str) else p
+                                           for p in prompts])
+    for one in ids:
+        if any(not 0 <= t < model.hparams.n_vocab for t in one):
+            raise api.APIError(400, f"token ids must be in [0, {model.hparams.n_vocab})", shape.param)
+        fits(engine, len(one), shape)
     return ids
 
 
-def submit(engine: Engine, prompts: list[list[int]], params: api.Params) -> tuple[list[EngineRequest], AsyncSink]:
+async def chat_ids(model: Model, engine: Engine, messages: list[dict], tools: list[dict] | None) -> list[int]:
+    """Token ids of a conversation (content as text) and its tools, templated and tokenized off the event loop
+    once the length of its content allows it to fit."""
+    fits(engine, -(-sum(len(m["content"].encode()) for m in messages) // model.tokenizer.longest_token), CHAT)
+    try:
+        ids = await run_in_threadpool(model.chat_prompt_ids, messages, True, tools)
+    except PyggmlError as e:
+        raise api.APIError(400, str(e), "messages") from None
+    fits(engine, len(ids), CHAT)
+    return ids
+
+
+def fits(engine: Engine, n_tokens: int, shape: Shape) -> None:
+    """A 400 unless a prompt of (at least) n_tokens leaves room for a token in the context."""
+    if n_tokens >= engine.n_ctx:
+        raise api.APIError(400, f"the prompt has {n_tokens} tokens or more; this server's context holds "
+                                f"{engine.n_ctx} (prompt and completion together)", shape.param,
+                           "context_length_exceeded")
+
+
+async def compile_grammar(model: Model, params: api.Params) -> None:
+    """Compile the request's grammar (cached per grammar) off the event loop: a 400 naming the field when it
+    does not compile."""
+    if params.grammar is not None:
+        try:
+            await run_in_threadpool(model.grammars.compile, params.grammar)
+        except GrammarError as e:
+            raise grammar_error(e) from None
+
+
+def grammar_error(e: GrammarError) -> api.APIError:
+    return api.APIError(400, f"'{e.field}' does not compile: {e}", e.field, "invalid_grammar")
+
+
+def submit(engine: Engine, prompts: list[list[int]], params: api.Params,
+           sink: AsyncSink) -> tuple[list[EngineRequest], AsyncSink]:
     """Hand each prompt's n choices to the engine, choice i·n + j being prompt i's j-th (a seed moves by j, so
     that the choices differ): 503 when the queue is full (none is left queued), 400 when one can never fit."""
-    if len(prompts) * params.n > engine.max_queue:
-        raise api.APIError(400, f"the request asks for {len(prompts) * params.n} choices; this server queues at "
-                                f"most {engine.max_queue}", "n")
+    if len(prompts) * params.n > engine.max_queue + engine.n_parallel:
+        raise api.APIError(400, f"the request asks for {len(prompts) * params.n} choices; this server takes at "
+                                f"most {engine.max_queue + engine.n_parallel} at once", "n")
     seed = params.sampling.seed
     samplings = [dataclasses.replace(params.sampling, seed=seed if seed is None else seed + j)
                  for j in range(params.n)]
-    sink, reqs = AsyncSink(), []
+    reqs = []
     try:
         for ids in prompts:
             for sampling in samplings:
                 reqs.append(engine.submit(ids, params.max_tokens, sampling, params.stop,
-                                          events=ChoiceSink(sink, len(reqs)), logprobs=params.logprobs))
+                                          events=ChoiceSink(sink, len(reqs)), logprobs=params.logprobs,
+                                          grammar=params.grammar))
     except QueueFull as e:
         cancel(reqs)
         raise api.APIError(503, f"the server is busy: {e}; retry later", code="queue_full",
-                           kind="server_error") from None
+                           kind="server_error", retry=True) from None
+    except GrammarError as e:
+        cancel(reqs)
+        raise grammar_error(e) from None
     except PyggmlError as e:
         cancel(reqs)
         raise api.APIError(400, str(e)) from None
@@ -172,30 +218,87 @@ def cancel(reqs: list[EngineRequest]) -> None:
         req.cancel()
 
 
-async def answer(request: Request, engine: Engine, name: str, prompts: list[list[int]], params: api.Params,
-                 shape: Shape):
+async def answer(request: Request, served: Served, prompts: list[list[int]], params: api.Params, shape: Shape,
+                 arrived: float):
     """The whole completion as one body, or a stream of server-sent events."""
-    reqs, sink = submit(engine, prompts, params)
-    rid, piece, n_prompt = api.new_id(shape.id_prefix), token_bytes(engine), sum(map(len, prompts))
+    served.relay = served.relay or Relay(asyncio.get_running_loop())
+    reqs, sink = submit(served.engine, prompts, params, AsyncSink(served.relay))
+    n_prompt = sum(map(len, prompts))
+    calls = [CallStream(served.model.tool_format, params.tools != "auto") for _ in reqs] if params.tools else None
+    reply = Reply(served.name, api.new_id(shape.id_prefix), shape, token_bytes(served.engine),
+                  served.metrics.timer(arrived, len(reqs), n_prompt), calls)
     if params.stream:
-        return StreamingResponse(stream(reqs, sink, name, rid, n_prompt, params, shape, piece),
-                                 media_type="text/event-stream")
+        return StreamingResponse(stream(reqs, sink, reply, n_prompt, params), media_type="text/event-stream")
     watcher = asyncio.create_task(cancel_when_gone(request, reqs))
     try:
         reasons, entries = {}, [[] for _ in reqs]
         while len(reasons) < len(reqs):
             index, event = await sink.queue.get()
+            reply.timer.event(index, event)
             entries[index] += [event.logprob] if event.logprob is not None else []
             if event.finish_reason:
                 failed(event)
                 reasons[index] = event.finish_reason
-        choices = [shape.choice(i, req.text, reasons[i],
-                                None if params.logprobs is None else shape.logprobs(entries[i], piece, 0))
+        choices = [choice(served.model, shape, params, i, req.text, reasons[i],
+                          None if params.logprobs is None else shape.logprobs(entries[i], reply.piece, 0))
                    for i, req in enumerate(reqs)]
-        return api.envelope(rid, shape.obj, name, choices, api.usage(n_prompt, sum(len(r.tokens) for r in reqs)))
+        return api.envelope(reply.rid, shape.obj, served.name, choices,
+                            api.usage(n_prompt, sum(len(r.tokens) for r in reqs)))
     finally:
         watcher.cancel()
         cancel(reqs)  # frees the sequences when the handler was cancelled
+
+
+@dataclass
+class Reply:
+    """How a request's answer is worded and timed."""
+    name: str
+    rid: str
+    shape: Shape
+    piece: api.Piece
+    timer: Timer
+    calls: list[CallStream] | None = None  # each choice's splitter of tool calls from its text, when it may hold them
+
+    def chunk(self, choices: list[dict], use: dict | None = None) -> str:
+        """A stream chunk as a server-sent event."""
+        return sse(api.envelope(self.rid, self.shape.chunk_obj, self.name, choices, use))
+
+    def token_chunk(self, index: int, event: Event, offsets: list[int], logprobs: bool) -> str:
+        """The chunk of a choice's token: its text, finish reason and log-probabilities ("" when it has none);
+        offsets: each choice's next token's offset in its text, moved on."""
+        entry = None
+        if logprobs and event.logprob is not None:
+            entry = self.shape.logprobs([event.logprob], self.piece, offsets[index])
+            offsets[index] += len(api.token_text(self.piece, event.token))
+        text, reason, first = event.text, event.finish_reason, ""
+        if self.calls:
+            text, reason, calls_chunk = split_calls(self.calls[index], index, text, reason)
+            first = self.chunk([calls_chunk]) if calls_chunk else ""
+        if not (text or reason or entry):
+            return first
+        return first + self.chunk([self.shape.chunk(index, text, reason, entry)])
+
+
+def choice(model: Model, shape: Shape, params: api.Params, index: int, text: str, reason: str,
+           logprobs: dict | None) -> dict:
+    """A finished choice; a reply that may hold tool calls is parsed into its content and its calls."""
+    if not params.tools:
+        return shape.choice(index, text, reason, logprobs)
+    content, calls = model.parse_tool_calls(text)
+    return api.message_choice(index, content, reason, logprobs, calls)
+
+
+def split_calls(calls: CallStream, index: int, text: str, reason: str | None) -> tuple[str, str | None, dict | None]:
+    """(content to send, finish reason, a delta.tool_calls chunk to send first or None) for a streamed event of a
+    reply that may hold tool calls: content passes until a call opens; the calls go out whole at the end."""
+    text = calls.feed(text)
+    if not reason:
+        return text, reason, None
+    tail, found = calls.finish()
+    if not found:
+        return text + tail, reason, None
+    delta = {"content": text + tail or None, "tool_calls": api.tool_calls_json(found, with_index=True)}
+    return "", "tool_calls" if reason == "stop" else reason, api.delta_choice(index, delta, None)
 
 
 async def cancel_when_gone(request: Request, reqs: list[EngineRequest]) -> None:
@@ -210,7 +313,17 @@ def failed(event: Event) -> None:
     if event.finish_reason == "error":
         raise api.APIError(500, f"generation failed: {event.error}", kind="server_error")
     if event.finish_reason == "cancelled":
-        raise api.APIError(503, "the request was cancelled (the server is stopping)", kind="server_error")
+        raise api.APIError(503, "the request was cancelled (the server is stopping)", kind="server_error",
+                           retry=True)
+
+
+def error_event(event: Event) -> str:
+    """The error event that ends a stream whose choice failed or was cancelled."""
+    try:
+        failed(event)
+    except api.APIError as e:
+        return sse(e.body())
+    raise AssertionError(f"not a failure: {event.finish_reason}")
 
 
 def sse(body: dict) -> str:
@@ -222,38 +335,32 @@ def token_bytes(engine: Engine) -> api.Piece:
     return functools.partial(engine.model.tokenizer.token_to_piece, special=True)
 
 
-async def stream(reqs: list[EngineRequest], sink: AsyncSink, name: str, rid: str, n_prompt: int,
-                 params: api.Params, shape: Shape, piece: api.Piece) -> AsyncIterator[str]:
+async def stream(reqs: list[EngineRequest], sink: AsyncSink, reply: Reply, n_prompt: int,
+                 params: api.Params) -> AsyncIterator[str]:
     """Server-sent events, a choice per chunk: (chat) each choice's role, then a chunk per piece of text (and per
     token, with its log-probabilities, when asked) and each choice's finish reason as they come, usage if asked
-    for, then [DONE]."""
+    for, then [DONE]; a failed or cancelled choice ends the stream with an error event."""
     offsets = [0] * len(reqs)  # of each choice's next token in its text, for logprobs' text_offset
     open_choices = len(reqs)
     try:
-        if shape is CHAT:
+        if reply.shape is CHAT:
             for i in range(len(reqs)):
-                yield sse(api.envelope(rid, shape.chunk_obj, name,
-                                       [api.delta_choice(i, {"role": "assistant", "content": ""}, None)]))
-        while open_choices:
-            index, event = await sink.queue.get()
-            if event.finish_reason in ("error", "cancelled"):
-                try:
-                    failed(event)
-                except api.APIError as e:
-                    yield sse(e.body())
-                break
-            logprobs = None
-            if event.logprob is not None:
-                logprobs = shape.logprobs([event.logprob], piece, offsets[index])
-                offsets[index] += len(api.token_text(piece, event.token))
-            if event.text or event.finish_reason or logprobs:
-                yield sse(api.envelope(rid, shape.chunk_obj, name,
-                                       [shape.chunk(index, event.text, event.finish_reason, logprobs)]))
-            open_choices -= bool(event.finish_reason)
-        else:
-            if params.include_usage:
-                use = api.usage(n_prompt, sum(len(r.tokens) for r in reqs))
-                yield sse(api.envelope(rid, shape.chunk_obj, name, [], use))
+                yield reply.chunk([api.delta_choice(i, {"role": "assistant", "content": ""}, None)])
+        failure = False
+        while open_choices and not failure:
+            parts = []  # the events that have come, sent together
+            for index, event in [await sink.queue.get(), *sink.drain()]:
+                reply.timer.event(index, event)
+                failure = event.finish_reason in ("error", "cancelled")
+                if failure:
+                    parts.append(error_event(event))
+                    break
+                parts.append(reply.token_chunk(index, event, offsets, params.logprobs is not None))
+                open_choices -= bool(event.finish_reason)
+            if any(parts):
+                yield "".join(parts)
+        if not failure and params.include_usage:
+            yield reply.chunk([], api.usage(n_prompt, sum(len(r.tokens) for r in reqs)))
         yield "data: [DONE]\n\n"
     finally:
         cancel(reqs)

@@ -1,29 +1,33 @@
-"""The OpenAI API's request fields, checked, and its response and error bodies (no HTTP here)."""
+"""What an OpenAI API request asks for, and its response and error bodies (no HTTP here)."""
 from __future__ import annotations
 
 import itertools
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from pyggml.model.engine import TokenLogprob
+from pyggml.model.grammar import GrammarSpec
 from pyggml.model.sampling import SamplingParams
+from pyggml.model.tool_calls import ToolCall
 
-MAX_STOPS = 4
-MAX_BIAS = 100.0  # OpenAI's bound on a logit_bias value
-MAX_TOP_LOGPROBS = 20  # OpenAI's bound on top_logprobs
-MAX_N = 128  # OpenAI's bound on n, choices per prompt
+from .request_models import ChatRequest, Sampling
+
+ToolGrammar = Callable[[list[dict], str, bool], "GrammarSpec | None"]  # (tools, tool_choice, parallel) -> grammar
+
+
+RETRY_AFTER = 1  # seconds a client told the server is busy waits before it retries
 
 
 class APIError(Exception):
     """An error answered as OpenAI does: an HTTP status and {"error": {message, type, param, code}}."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
+                 kind: str = "invalid_request_error", retry: bool = False):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = {"Retry-After": str(RETRY_AFTER)} if retry else None  # a 503 says when to come back
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
@@ -31,8 +35,7 @@ class APIError(Exception):
 
 @dataclass
 class Params:
-    """What a completion request asks for, checked: n choices for each prompt."""
-    prompts: list[str | list[int]]
+    """What a completion request asks for: n choices for each prompt."""
     max_tokens: int
     sampling: SamplingParams
     stop: list[str] = field(default_factory=list)
@@ -40,143 +43,63 @@ class Params:
     include_usage: bool = False
     logprobs: int | None = None  # None: none asked; else each token's log-probability and this many top ones
     n: int = 1
+    grammar: GrammarSpec | None = None  # what the output must follow
+    tools: str | None = None  # the tool_choice when replies may hold tool calls ("auto", "required", a name)
 
 
-def _get(body: Mapping, name: str, kinds: type | tuple, default: Any = None, low: float | None = None,
-         high: float | None = None) -> Any:
-    """body[name] checked against types and bounds (bool is not a number), or default when absent or null."""
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in _tuple(kinds)):
-        names = " or ".join(k.__name__ for k in _tuple(kinds))
-        raise APIError(400, f"'{name}' must be of type {names}, not {type(value).__name__}", name)
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise APIError(400, f"'{name}' must be between {low} and {high}, not {value}", name)
-    return value
+def params(req: Sampling, n_vocab: int, default_max_tokens: int, tool_grammar: ToolGrammar | None = None) -> Params:
+    """What a validated request asks for (its logit_bias token ids checked against n_vocab; tool_grammar: the
+    grammar of a reply under tools and tool_choice)."""
+    max_tokens = getattr(req, "max_completion_tokens", None) or req.max_tokens or default_max_tokens
+    repeat = req.repetition_penalty or req.repeat_penalty or 1.0
+    sampling = SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=max(req.top_k, 0),
+                              min_p=req.min_p, repeat_penalty=repeat, frequency_penalty=req.frequency_penalty,
+                              presence_penalty=req.presence_penalty, seed=req.seed,
+                              logit_bias=_logit_bias(req.logit_bias or {}, n_vocab))
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    tools = req.tool_mode if isinstance(req, ChatRequest) and req.tool_mode != "none" else None
+    grammars = _grammars(req) + ([("tools", tool_grammar(tool_list(req), tools, req.parallel_tool_calls))]
+                                 if tools and tool_grammar else [])
+    grammars = [(name, g) for name, g in grammars if g is not None]
+    if len(grammars) > 1:
+        raise APIError(400, f"only one of {', '.join(n for n, _ in grammars)} may constrain the output",
+                       grammars[1][0])
+    return Params(max_tokens, sampling, req.stops, req.stream, include_usage, _logprobs(req), req.n,
+                  grammars[0][1] if grammars else None, tools)
 
 
-def _tuple(kinds: type | tuple) -> tuple:
-    return kinds if isinstance(kinds, tuple) else (kinds,)
+def tool_list(req: ChatRequest) -> list[dict] | None:
+    """The request's tools as the chat template takes them (OpenAI's dicts)."""
+    return [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
 
 
-def _stop(body: Mapping) -> list[str]:
-    stop = body.get("stop")
-    stops = [stop] if isinstance(stop, str) else stop if stop is not None else []
-    if not isinstance(stops, list) or len(stops) > MAX_STOPS or not all(isinstance(s, str) for s in stops):
-        raise APIError(400, f"'stop' must be a string or a list of at most {MAX_STOPS} strings", "stop")
-    return stops
+def _grammars(req: Sampling) -> list[tuple[str, GrammarSpec]]:
+    """The grammars that response_format and llama-server's grammar and json_schema fields ask for."""
+    out, fmt = [], req.response_format
+    if fmt is not None and fmt.type == "json_object":
+        out.append(("response_format", GrammarSpec.of("json_schema", {"type": "object"}, "response_format")))
+    elif fmt is not None and fmt.type == "json_schema":
+        out.append(("response_format", GrammarSpec.of("json_schema", fmt.json_schema.schema_, "response_format")))
+    if req.json_schema is not None:
+        out.append(("json_schema", GrammarSpec.of("json_schema", req.json_schema)))
+    if req.grammar is not None:
+        out.append(("grammar", GrammarSpec.of("grammar", req.grammar)))
+    return out
 
 
-def _logit_bias(body: Mapping, n_vocab: int) -> dict[int, float]:
-    """logit_bias: {"token id": bias in [-100, 100]}, ids in the vocabulary."""
-    bias = _get(body, "logit_bias", dict, {})
-    try:
-        parsed = {int(k): v for k, v in bias.items()}
-    except ValueError:
-        raise APIError(400, "'logit_bias' keys must be token ids", "logit_bias") from None
+def _logit_bias(bias: dict[str, float], n_vocab: int) -> dict[int, float]:
+    parsed = {int(k): v for k, v in bias.items()}
     if any(not 0 <= t < n_vocab for t in parsed):
         raise APIError(400, f"'logit_bias' token ids must be in [0, {n_vocab})", "logit_bias")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and -MAX_BIAS <= v <= MAX_BIAS
-               for v in parsed.values()):
-        raise APIError(400, f"'logit_bias' must map token ids to numbers in [-{MAX_BIAS:g}, {MAX_BIAS:g}]",
-                       "logit_bias")
-    return {t: float(v) for t, v in parsed.items()}
+    return parsed
 
 
-def _logprobs(body: Mapping, chat: bool) -> int | None:
+def _logprobs(req: Sampling) -> int | None:
     """How many top log-probabilities a token's entry holds, or None when none are asked: completions' logprobs
     (an integer), chat's logprobs (true) with top_logprobs."""
-    if not chat:
-        return _get(body, "logprobs", int, None, 0, MAX_TOP_LOGPROBS)
-    top = _get(body, "top_logprobs", int, None, 0, MAX_TOP_LOGPROBS)
-    if not _get(body, "logprobs", bool, False):
-        if top is not None:
-            raise APIError(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs")
-        return None
-    return top or 0
-
-
-UNSUPPORTED = {  # a field -> when a request's value of it asks for what this server does not do
-    "echo": lambda v: v is True,
-    "suffix": lambda v: bool(v),
-    "best_of": lambda v: v not in (None, 1),
-    "tools": lambda v: bool(v),
-    "response_format": lambda v: isinstance(v, Mapping) and v.get("type") not in (None, "text"),
-}
-
-
-def _refuse_unsupported(body: Mapping) -> None:
-    """A 400 for a field whose asked-for behaviour is not implemented (rather than an answer that ignores it)."""
-    for name, asks in UNSUPPORTED.items():
-        if asks(body.get(name)):
-            raise APIError(400, f"'{name}' with value {body.get(name)!r} is not supported by this server", name)
-
-
-def parse_params(body: Any, prompts: list[str | list[int]], n_vocab: int,
-                 max_tokens_names: tuple[str, ...] = ("max_tokens",), default_max_tokens: int = 16,
-                 chat: bool = False) -> Params:
-    """Sampling and streaming fields common to both endpoints (token ids checked against n_vocab)."""
-    n = _get(body, "n", int, 1, 1, MAX_N)
-    _refuse_unsupported(body)
-    max_tokens = default_max_tokens
-    for name in max_tokens_names:
-        max_tokens = _get(body, name, int, max_tokens, low=1)
-    number = (int, float)
-    # top_k, min_p and the repetition penalty are not OpenAI's: vLLM's and llama.cpp's servers take them
-    repeat = _get(body, "repetition_penalty", number, _get(body, "repeat_penalty", number, 1.0, 0.01, 10), 0.01, 10)
-    sampling = SamplingParams(temperature=_get(body, "temperature", number, 1.0, 0, 2),
-                              top_p=_get(body, "top_p", number, 1.0, 0, 1),
-                              top_k=max(_get(body, "top_k", int, 0, -1), 0),
-                              min_p=_get(body, "min_p", number, 0.0, 0, 1), repeat_penalty=repeat,
-                              frequency_penalty=_get(body, "frequency_penalty", number, 0.0, -2, 2),
-                              presence_penalty=_get(body, "presence_penalty", number, 0.0, -2, 2),
-                              seed=_get(body, "seed", int), logit_bias=_logit_bias(body, n_vocab))
-    options = _get(body, "stream_options", dict, {})
-    return Params(prompts, max_tokens, sampling, _stop(body), _get(body, "stream", bool, False),
-                  bool(options.get("include_usage")), _logprobs(body, chat), n)
-
-
-def need_object(body: Any) -> Mapping:
-    if not isinstance(body, Mapping):
-        raise APIError(400, "the request body must be a JSON object")
-    return body
-
-
-def completion_prompts(body: Mapping) -> list[str | list[int]]:
-    """The prompts of /v1/completions: a string, a list of token ids, or a list of either (a batch of prompts)."""
-    prompt = body.get("prompt")
-    batch = prompt if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)) else [prompt]
-    if not all(_one_prompt(p) for p in batch):
-        raise APIError(400, "'prompt' must be a non-empty string or list of token ids, or a list of those", "prompt")
-    return batch
-
-
-def _one_prompt(prompt: Any) -> bool:
-    """Whether prompt is a non-empty string or a non-empty list of token ids."""
-    if isinstance(prompt, str):
-        return bool(prompt)
-    return isinstance(prompt, list) and bool(prompt) and all(isinstance(t, int) and not isinstance(t, bool)
-                                                             for t in prompt)
-
-
-def chat_messages(body: Mapping) -> list[dict[str, str]]:
-    """The messages of /v1/chat/completions as {role, content} with text content."""
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise APIError(400, "'messages' must be a non-empty list", "messages")
-    out = []
-    for i, m in enumerate(messages):
-        content = m.get("content") if isinstance(m, Mapping) else None
-        if isinstance(content, list):  # content parts: only text
-            if not all(isinstance(p, Mapping) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
-                raise APIError(400, f"messages[{i}]: only text content parts are supported", "messages")
-            content = "".join(p["text"] for p in content)
-        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(content, str):
-            raise APIError(400, f"messages[{i}] needs a string 'role' and text 'content'", "messages")
-        out.append({"role": m["role"], "content": content})
-    return out
+    if isinstance(req, ChatRequest):
+        return (req.top_logprobs or 0) if req.logprobs else None
+    return req.logprobs
 
 
 def new_id(prefix: str) -> str:
@@ -200,9 +123,20 @@ def text_choice(index: int, text: str, finish_reason: str | None, logprobs: dict
     return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
 
 
-def message_choice(index: int, text: str, finish_reason: str | None, logprobs: dict | None = None) -> dict:
-    return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
-            "finish_reason": finish_reason}
+def message_choice(index: int, text: str | None, finish_reason: str | None, logprobs: dict | None = None,
+                   calls: list[ToolCall] = ()) -> dict:
+    """A chat choice; with tool calls, message.tool_calls and finish_reason tool_calls."""
+    message = {"role": "assistant", "content": text}
+    if calls:
+        message["tool_calls"] = tool_calls_json(calls)
+        finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
+    return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
+
+
+def tool_calls_json(calls: list[ToolCall], with_index: bool = False) -> list[dict]:
+    """OpenAI's tool_calls entries (a stream's deltas carry each one's index)."""
+    return [{**({"index": i} if with_index else {}), "id": new_id("call"), "type": "function",
+             "function": {"name": c.name, "arguments": c.arguments}} for i, c in enumerate(calls)]
 
 
 def delta_choice(index: int, delta: dict, finish_reason: str | None, logprobs: dict | None = None) -> dict:
