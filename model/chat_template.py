@@ -100,22 +100,22 @@ def render_chat(template: str, messages: Sequence[Mapping[str, Any]], bos_token:
 def render_chat_segments(template: str, messages: Sequence[Mapping[str, Any]], bos_token: str = "",
                          eos_token: str = "", add_generation_prompt: bool = True,
                          tools: Sequence[Mapping] | None = None) -> list[tuple[str, bool]]:
-    """The prompt as (text, is the template's own) segments, each message's content apart: rendered with every
-    content between two marks no message can hold, then cut at the marks. A template that trims content is
-    matched by trimming it first; the segments join to render_chat's text whenever the template keeps content
-    whole."""
-    plain = render_chat(template, messages, bos_token, eos_token, add_generation_prompt, tools)
+    """The prompt as (text, is the template's own) segments, each message's content apart: rendered with the
+    content (less its outer whitespace, which a template may trim) between two marks no message can hold, then
+    cut at the marks."""
     mark = f"\ue000{secrets.randbelow(10**18):018d}\ue001"  # private-use characters around random digits
-    tried = []
-    for trim in (False, True):
-        marked = [{**m, "content": f"{mark}{m['content'].strip() if trim else m['content']}{mark}"}
-                  for m in messages]
-        parts = render_chat(template, marked, bos_token, eos_token, add_generation_prompt, tools).split(mark)
-        if "".join(parts) == plain:
-            break
-        tried.append(parts)
-    else:
-        parts = tried[0]
+    marked = [{**m, "content": _between(m["content"], mark)} if isinstance(m.get("content"), str) else m
+              for m in messages]
+    parts = render_chat(template, marked, bos_token, eos_token, add_generation_prompt, tools).split(mark)
     if len(parts) % 2 == 0:
         raise PyggmlError("chat template: it cuts message content apart, which cannot then be kept as text")
     return [(part, i % 2 == 0) for i, part in enumerate(parts) if part]
+
+
+def _between(content: str, mark: str) -> str:
+    """content with its non-blank core between two marks (whitespace alone holds no special token)."""
+    core = content.strip()
+    if not core:
+        return content
+    start = content.index(core)
+    return f"{content[:start]}{mark}{core}{mark}{content[start + len(core):]}"

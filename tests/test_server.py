@@ -183,7 +183,8 @@ BAD = [("{not json", "body"), ('["a list"]', "body"), ('{"prompt": ""}', "prompt
        ('{"prompt": "hi", "temperature": NaN}', "temperature"), ('{"prompt": "hi", "top_p": NaN}', "top_p"),
        ('{"prompt": "hi", "frequency_penalty": -Infinity}', "frequency_penalty"),
        ('{"prompt": "hi", "seed": -1}', "seed"),
-       ('{"prompt": "hi", "stream_options": {"include_usage": 1}}', "stream_options"), ("[" * 1000 + "]" * 1000, "body"),
+       ('{"prompt": "hi", "stream_options": {"include_usage": 1}}', "stream_options"),
+       ("[" * 1000 + "]" * 1000, "body"),
        ('{"prompt": "hi", "logit_bias": {"5": 1e999}}', "logit_bias"), ('{"prompt": [-1]}', "prompt")]
 
 
