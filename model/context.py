@@ -28,6 +28,10 @@ class Context:
         self.last_plan: Plan | None = None  # the plan of the latest step (for profiling and benchmarks)
 
     @property
+    def n_ctx(self) -> int:
+        return self.cache.n_ctx
+
+    @property
     def n_past(self) -> int:
         return self.cache.n_past
 
