@@ -14,6 +14,7 @@ from pyggml.backends.quants import dequantize
 from pyggml.graph.tensor import Tensor
 
 from .profile import placed_weights, step_plan
+from .stages import step_bytes
 
 if TYPE_CHECKING:
     from .model import Model
@@ -115,7 +116,10 @@ def copy_gbps(repetitions: int, nbytes: int = COPY_BYTES) -> float:
 
 def measure_bounds(model: Model, repetitions: int) -> Bounds:
     """Compile a fresh decode step and measure the bare bounds of its weights on this machine's CPU (F32 copies
-    made from the weights' host data, wherever the plan holds them)."""
+    made from the weights' host data, wherever the plan holds them). Over pipeline stages, which hold the
+    weights: the bytes a step reads from the file, and no mat-vec bound."""
+    if model.pipeline is not None:
+        return Bounds(sum(step_bytes(model.gguf.tensors, model.hparams.n_layer)), 0, 0, None, copy_gbps(repetitions))
     model.reset()
     placed = placed_weights(step_plan(model.context, [0]))
     dense_bytes = sum(4 * w.nelements for w in placed)

@@ -103,6 +103,12 @@ class Model:
         if self.pipeline is not None:
             self.pipeline.shutdown()
 
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     @classmethod
     def load(cls, path_or_name: str | Path, **options) -> Model:
         """Open a GGUF file or a known model name (pulled on first use)."""

@@ -15,17 +15,14 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from pyggml.backends import BackendSpec, Scheduler
 from pyggml.graph.errors import PyggmlError
 
-from .batch import CacheLost, StepArrays
+from .batch import StepArrays
 from .gguf_file import GGUFFile
 from .hparams import HParams
-from .stages import CacheSpec, Pipeline, ShippedTensors, StageWorker, ship, sees_file, stage_tensor_names
+from .stages import (CacheSpec, Pipeline, ShippedTensors, StageFailed, StageWorker, sees_file, ship,
+                     stage_tensor_names)
 
 STAGE_CPUS = 1  # what each stage's bundle asks of its node (numba's threads still use the node's cores)
 READY_SECONDS = 300.0  # for the placement group and each stage to come up
-
-
-class StageFailed(CacheLost):
-    """A pipeline stage died during a step."""
 
 
 def backend_names(spec: BackendSpec) -> list[str]:
@@ -89,6 +86,7 @@ class StageActor:
 
 class RayPipeline(Pipeline):
     """Stages as Ray actors in one placement group, a bundle each."""
+    where = "on Ray"
 
     def __init__(self, address: str, gguf: GGUFFile, hp: HParams, ranges: list[range], backend: BackendSpec,
                  force_ship: bool = False):

@@ -10,6 +10,7 @@ from pyggml.graph.errors import PyggmlError
 
 from .batch import BatchContext, CacheLost, Entry
 from .paged_cache import common_prefix
+from .stages import StageFailed
 
 
 class SequenceContext:
@@ -43,10 +44,13 @@ class SequenceContext:
 
     def eval_prompt(self, tokens: Sequence[int]) -> np.ndarray:
         """Logits (1, n_vocab) of the last prompt token, evaluating only what the sequence does not hold; when
-        the stages lost the K/V (a rebuilt stage), the whole prompt again."""
+        a stage rebuilt since lost the K/V, the whole prompt again (a stage that dies in this step fails it)."""
         self.truncate(common_prefix(self.tokens, tokens[:-1]))
         try:
             return self.eval(tokens[self.n_past:])
+        except StageFailed:
+            self.reset()
+            raise
         except CacheLost:
             self.reset()
             return self.eval(tokens)
@@ -55,7 +59,7 @@ class SequenceContext:
         """Append tokens; logits (1, n_vocab) of the last one."""
         if all_logits:
             raise PyggmlError("all_logits is not available when the model runs as pipeline stages")
-        if not tokens:
+        if len(tokens) == 0:
             raise PyggmlError("eval needs at least one token")
         if self.n_past + len(tokens) > self.n_ctx:
             raise PyggmlError(f"{self.n_past + len(tokens)} tokens do not fit in the context of {self.n_ctx}")

@@ -77,6 +77,10 @@ def stage_tensor_names(names: Sequence[str], layers: range, n_layer: int) -> lis
     return [n for n in names if wanted(n)]
 
 
+class StageFailed(CacheLost):
+    """A pipeline stage died during a step (and was started again)."""
+
+
 @dataclass
 class ShippedTensors:
     """A stage's tensors received through Ray's object store, read as a GGUFFile is (for Weights)."""
@@ -162,6 +166,7 @@ class StageWorker:
 
 class Pipeline:
     """A model's stages in layer order and the contexts (keys) whose K/V every stage holds."""
+    where = "in this process"
 
     def __init__(self, ranges: list[range]):
         self.ranges, self.workers = ranges, []

@@ -49,7 +49,11 @@ def _ratio(value: float | None) -> str:
 
 
 def used_backends(model) -> str:
-    """The backends the model's latest step actually ran on, in priority order, comma-separated."""
+    """The backends the model's latest step actually ran on, in priority order, comma-separated (over stages,
+    the backends asked for and the stages)."""
+    if model.pipeline is not None:
+        names = model.backend.name if hasattr(model.backend, "name") else ",".join(b.name for b in model.backend)
+        return f"{names}, {len(model.pipeline.ranges)} stages {model.pipeline.where}"
     return ",".join(dict.fromkeys(split.backend.name for split in model.context.last_plan.splits))
 
 
@@ -155,7 +159,11 @@ def run_study(args: argparse.Namespace, model) -> tuple[str, bool]:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = load_model(args)
+    with load_model(args) as model:  # stages on Ray are let go at the end
+        return bench_with(model, args)
+
+
+def bench_with(model, args: argparse.Namespace) -> int:
     if args.kv_study is None:
         print(run_bench(args, model))
         return 0

@@ -35,7 +35,11 @@ def print_stats(model, timings: dict, load_seconds: float) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = load_model(args)
+    with load_model(args) as model:  # stages on Ray are let go at the end
+        return generate_with(model, args)
+
+
+def generate_with(model, args: argparse.Namespace) -> int:
     stream = model.generate(args.prompt, args.n_predict, stream=True, stop=args.stop, kv_cache=not args.no_cache,
                             **sampling_kwargs(args))
     sys.stdout.write(args.prompt)

@@ -6,7 +6,7 @@ import sys
 
 from pyggml.graph.errors import PyggmlError
 
-from .options import add_backend_option, chosen_backend
+from .options import add_backend_option, add_stage_options, chosen_backend, stage_kwargs
 
 HELP = "serve a model over an OpenAI-compatible HTTP API, many requests batched together"
 
@@ -24,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-type", choices=("f32", "f16"), default="f32", help="KV cache element type")
     p.add_argument("--alias", default=None, help="the model name the API reports (default: the file name)")
     add_backend_option(p)
+    add_stage_options(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     from pyggml.model.model import Model
     if args.parallel < 1 or args.queue < 0:
         raise PyggmlError("--parallel must be at least 1 and --queue at least 0")
-    model = Model(args.model, n_ctx=args.ctx_size, kv_type=args.cache_type, backend=chosen_backend(args))
+    model = Model(args.model, n_ctx=args.ctx_size, kv_type=args.cache_type, backend=chosen_backend(args),
+                  **stage_kwargs(args))
     engine = Engine(model, args.parallel, model.n_ctx, args.kv_blocks, max_queue=args.queue, kv_type=args.cache_type)
     name = args.alias or model.path.stem
     sys.stderr.write(f"serving {name} on http://{args.host}:{args.port}/v1 ({args.parallel} parallel, "
