@@ -102,7 +102,7 @@ class RayPipeline(Pipeline):
     def _start(self, i: int):
         """Stage i's actor in bundle i, holding its weights and the K/V of every open context."""
         placement = PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=i)
-        path, size = str(self.gguf.path), self.gguf.path.stat().st_size
+        path, size = str(self.gguf.path.resolve()), self.gguf.path.stat().st_size
         actor = ray.remote(StageActor).options(num_cpus=STAGE_CPUS, scheduling_strategy=placement).remote(
             "" if self.force_ship else path, size, self.hp, self.ranges[i], self.backends)
         if wait(actor.needs_tensors.remote(), f"pipeline stage {i}"):

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 
 from pyggml.graph.errors import PyggmlError
 
-from .options import add_backend_option, add_stage_options, chosen_backend, stage_kwargs
+from .options import add_backend_option, add_stage_options, chosen_backend, stage_count, stage_kwargs
 
 HELP = "serve a model over an OpenAI-compatible HTTP API, many requests batched together"
 
@@ -25,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alias", default=None, help="the model name the API reports (default: the file name)")
     add_backend_option(p)
     add_stage_options(p)
+    p.add_argument("--replicas", type=stage_count, default=None, metavar="N",
+                   help="with --ray: N replicas on Ray Serve, each with its own engine, requests routed by prompt "
+                        "prefix")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from pyggml.model.model import Model
     if args.parallel < 1 or args.queue < 0:
         raise PyggmlError("--parallel must be at least 1 and --queue at least 0")
+    if args.replicas is not None:
+        return serve_replicas(args)
     model = Model(args.model, n_ctx=args.ctx_size, kv_type=args.cache_type, backend=chosen_backend(args),
                   **stage_kwargs(args))
     engine = Engine(model, args.parallel, model.n_ctx, args.kv_blocks, max_queue=args.queue, kv_type=args.cache_type)
@@ -45,4 +51,32 @@ def run(args: argparse.Namespace) -> int:
     sys.stderr.write(f"serving {name} on http://{args.host}:{args.port}/v1 ({args.parallel} parallel, "
                      f"context {model.n_ctx}, {engine.cache.n_blocks - 1} KV blocks)\n")
     uvicorn.run(create_app(model, engine, name), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def serve_replicas(args: argparse.Namespace) -> int:
+    """The app on Ray Serve, --replicas replicas behind one ingress on --host:--port, until interrupted."""
+    if args.ray is None or args.stages is not None:
+        raise PyggmlError("--replicas needs --ray ADDRESS and cannot be combined with --stages")
+    try:
+        from pyggml.model.ray_stages import connect
+        from pyggml.server.replicas import deploy
+    except ImportError as e:
+        raise PyggmlError(f"--replicas needs the ray extra ({e}): pip install 'pyggml[ray]'") from None
+    from ray import serve
+    from pyggml.model.pull import resolve_model
+    path = resolve_model(args.model)
+    connect(args.ray)
+    options = {"backend": args.backend, "n_ctx": args.ctx_size, "cache_type": args.cache_type,
+               "parallel": args.parallel, "kv_blocks": args.kv_blocks, "queue": args.queue}
+    name = args.alias or path.stem
+    deploy(str(path.resolve()), name, args.replicas, args.host, args.port, options)
+    sys.stderr.write(f"serving {name} on http://{args.host}:{args.port}/v1 ({args.replicas} replicas on Ray Serve, "
+                     f"{args.parallel} parallel each)\n")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
     return 0

@@ -1,9 +1,11 @@
-"""Pipeline stages against the model in one process: the layer cut, stages in this process, and stages as Ray
-actors on a two-node cluster on this machine (greedy tokens, logits, batched decode, a stage killed and rebuilt,
-tensors shipped to a node that does not see the file, the CLI flags)."""
+"""Beyond one process, against the model in one process: the layer cut, pipeline stages in this process, and on
+a two-node Ray cluster on this machine stages as actors (greedy tokens, logits, batched decode, a stage killed
+and rebuilt, tensors shipped to a node that does not see the file, the CLI flags) and replicas on Ray Serve
+(the openai client, prefix-aware routing)."""
 from __future__ import annotations
 
 import itertools
+import socket
 
 import numpy as np
 import pytest
@@ -67,7 +69,7 @@ def greedy_steps(model: Model, prompt: list[int], n: int) -> tuple[list[int], np
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory):
     cfg = TinyLlama(n_layer=4)
-    return write_gguf(tmp_path_factory.mktemp("stages") / "tiny.gguf", cfg, make_weights(cfg)), cfg
+    return write_gguf(tmp_path_factory.mktemp("stages") / "tiny.gguf", cfg, make_weights(cfg), n_ctx=1024), cfg
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +190,37 @@ def test_cli_generate_over_stages(cluster, tiny_path, local, capsys):
                  "--ray", cluster.address, "--stages", "2"]) == 0
     expected = local.generate("abc", max_tokens=6, temperature=0).text
     assert capsys.readouterr().out == "abc" + expected + "\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_replicas_answer_the_openai_client(cluster, tiny_path, local):
+    """Two replicas on Ray Serve behind one ingress: answers as the model gives them, streamed too, and a
+    shared prompt prefix always met by the same replica."""
+    from openai import OpenAI
+    from ray import serve
+
+    from pyggml.server.replicas import PREFIX_CHARS, REPLICA_HEADER, deploy
+    port = free_port()
+    deploy(str(tiny_path[0]), "tiny", 2, "127.0.0.1", port, {"backend": ["numpy"], "n_ctx": 512})
+    try:
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+        expected = local.generate("abc", max_tokens=6, temperature=0).text
+        raw = client.completions.with_raw_response.create(model="tiny", prompt="abc", max_tokens=6, temperature=0)
+        assert raw.parse().choices[0].text == expected
+        stream = client.completions.create(model="tiny", prompt="abc", max_tokens=6, temperature=0, stream=True)
+        assert "".join(chunk.choices[0].text for chunk in stream) == expected
+        prefix = "ab" * (PREFIX_CHARS // 2)
+        seen = {client.completions.with_raw_response.create(model="tiny", prompt=prefix + tail, max_tokens=1)
+                .headers[REPLICA_HEADER] for tail in ("c", "dd", "eee")}
+        assert len(seen) == 1
+        short = {client.completions.with_raw_response.create(model="tiny", prompt=p, max_tokens=1)
+                 .headers[REPLICA_HEADER] for p in ("a", "b", "c", "d", "e", "f", "g", "h")}
+        assert short == {"0", "1"}  # different prompts spread over both
+        assert client.models.list().data[0].id == "tiny"
+    finally:
+        serve.shutdown()
