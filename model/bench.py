@@ -151,7 +151,7 @@ def bench(model: Model, n_prompt: int = 256, n_gen: int = 128, repetitions: int 
     """pp n_prompt and tg n_gen rows (a test of 0 tokens is left out) and the bounds measured with them."""
     rng = np.random.default_rng(seed)
     bounds = measure_bounds(model, repetitions)  # also places the weights and compiles a decode plan
-    n_chunks = -(-n_prompt // model.context.cache.n_batch)
+    n_chunks = -(-n_prompt // model.context.n_batch)
     tests = [(f"pp{n_prompt}", n_prompt, 0, prefill_tps, bounds.weight_bytes * n_chunks / max(n_prompt, 1)),
              (f"tg{n_gen}", 0, n_gen, decode_tps, float(bounds.weight_bytes))]
     rows = []

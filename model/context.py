@@ -32,6 +32,10 @@ class Context:
         return self.cache.n_ctx
 
     @property
+    def n_batch(self) -> int:
+        return self.cache.n_batch
+
+    @property
     def n_past(self) -> int:
         return self.cache.n_past
 
