@@ -26,16 +26,23 @@ from pyggml.model.sequence import SequenceContext
 PROMPT = "The history of the printing press begins"
 
 
-def decode_us(context, prompt: list[int], n: int) -> float:
-    """Median µs of a one-token decode step after the prompt (greedy), the first steps left out as warm-up."""
-    context.reset()
-    logits, times = context.eval_prompt(prompt), []
-    for _ in range(n + 4):
-        token = int(np.argmax(logits[-1]))
-        t0 = time.perf_counter()
-        logits = context.eval([token])
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[4:]) * 1e6
+def decode_times(contexts: dict, prompt: list[int], rounds: int, steps: int = 8) -> dict[str, list[float]]:
+    """Seconds of one-token decode steps (greedy after the prompt) of each context, the contexts taking turns
+    for `steps` steps a round, so that a loaded machine weighs on them alike; the first round is a warm-up."""
+    times = {name: [] for name in contexts}
+    tokens = {}
+    for name, context in contexts.items():
+        context.reset()
+        tokens[name] = int(np.argmax(context.eval_prompt(prompt)[-1]))
+    for r in range(rounds + 1):
+        for name, context in contexts.items():
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                logits = context.eval([tokens[name]])
+                if r:
+                    times[name].append(time.perf_counter() - t0)
+                tokens[name] = int(np.argmax(logits[-1]))
+    return times
 
 
 def step_bytes_moved(model: Model, prompt: list[int]) -> dict[str, int]:
@@ -97,7 +104,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--stages", type=int, default=2)
-    p.add_argument("-n", type=int, default=64, help="decode steps timed")
+    p.add_argument("-n", type=int, default=64, help="decode steps timed per configuration")
     p.add_argument("--backend", default="numba-q8")
     p.add_argument("--address", default=None, help="an existing cluster (default: a local one of --stages nodes)")
     args = p.parse_args()
@@ -109,17 +116,15 @@ def main() -> None:
         args.address = cluster.address
     ray.init(address=args.address, log_to_driver=False)
     one = Model(args.model, backend=create(args.backend), n_ctx=512)
+    local = Model(args.model, backend=create(args.backend), n_ctx=512, stages=args.stages)
+    staged = Model(args.model, backend=create(args.backend), n_ctx=512, stages=args.stages, ray=args.address)
     prompt = one.tokenize(PROMPT)
-    paged = SequenceContext(one.batch_context(32), 512, 512)
-    rows = {"one process": decode_us(one.context, prompt, args.n),
-            "one process, paged cache": decode_us(paged, prompt, args.n)}
-    with Model(args.model, backend=create(args.backend), n_ctx=512, stages=args.stages) as local:
-        rows[f"{args.stages} stages in one process"] = decode_us(local.context, prompt, args.n)
-    with Model(args.model, backend=create(args.backend), n_ctx=512, stages=args.stages, ray=args.address) as staged:
-        rows[f"{args.stages} stages on Ray ({staged.pipeline.strategy}, {staged.pipeline.describe()})"] = \
-            decode_us(staged.context, prompt, args.n)
-    for name, us in rows.items():
-        print(f"{name}: {us:.0f} µs per token")
+    contexts = {"one process": one.context, "one process, paged cache": SequenceContext(one.batch_context(32), 512, 512),
+                f"{args.stages} stages in one process": local.context,
+                f"{args.stages} stages on Ray ({staged.pipeline.strategy}, {staged.pipeline.describe()})": staged.context}
+    for name, times in decode_times(contexts, prompt, args.n // 8).items():
+        print(f"{name}: best {min(times) * 1e6:.0f} µs, median {statistics.median(times) * 1e6:.0f} µs per token")
+    staged.close()
     print("bytes per decode step:", step_bytes_moved(one, prompt))
     print("bare hops, µs:", bare_hops_us(one.hparams.n_embd))
     ray.shutdown()
