@@ -119,9 +119,9 @@ class RayPipeline(Pipeline):
             w.close.remote(key)
 
     def run(self, key: int, step: StepArrays) -> np.ndarray:
-        step_ref, hidden = ray.put(step), None
-        for worker in self.workers:
-            hidden = worker.execute.remote(key, step_ref, hidden)
+        hidden = None
+        for worker in self.workers:  # the step's inputs by value: small, they ride in each call
+            hidden = worker.execute.remote(key, step, hidden)
         try:
             return ray.get(hidden)
         except RayActorError as e:
