@@ -115,8 +115,9 @@ class RayPipeline(Pipeline):
         wait([w.open.remote(key, spec) for w in self.workers], "the stages' K/V")
 
     def _close(self, key: int) -> None:
-        for w in self.workers:
-            w.close.remote(key)
+        if ray.is_initialized():  # a context collected after the driver left the cluster has nothing to free
+            for w in self.workers:
+                w.close.remote(key)
 
     def run(self, key: int, step: StepArrays) -> np.ndarray:
         hidden = None
