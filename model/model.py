@@ -23,9 +23,9 @@ from .hparams import HParams, load_hparams
 from .kv_cache import KVCache
 from .paged_cache import BLOCK_SIZE, PagedKVCache
 from .pull import resolve_model
+from .sampling import Sampler, SamplingParams, log_softmax
 from .sequence import SequenceContext
 from .stages import LocalPipeline, Pipeline, PipelineContext, balance, layer_windows, step_bytes
-from .sampling import Sampler, SamplingParams, log_softmax
 from .tokenizer import load_tokenizer
 from .weights import Weights
 
