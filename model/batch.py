@@ -10,6 +10,7 @@ import numpy as np
 
 from pyggml.backends import BackendSpec, Plan, compile as compile_plan
 from pyggml.graph.dtypes import DType
+from pyggml.graph.errors import PyggmlError
 from pyggml.graph.tensor import Tensor, input_tensor
 
 from .context import GraphBuilder
@@ -39,6 +40,23 @@ class Entry:
     logits: bool = True
 
 
+@dataclass
+class StepArrays:
+    """A prepared step's inputs, all a context (or each pipeline stage) needs to run it: padded tokens,
+    positions and logit rows, per cache kind the rows to write and what the rows read (paged: (T, L) rows; else
+    gathered rows and a mask), and the copies on write (kind, from, to) to make first."""
+    tokens: np.ndarray
+    pos: np.ndarray
+    out_ids: np.ndarray
+    kinds: dict[int | None, tuple[np.ndarray, tuple[np.ndarray, ...]]]
+    paged: bool
+    copies: list[tuple[int | None, int, int]]
+
+
+class CacheLost(PyggmlError):
+    """The K/V rows of every sequence of a context were lost (a pipeline stage died and was rebuilt)."""
+
+
 class BatchContext:
     """Evaluates steps over several sequences of a paged cache; plans are kept per padded shape."""
 
@@ -52,23 +70,36 @@ class BatchContext:
     def step(self, entries: Sequence[Entry], profile: bool = False) -> list[np.ndarray | None]:
         """Append each entry's tokens to its sequence; the logits of each entry's last token (if wanted); profile:
         time each node (in the plan's last_profile)."""
-        for entry in entries:
-            for w, src, dst in self.cache.reserve(entry.seq, len(entry.tokens)):
-                self._copy_block(w, src, dst)
-        tokens, pos, out_ids, out_rows, spans = self._rows(entries)
-        paged = self._paged(entries)
-        kinds = {w: self._kind_inputs(entries, spans, pos, w, paged) for w in self.cache.pools}
-        n_kv = tuple((w, read[-1].shape[-1]) for w, (_, read) in kinds.items())
-        plan, inp = self._plan(len(tokens), len(out_ids), n_kv, paged)
-        values = {inp.tokens: tokens, inp.pos: pos, inp.out_ids: out_ids}
-        for w, (idx, read) in kinds.items():
-            names = (inp.kv_rows[w],) if paged else (inp.kv_gather[w], inp.kq_mask[w])
-            values.update(zip((inp.kv_idx[w], *names), (idx, *read)))
-        logits = plan.run(values, profile=profile)[0]
-        self.last_plan = plan
+        arrays, out_rows = self.prepare(entries)
+        logits = self.execute(arrays, profile=profile)
         for entry in entries:
             self.cache.commit(entry.seq, list(entry.tokens))
         return [logits[out_rows[i]] if i in out_rows else None for i in range(len(entries))]
+
+    def prepare(self, entries: Sequence[Entry]) -> tuple[StepArrays, dict[int, int]]:
+        """The host side of a step: blocks reserved for each entry's tokens, the step's input arrays, and
+        entry -> logits row."""
+        copies = [copy for entry in entries for copy in self.cache.reserve(entry.seq, len(entry.tokens))]
+        tokens, pos, out_ids, out_rows, spans = self._rows(entries)
+        paged = self._paged(entries)
+        kinds = {w: self._kind_inputs(entries, spans, pos, w, paged) for w in self.cache.pools}
+        return StepArrays(tokens, pos, out_ids, kinds, paged, copies), out_rows
+
+    def execute(self, step: StepArrays, hidden: np.ndarray | None = None, profile: bool = False) -> np.ndarray:
+        """Run a prepared step over this context's K/V: its block copies, then the plan of its shape; the logits
+        (or a pipeline stage's hidden states out, given the previous stage's as `hidden`)."""
+        for w, src, dst in step.copies:
+            self._copy_block(w, src, dst)
+        n_kv = tuple((w, read[-1].shape[-1]) for w, (_, read) in step.kinds.items())
+        plan, inp = self._plan(len(step.tokens), len(step.out_ids), n_kv, step.paged)
+        values = {inp.tokens: step.tokens, inp.pos: step.pos, inp.out_ids: step.out_ids}
+        if inp.hidden is not None:
+            values[inp.hidden] = hidden
+        for w, (idx, read) in step.kinds.items():
+            names = (inp.kv_rows[w],) if step.paged else (inp.kv_gather[w], inp.kq_mask[w])
+            values.update(zip((inp.kv_idx[w], *names), (idx, *read)))
+        self.last_plan = plan  # a pipeline stage's plan reads only some inputs (the first no out_ids, ...)
+        return plan.run({t: v for t, v in values.items() if t in plan.inputs}, profile=profile)[0]
 
     @staticmethod
     def _paged(entries: Sequence[Entry]) -> bool:

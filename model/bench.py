@@ -14,6 +14,7 @@ from pyggml.backends.quants import dequantize
 from pyggml.graph.tensor import Tensor
 
 from .profile import placed_weights, step_plan
+from .stages import step_bytes
 
 if TYPE_CHECKING:
     from .model import Model
@@ -115,7 +116,10 @@ def copy_gbps(repetitions: int, nbytes: int = COPY_BYTES) -> float:
 
 def measure_bounds(model: Model, repetitions: int) -> Bounds:
     """Compile a fresh decode step and measure the bare bounds of its weights on this machine's CPU (F32 copies
-    made from the weights' host data, wherever the plan holds them)."""
+    made from the weights' host data, wherever the plan holds them). Over pipeline stages, which hold the
+    weights: the bytes a step reads from the file, and no mat-vec bound."""
+    if model.pipeline is not None:
+        return Bounds(sum(step_bytes(model.gguf.tensors, model.hparams.n_layer)), 0, 0, None, copy_gbps(repetitions))
     model.reset()
     placed = placed_weights(step_plan(model.context, [0]))
     dense_bytes = sum(4 * w.nelements for w in placed)
@@ -147,7 +151,7 @@ def bench(model: Model, n_prompt: int = 256, n_gen: int = 128, repetitions: int 
     """pp n_prompt and tg n_gen rows (a test of 0 tokens is left out) and the bounds measured with them."""
     rng = np.random.default_rng(seed)
     bounds = measure_bounds(model, repetitions)  # also places the weights and compiles a decode plan
-    n_chunks = -(-n_prompt // model.context.cache.n_batch)
+    n_chunks = -(-n_prompt // model.context.n_batch)
     tests = [(f"pp{n_prompt}", n_prompt, 0, prefill_tps, bounds.weight_bytes * n_chunks / max(n_prompt, 1)),
              (f"tg{n_gen}", 0, n_gen, decode_tps, float(bounds.weight_bytes))]
     rows = []

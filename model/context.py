@@ -28,6 +28,14 @@ class Context:
         self.last_plan: Plan | None = None  # the plan of the latest step (for profiling and benchmarks)
 
     @property
+    def n_ctx(self) -> int:
+        return self.cache.n_ctx
+
+    @property
+    def n_batch(self) -> int:
+        return self.cache.n_batch
+
+    @property
     def n_past(self) -> int:
         return self.cache.n_past
 

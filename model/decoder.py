@@ -42,11 +42,16 @@ def _attention_block(w: Weights, hp: HParams, arch: Arch, x: Tensor, inp: StepIn
 
 def build_decoder(w: Weights, hp: HParams, inp: StepInputs, cache: KVCache | None) -> Tensor:
     """Logits (n_out, n_vocab) for the step's tokens, as the model's architecture row says."""
+    return build_layers(w, hp, inp, cache, range(hp.n_layer))
+
+
+def build_layers(w: Weights, hp: HParams, inp: StepInputs, cache: KVCache | None, layers: range) -> Tensor:
+    """A contiguous range of the decoder's layers (a pipeline stage): from the token embedding when the range
+    starts at layer 0, else from inp.hidden (T, n_embd); to the logits when it ends at the last layer, else to
+    the hidden states (T, n_embd) after its last layer."""
     arch = ARCHITECTURES[hp.arch]
-    x = named(ops.get_rows(w.get(T.TOKEN_EMBD), inp.tokens), "inp_embd")
-    if arch.scale_embeddings:
-        x = named(ops.scale(x, hp.embedding_scale), "inp_scaled")
-    for il in range(hp.n_layer):
+    x = embed(w, hp, arch, inp) if layers.start == 0 else inp.hidden
+    for il in layers:
         cur = _attention_block(w, hp, arch, x, inp, cache, il)
         if il == hp.n_layer - 1:  # only the rows whose logits are wanted go on
             cur, x = ops.get_rows(cur, inp.out_ids), ops.get_rows(x, inp.out_ids)
@@ -54,6 +59,17 @@ def build_decoder(w: Weights, hp: HParams, inp: StepInputs, cache: KVCache | Non
         cur = named(rms_norm_w(x, w.get(T.FFN_NORM, il), hp.rms_eps), "ffn_norm", il)
         cur = ffn_glu(w, cur, il, arch.glu, arch.fused_gate_up)
         x = named(ops.add(x, _post_norm(w, hp, arch, cur, T.FFN_POST_NORM, il)), "l_out", il)
+    return head(w, hp, x) if layers.stop == hp.n_layer else x
+
+
+def embed(w: Weights, hp: HParams, arch: Arch, inp: StepInputs) -> Tensor:
+    """The step's token embeddings (T, n_embd), scaled on architectures that scale them."""
+    x = named(ops.get_rows(w.get(T.TOKEN_EMBD), inp.tokens), "inp_embd")
+    return named(ops.scale(x, hp.embedding_scale), "inp_scaled") if arch.scale_embeddings else x
+
+
+def head(w: Weights, hp: HParams, x: Tensor) -> Tensor:
+    """The output norm and head (+soft-cap): logits of the rows of x."""
     x = named(rms_norm_w(x, w.get(T.OUTPUT_NORM), hp.rms_eps), "result_norm")
     logits = linear(w, T.OUTPUT, x) if w.has(T.OUTPUT) else ops.mul_mat(w.get(T.TOKEN_EMBD), x)
     if hp.final_logit_softcap:

@@ -16,7 +16,7 @@ import numpy as np
 
 from pyggml.graph.errors import PyggmlError
 
-from .batch import Entry
+from .batch import CacheLost, Entry
 from .generation import TextPieces
 from .grammar import Constraint, GrammarSpec, apply_mask
 from .paged_cache import BLOCK_SIZE, SeqBlocks, common_prefix
@@ -219,8 +219,8 @@ class Engine:
         try:
             logits = self.batch.step([entry for _, entry in work])
             bits = dict(zip(map(id, constrained), masks.result())) if masks else {}
-        except Exception as exc:  # a failed step fails its requests; the engine goes on
-            for req, _ in work:
+        except Exception as exc:  # a failed step fails its requests (all when the K/V is lost); the engine goes on
+            for req in list(self.active) if isinstance(exc, CacheLost) else [req for req, _ in work]:
                 self._finish(req, "error", f"{type(exc).__name__}: {exc}")
             return
         for (req, _), row in zip(work, logits):

@@ -26,6 +26,7 @@ class StepInputs:
     kv_gather: dict[int | None, Tensor] = field(default_factory=dict)  # per cache kind: (n_kv,) I32 rows read
     kv_rows: dict[int | None, Tensor] = field(default_factory=dict)  # per cache kind: (T, L) I32 rows each token
     # reads (negative: none), for paged_attn instead of a mask over gathered rows
+    hidden: Tensor | None = None  # (T, n_embd) F32: a pipeline stage's input, the previous stage's output
 
     @classmethod
     def create(cls, n_tokens: int, n_out: int, n_kv: dict[int | None, int], paged: bool = False) -> StepInputs:

@@ -27,6 +27,8 @@ from .kv_cache import KVCache
 from .paged_cache import BLOCK_SIZE, PagedKVCache
 from .pull import resolve_model
 from .sampling import Sampler, SamplingParams, log_softmax
+from .sequence import SequenceContext
+from .stages import LocalPipeline, Pipeline, PipelineContext, balance, layer_windows, step_bytes
 from .tokenizer import load_tokenizer
 from .tool_calls import ToolCall, ToolFormat, parse_tool_calls, template_messages, tool_format, tool_grammar
 from .weights import Weights
@@ -49,7 +51,7 @@ class Model:
 
     def __init__(self, path_or_name: str | Path, n_ctx: int | None = None, n_batch: int = 512,
                  kv_type: DType | str = DType.F32, backend: BackendSpec | None = None, swa_full: bool = False,
-                 kv_overrides: Mapping[str, object] | None = None):
+                 kv_overrides: Mapping[str, object] | None = None, ray: str | None = None, stages: int = 1):
         t0 = time.perf_counter()
         self.path = resolve_model(str(path_or_name))
         self.gguf = GGUFFile(self.path)
@@ -61,17 +63,21 @@ class Model:
         self.tokenizer = load_tokenizer(self.gguf.metadata)
         self.weights = Weights(self.gguf)
         self.backend = backend or default_backend()
+        self.pipeline = self._pipeline(ray, stages) if ray is not None or stages != 1 else None
         self.context = self.make_context(n_ctx, n_batch, kv_type, swa_full)
-        self.n_ctx, self.cache = self.context.cache.n_ctx, self.context.cache
+        self.n_ctx, self.cache = self.context.n_ctx, self.context.cache
         self._grammars, self._grammars_lock = None, threading.Lock()
         self.load_seconds = time.perf_counter() - t0
 
     def make_context(self, n_ctx: int | None = None, n_batch: int = 512, kv_type: DType | str = DType.F32,
-                     swa_full: bool = False) -> Context:
+                     swa_full: bool = False) -> Context | SequenceContext:
         """A new context (its own KV cache) over this model's weights, as llama_new_context_with_model."""
         hp = self.hparams
         n_ctx = min(n_ctx or DEFAULT_N_CTX, hp.n_ctx_train or DEFAULT_N_CTX)
-        cache = KVCache(hp.n_layer, n_ctx, hp.n_head_kv, hp.head_dim, as_dtype(kv_type), self._layer_windows(),
+        if self.pipeline is not None:  # one sequence over the stages' paged K/V
+            return SequenceContext(self.batch_context(-(-n_ctx // BLOCK_SIZE), kv_type=kv_type), n_ctx,
+                                   min(n_batch, n_ctx))
+        cache = KVCache(hp.n_layer, n_ctx, hp.n_head_kv, hp.head_dim, as_dtype(kv_type), layer_windows(hp),
                         min(n_batch, n_ctx), hp.head_dim_v, swa_full)
         return Context(self.weights, hp, build_decoder, cache, self.backend)
 
@@ -79,13 +85,34 @@ class Model:
                       kv_type: DType | str = DType.F32) -> BatchContext:
         """A context stepping many sequences over a paged KV cache of n_blocks blocks per layer."""
         hp = self.hparams
-        cache = PagedKVCache(hp.n_layer, n_blocks, hp.n_head_kv, hp.head_dim, as_dtype(kv_type),
-                             self._layer_windows(), block_size, hp.head_dim_v)
+        cache = PagedKVCache(hp.n_layer, n_blocks, hp.n_head_kv, hp.head_dim, as_dtype(kv_type), layer_windows(hp),
+                             block_size, hp.head_dim_v)
+        if self.pipeline is not None:  # the stages hold the K/V; this cache keeps the block tables
+            return PipelineContext(self.pipeline, hp, cache, as_dtype(kv_type).name.lower())
         return BatchContext(self.weights, hp, build_decoder, cache, self.backend)
 
-    def _layer_windows(self) -> list[int | None]:
-        hp = self.hparams
-        return [hp.sliding_window if hp.is_swa(il) else None for il in range(hp.n_layer)]
+    def _pipeline(self, address: str | None, n_stages: int) -> Pipeline:
+        """The layers cut into n_stages ranges balanced by the bytes a step reads: stages in this process, or
+        Ray actors on the cluster at address."""
+        ranges = balance(step_bytes(self.gguf.tensors, self.hparams.n_layer), n_stages)
+        if address is None:
+            return LocalPipeline(self.gguf, self.hparams, ranges, self.backend)
+        try:
+            from .ray_stages import RayPipeline
+        except ImportError as e:
+            raise PyggmlError(f"stages on Ray need the ray extra ({e}): pip install 'pyggml[ray]'") from None
+        return RayPipeline(address, self.gguf, self.hparams, ranges, self.backend)
+
+    def close(self) -> None:
+        """Let the pipeline stages go (a model in one process holds nothing to release)."""
+        if self.pipeline is not None:
+            self.pipeline.shutdown()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def grammars(self) -> Grammars:

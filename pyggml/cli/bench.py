@@ -49,7 +49,11 @@ def _ratio(value: float | None) -> str:
 
 
 def used_backends(model) -> str:
-    """The backends the model's latest step actually ran on, in priority order, comma-separated."""
+    """The backends the model's latest step actually ran on, in priority order, comma-separated (over stages,
+    the backends asked for and the stages)."""
+    if model.pipeline is not None:
+        names = model.backend.name if hasattr(model.backend, "name") else ",".join(b.name for b in model.backend)
+        return f"{names}, {len(model.pipeline.ranges)} stages {model.pipeline.where}"
     return ",".join(dict.fromkeys(split.backend.name for split in model.context.last_plan.splits))
 
 
@@ -65,10 +69,11 @@ def bench_markdown(model_name: str, backend: str, rows: list, bounds) -> str:
     b = bounds
     matvecs = "not measured (the F32 copies would not fit)" if b.matvec_seconds is None else \
         f"take {b.matvec_seconds * 1e3:.1f} ms = {b.matvec_tps:.1f} tok/s"
-    lines.append(f"\nbare bounds: {b.n_matvecs} mat-vecs of one token read {_mb(b.weight_bytes)} MB as held; in "
-                 f"NumPy on F32 copies ({_mb(b.dense_bytes)} MB) they {matvecs}; np.copyto moves {b.copy_gbps:.2f} "
-                 f"GB/s (read + written): reading the weights once per token at that rate is "
-                 f"{b.bandwidth_tps:.1f} tok/s")
+    held = f"{b.n_matvecs} mat-vecs of one token read {_mb(b.weight_bytes)} MB as held; in NumPy on F32 copies " \
+           f"({_mb(b.dense_bytes)} MB) they {matvecs}" if b.n_matvecs else \
+           f"the stages hold the weights; a token reads {_mb(b.weight_bytes)} MB of the file"
+    lines.append(f"\nbare bounds: {held}; np.copyto moves {b.copy_gbps:.2f} GB/s (read + written): reading the "
+                 f"weights once per token at that rate is {b.bandwidth_tps:.1f} tok/s")
     return "\n".join(lines)
 
 
@@ -158,7 +163,11 @@ def run(args: argparse.Namespace) -> int:
     if args.kv_study is None and args.n_prompt == 0 and args.n_gen == 0:
         sys.stderr.write("pyggml bench: error: nothing to measure: -p and -n are both 0\n")
         return 2
-    model = load_model(args)
+    with load_model(args) as model:  # stages on Ray are let go at the end
+        return bench_with(model, args)
+
+
+def bench_with(model, args: argparse.Namespace) -> int:
     if args.kv_study is None:
         print(run_bench(args, model))
         return 0

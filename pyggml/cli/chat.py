@@ -44,7 +44,11 @@ def reply(model, messages: list[dict], args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = load_model(args)
+    with load_model(args) as model:  # stages on Ray are let go at the end
+        return chat_with(model, args)
+
+
+def chat_with(model, args: argparse.Namespace) -> int:
     messages = [{"role": "system", "content": args.system}] if args.system else []
     while (line := read_line("> ")) is not None and line.strip() not in EXIT_COMMANDS:
         if line.strip():

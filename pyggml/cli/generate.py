@@ -35,9 +35,13 @@ def print_stats(model, timings: dict, load_seconds: float) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = load_model(args)
-    stream = model.generate(args.prompt, max_tokens(args, model), stream=True, stop=args.stop, kv_cache=not args.no_cache,
-                            **sampling_kwargs(args))
+    with load_model(args) as model:  # stages on Ray are let go at the end
+        return generate_with(model, args)
+
+
+def generate_with(model, args: argparse.Namespace) -> int:
+    stream = model.generate(args.prompt, max_tokens(args, model), stream=True, stop=args.stop,
+                            kv_cache=not args.no_cache, **sampling_kwargs(args))
     sys.stdout.write(args.prompt)
     try:
         for piece in stream:

@@ -14,6 +14,28 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-type", choices=("f32", "f16"), default="f32", help="KV cache element type")
     p.add_argument("--swa-full", action="store_true", help="full-size caches for sliding-window layers too")
     add_backend_option(p)
+    add_stage_options(p)
+
+
+def add_stage_options(p: argparse.ArgumentParser) -> None:
+    """--ray ADDRESS and --stages N: the layers as pipeline stages (see docs/distributed.md)."""
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run the stages as actors on the Ray cluster at ADDRESS (auto, host:port; pip install "
+                        "'pyggml[ray]')")
+    p.add_argument("--stages", type=stage_count, default=None, metavar="N",
+                   help="cut the layers into N pipeline stages, one per node (default: 2 with --ray, else 1)")
+
+
+def stage_count(text: str) -> int:
+    """An argparse type: a number of stages, at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return int(text)
+
+
+def stage_kwargs(args: argparse.Namespace) -> dict:
+    """Model keyword arguments of --ray and --stages."""
+    return dict(ray=args.ray, stages=args.stages or (2 if args.ray else 1))
 
 
 def add_backend_option(p: argparse.ArgumentParser) -> None:
@@ -72,7 +94,7 @@ def load_model(args: argparse.Namespace):
     """The model the options name."""
     from pyggml.model.model import Model
     return Model(args.model, n_ctx=args.ctx_size, n_batch=args.batch_size, kv_type=args.cache_type,
-                 swa_full=args.swa_full, backend=chosen_backend(args))
+                 swa_full=args.swa_full, backend=chosen_backend(args), **stage_kwargs(args))
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:

@@ -5,6 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
+from pyggml.graph.errors import PyggmlError
+
 from .bench import count
 from .options import add_model_options, load_model
 
@@ -64,6 +66,9 @@ def write_files(args: argparse.Namespace, profiles: list) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from pyggml.model.profile import profile_model
+    if args.ray or (args.stages or 1) > 1:
+        raise PyggmlError("profile times one process's plans; --ray and --stages are for generate, chat, bench "
+                          "and serve")
     model = load_model(args)
     profiles = profile_model(model, args.n_prompt, args.seed)
     written = write_files(args, profiles)

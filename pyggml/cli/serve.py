@@ -4,12 +4,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 
 from pyggml.graph.errors import PyggmlError
 
 from pyggml.server import MAX_BODY
 
-from .options import add_backend_option, chosen_backend
+from .options import add_backend_option, add_stage_options, chosen_backend, stage_count, stage_kwargs
 
 HELP = "serve a model over an OpenAI-compatible HTTP API, many requests batched together"
 
@@ -38,6 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shutdown-timeout", type=float, default=10.0,
                    help="seconds running requests get to finish on SIGTERM before they are cut (default 10)")
     add_backend_option(p)
+    add_stage_options(p)
+    p.add_argument("--replicas", type=stage_count, default=None, metavar="N",
+                   help="with --ray: N replicas on Ray Serve, each with its own engine, requests routed by prompt "
+                        "prefix")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +56,10 @@ def run(args: argparse.Namespace) -> int:
     from pyggml.server.access import is_loopback
     if args.parallel < 1 or args.queue < 0 or args.max_body < 1 or args.shutdown_timeout < 0:
         raise PyggmlError("--parallel and --max-body must be at least 1, --queue and --shutdown-timeout at least 0")
-    model = Model(args.model, n_ctx=args.ctx_size, kv_type=args.cache_type, backend=chosen_backend(args))
+    if args.replicas is not None:
+        return serve_replicas(args)
+    model = Model(args.model, n_ctx=args.ctx_size, kv_type=args.cache_type, backend=chosen_backend(args),
+                  **stage_kwargs(args))
     engine = Engine(model, args.parallel, model.n_ctx, args.kv_blocks, max_queue=args.queue, kv_type=args.cache_type)
     name = args.alias or model.path.stem
     if not args.api_key and not is_loopback(args.host):
@@ -61,4 +69,34 @@ def run(args: argparse.Namespace) -> int:
                      f"context {model.n_ctx}, {engine.cache.n_blocks - 1} KV blocks)\n")
     options = Options(args.api_key, args.cors_origin, args.docs, args.max_body)
     serve(create_app(model, engine, name, options), engine, args.host, args.port, args.shutdown_timeout)
+    return 0
+
+
+def serve_replicas(args: argparse.Namespace) -> int:
+    """The app on Ray Serve, --replicas replicas behind one ingress on --host:--port, until interrupted."""
+    if args.ray is None or args.stages is not None:
+        raise PyggmlError("--replicas needs --ray ADDRESS and cannot be combined with --stages")
+    try:
+        from pyggml.model.ray_stages import connect
+        from pyggml.server.replicas import deploy
+    except ImportError as e:
+        raise PyggmlError(f"--replicas needs the ray extra ({e}): pip install 'pyggml[ray]'") from None
+    from ray import serve
+    from pyggml.model.pull import resolve_model
+    path = resolve_model(args.model)
+    connect(args.ray)
+    options = {"backend": args.backend, "n_ctx": args.ctx_size, "cache_type": args.cache_type,
+               "parallel": args.parallel, "kv_blocks": args.kv_blocks, "queue": args.queue,
+               "access": {"api_key": args.api_key, "cors_origins": args.cors_origin, "docs": args.docs,
+                          "max_body": args.max_body}}  # each replica's app guards itself as one server would
+    name = args.alias or path.stem
+    deploy(str(path.resolve()), name, args.replicas, args.host, args.port, options)
+    sys.stderr.write(f"serving {name} on http://{args.host}:{args.port}/v1 ({args.replicas} replicas on Ray Serve, "
+                     f"{args.parallel} parallel each)\n")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
     return 0
