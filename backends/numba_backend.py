@@ -13,6 +13,7 @@ Q8_K (numba_q8k.py), in integers, at every row count.
 """
 from __future__ import annotations
 
+import mmap
 import threading
 from collections.abc import Callable
 
@@ -173,4 +174,20 @@ class NumbaQ8Backend(NumbaBackend):
         placed = super().make_placed(leaf, dense)
         if dense or leaf.dtype not in TILE_LAYOUTS or leaf.data is None:
             return placed
-        return repack(leaf.dtype, placed)
+        return repack(leaf.dtype, placed, done=release_mapped)
+
+
+def release_mapped(a: np.ndarray) -> None:
+    """Take the whole pages under a out of this process's memory where a lies in a read-only file mapping (a GGUF
+    file's): its repacked copy replaces them, so they are never held beside it (they stay in the page cache,
+    and a later read maps them again). Any other array is left alone."""
+    base = a
+    while isinstance(base, np.ndarray):
+        base = base.base
+    base = base.obj if isinstance(base, memoryview) else base  # np.frombuffer holds the map through a memoryview
+    if not isinstance(base, mmap.mmap) or not a.flags.c_contiguous:
+        return
+    start = a.ctypes.data - np.frombuffer(base, np.uint8).ctypes.data
+    low, high = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE, (start + a.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if high > low:
+        base.madvise(mmap.MADV_DONTNEED, low, high - low)

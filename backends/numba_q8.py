@@ -33,6 +33,7 @@ PREFETCH_AHEAD = 4096  # bytes ahead of a tile's blocks (read in order) fetched 
 # rows 9.7 -> 7.4-8.4 ms with 2-4 KiB; 8 rows against 1, alternated in one session: 1.48-1.59x at 4 KiB, 1.53-1.84x
 # at 2 KiB, 1.58-1.84x at 8 KiB (the hardware's prefetcher alone runs out of lead); into L2 only (locality 1,
 # prefetcht2), which leaves L1's fill buffers to the loads: 1 row 4.0-5.4 against 4.5-6.0 ms into L1, alternated
+REPACK_BYTES = 32 << 20  # weight bytes repacked at a time: the mapped rows behind them can be let go as it goes
 VI16, VF16 = ir.VectorType(I16, LANES), ir.VectorType(F16, LANES)
 
 
@@ -134,11 +135,16 @@ def _move(src, dst, plain, tiled, to_tiles):
         dst[plain] = src[tiled]
 
 
-def repack(dtype: DType, blocks: np.ndarray) -> np.ndarray:
+def repack(dtype: DType, blocks: np.ndarray, done: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
     """(rows, bytes per row) blocks of dtype in ggml's layout -> the tiled layout the integer products read (as
-    many bytes, in the same shape)."""
-    out = np.empty_like(blocks)
-    _move_rows(np.ascontiguousarray(blocks), out, np.arange(len(blocks)), len(blocks), *TILE_LAYOUTS[dtype], True)
+    many bytes, in the same shape), REPACK_BYTES of rows at a time, done(those rows) called after each."""
+    out, n_rows = np.empty_like(blocks), len(blocks)
+    step = max(LANES, REPACK_BYTES // max(1, blocks.shape[1]) // LANES * LANES)
+    for start in range(0, n_rows, step):
+        chunk = np.ascontiguousarray(blocks[start:start + step])
+        _move_rows(chunk, out, np.arange(start, start + len(chunk)), n_rows, *TILE_LAYOUTS[dtype], True)
+        if done is not None:
+            done(blocks[start:start + step])
     return out
 
 
