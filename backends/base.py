@@ -79,8 +79,8 @@ class Backend(ABC):
         return self.kernels[node.op](node, out, *srcs)
 
     def sequence(self, graph: Graph, steps: list[tuple[Tensor, Step]]) -> list[Step]:
-        """The calls that run a plan whose every (node, step) is on this backend, in order (a GPU backend may fuse
-        steps and capture them as one graph)."""
+        """The calls that run a plan whose every (node, step) is on this backend, in order (a GPU backend may
+        capture them as one graph)."""
         return [step for _, step in steps]
 
     def __repr__(self) -> str:

@@ -7,9 +7,19 @@ plus or minus an offset. Matrix-vector products give one warp per output row and
 """
 from __future__ import annotations
 
+from pyggml.graph.block_layouts import BLOCKS
+from pyggml.graph.dtypes import DType, block_layout
+
+DEVICE_TYPES = (DType.Q4_0, DType.Q4_1, DType.Q5_0, DType.Q5_1, DType.Q8_0, DType.Q4_K, DType.Q5_K, DType.Q6_K,
+                DType.F16)
 # kernel name suffix -> (block size, bytes per block) of every block type with a device dequantizer
-BLOCK_TYPES = {"q4_0": (32, 18), "q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32, 24), "q8_0": (32, 34),
-               "q4_k": (256, 144), "q5_k": (256, 176), "q6_k": (256, 210), "f16": (1, 2)}
+BLOCK_TYPES = {t.name.lower(): block_layout(t) for t in DEVICE_TYPES}
+
+
+def layout_defines() -> str:
+    """`#define Q6_K_D 208`, ...: every field offset of the device types, from the block-layout table."""
+    return "\n".join(f"#define {t.name}_{f.name.upper()} {f.offset}"
+                     for t in DEVICE_TYPES if t in BLOCKS for f in BLOCKS[t].fields)
 
 COMMON = r"""
 typedef unsigned char u8;
@@ -51,44 +61,49 @@ __device__ __forceinline__ long long index_at(const void* idx, int idx64, long l
 DEQUANT = r"""
 // element i of one block
 __device__ __forceinline__ float dq_q4_0(const u8* b, int i) {
-    return (float)(((b[2 + i % 16] >> (4 * (i / 16))) & 15) - 8) * f16_at(b, 0);
+    return (float)(((b[Q4_0_QS + i % 16] >> (4 * (i / 16))) & 15) - 8) * f16_at(b, Q4_0_D);
 }
 __device__ __forceinline__ float dq_q4_1(const u8* b, int i) {
-    return (float)((b[4 + i % 16] >> (4 * (i / 16))) & 15) * f16_at(b, 0) + f16_at(b, 2);
+    return (float)((b[Q4_1_QS + i % 16] >> (4 * (i / 16))) & 15) * f16_at(b, Q4_1_D) + f16_at(b, Q4_1_M);
 }
-__device__ __forceinline__ int q5_value(const u8* b, int qh_at, int i) {
-    const int low = (b[qh_at + 4 + i % 16] >> (4 * (i / 16))) & 15;
+__device__ __forceinline__ int q5_value(const u8* b, int qh_at, int qs_at, int i) {
+    const int low = (b[qs_at + i % 16] >> (4 * (i / 16))) & 15;
     return low | (((b[qh_at + i / 8] >> (i % 8)) & 1) << 4);
 }
-__device__ __forceinline__ float dq_q5_0(const u8* b, int i) { return (float)(q5_value(b, 2, i) - 16) * f16_at(b, 0); }
-__device__ __forceinline__ float dq_q5_1(const u8* b, int i) {
-    return (float)q5_value(b, 4, i) * f16_at(b, 0) + f16_at(b, 2);
+__device__ __forceinline__ float dq_q5_0(const u8* b, int i) {
+    return (float)(q5_value(b, Q5_0_QH, Q5_0_QS, i) - 16) * f16_at(b, Q5_0_D);
 }
-__device__ __forceinline__ float dq_q8_0(const u8* b, int i) { return (float)(signed char)b[2 + i] * f16_at(b, 0); }
-// Q4_K/Q5_K: the 6-bit scale and min of group g (ggml's get_scale_min_k4), from the 12 bytes at 4
+__device__ __forceinline__ float dq_q5_1(const u8* b, int i) {
+    return (float)q5_value(b, Q5_1_QH, Q5_1_QS, i) * f16_at(b, Q5_1_D) + f16_at(b, Q5_1_M);
+}
+__device__ __forceinline__ float dq_q8_0(const u8* b, int i) {
+    return (float)(signed char)b[Q8_0_QS + i] * f16_at(b, Q8_0_D);
+}
+// Q4_K/Q5_K (whose first three fields are the same): the 6-bit scale and min of group g (ggml's
+// get_scale_min_k4), from the 12 scale bytes
 __device__ __forceinline__ void k_scale_min(const u8* b, int g, float* sc, float* m) {
-    const u8* s = b + 4;
+    const u8* s = b + Q4_K_SCALES;
     if (g < 4) { *sc = s[g] & 63; *m = s[g + 4] & 63; }
     else { *sc = (s[g + 4] & 15) | ((s[g - 4] >> 6) << 4); *m = (s[g + 4] >> 4) | ((s[g] >> 6) << 4); }
 }
 __device__ __forceinline__ float dq_q4_k(const u8* b, int i) {
     float sc, m;
     k_scale_min(b, i / 32, &sc, &m);
-    const int q = (b[16 + i / 64 * 32 + i % 32] >> (4 * (i % 64 / 32))) & 15;
-    return f16_at(b, 0) * sc * (float)q - f16_at(b, 2) * m;
+    const int q = (b[Q4_K_QS + i / 64 * 32 + i % 32] >> (4 * (i % 64 / 32))) & 15;
+    return f16_at(b, Q4_K_D) * sc * (float)q - f16_at(b, Q4_K_DMIN) * m;
 }
 __device__ __forceinline__ float dq_q5_k(const u8* b, int i) {
     float sc, m;
     k_scale_min(b, i / 32, &sc, &m);
-    const int low = (b[48 + i / 64 * 32 + i % 32] >> (4 * (i % 64 / 32))) & 15;
-    const int q = low | (((b[16 + i % 32] >> (i / 32)) & 1) << 4);
-    return f16_at(b, 0) * sc * (float)q - f16_at(b, 2) * m;
+    const int low = (b[Q5_K_QS + i / 64 * 32 + i % 32] >> (4 * (i % 64 / 32))) & 15;
+    const int q = low | (((b[Q5_K_QH + i % 32] >> (i / 32)) & 1) << 4);
+    return f16_at(b, Q5_K_D) * sc * (float)q - f16_at(b, Q5_K_DMIN) * m;
 }
 __device__ __forceinline__ float dq_q6_k(const u8* b, int i) {
     const int j = i / 128, t = i % 128 / 32, l = i % 32;
-    const int low = (b[j * 64 + t % 2 * 32 + l] >> (4 * (t / 2))) & 15;
-    const int high = (b[128 + j * 32 + l] >> (2 * t)) & 3;
-    return f16_at(b, 208) * (float)(signed char)b[192 + i / 16] * (float)((low | (high << 4)) - 32);
+    const int low = (b[Q6_K_QL + j * 64 + t % 2 * 32 + l] >> (4 * (t / 2))) & 15;
+    const int high = (b[Q6_K_QH + j * 32 + l] >> (2 * t)) & 3;
+    return f16_at(b, Q6_K_D) * (float)(signed char)b[Q6_K_SCALES + i / 16] * (float)((low | (high << 4)) - 32);
 }
 __device__ __forceinline__ float dq_f16(const u8* b, int i) { return f16_at(b, 0); }
 """
@@ -265,5 +280,5 @@ def per_float(name: str) -> str:
 
 def source() -> str:
     """The whole CUDA C source of the raw kernels."""
-    return "\n".join([COMMON, DEQUANT, *(per_type(t) for t in BLOCK_TYPES), FUSED,
+    return "\n".join([COMMON, layout_defines(), DEQUANT, *(per_type(t) for t in BLOCK_TYPES), FUSED,
                       *(per_float(f) for f in FLOAT_TYPES)])

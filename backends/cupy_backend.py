@@ -18,8 +18,8 @@ from pyggml.graph.graph import Graph
 from pyggml.graph.tensor import Tensor
 
 from .base import Backend, Step
-from .cupy_fusion import Fusions
 from .cupy_kernels import KERNELS, is_capturable
+from .fusion import FUSIONS
 from .cupy_quants import DEVICE_FORMATS, Dequantizer, dequantize_rows
 from .quants import dequantize
 
@@ -59,8 +59,10 @@ class CupyBackend(Backend):
         self.stream.use()
         self.dq = Dequantizer(self.xp)
         self._scratch: dict[tuple, Any] = {}
-        self.chains = Fusions(self)  # its own kernel-level fusions (cupy_fusion.py)
         self.raw = self._raw_kernels(raw_kernels)
+        # every pass of backends/fusion.py; fused attention only where the raw attn_decode kernel runs it (the array
+        # path's would call cuBLAS, which a CUDA graph cannot capture)
+        self.fusions = tuple(f for f in FUSIONS if self.raw is not None or f != "attention")
 
     def _raw_kernels(self, wanted: bool | None) -> Any:
         """The CUDA kernels (compiled on first use), when cupy has RawModule and they are not turned off."""
@@ -118,13 +120,11 @@ class CupyBackend(Backend):
         self.stream.synchronize()
 
     def compile_node(self, node: Tensor, out: Any, srcs: list[Any]) -> Step:
-        self.chains.saw(node, out, srcs)
         return self.kernels[node.op](self, node, out, *srcs)
 
     def sequence(self, graph: Graph, steps: list[tuple[Tensor, Step]]) -> list[Step]:
-        """A plan's steps, fused where cupy_fusion.py can, as one CUDA graph when graphs are on and no step calls
-        cuBLAS."""
-        calls = [step for _, step in self.chains.apply(graph, steps)]
+        """A plan's steps as one CUDA graph when graphs are on and no step calls cuBLAS."""
+        calls = super().sequence(graph, steps)
         if not self.cuda_graphs or not calls or not all(is_capturable(s) for s in calls):
             return calls
         return [GraphReplay(self, calls)]

@@ -111,6 +111,22 @@ def norm_rows_step(dev, x, out, eps: float, weight=None) -> Step:
     return run
 
 
+@device_kernel("rms_norm_mul")
+def rms_norm_mul(dev, node: Tensor, out, x, w) -> Step:
+    """rms_norm(x) * w (backends/fusion.py's pass): one raw launch reading the weight, or array functions."""
+    def f32_factory(node: Tensor, out, x, w) -> Step:
+        return norm_rows_step(dev, x, out, node.params["eps"], w)
+    return f32_compute(f32_factory)(node, out, x, w)
+
+
+@device_kernel("mul_mat_permuted")
+def mul_mat_permuted(dev, node: Tensor, out, a, b) -> Step:
+    """mul_mat written straight into its permuted layout (backends/fusion.py's permuted_product)."""
+    axes = node.params["axes"]
+    permuted_shape = [node.params["product_shape"][i] for i in axes]
+    return mul_mat(dev, node, out.reshape(permuted_shape).transpose(*(int(i) for i in np.argsort(axes))), a, b)
+
+
 @device_kernel("get_rows")
 def get_rows(dev, node: Tensor, out, a, idx) -> Step:
     """Rows gathered; from quantized blocks, only the gathered rows are dequantized, on the device."""

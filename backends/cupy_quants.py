@@ -2,7 +2,8 @@
 
 Each type is written element by element, as the CUDA kernels in cuda_sources.py dequantize: element i of a block
 is (integer value at a byte position, shifted and masked) times its group's scale, plus or minus an offset. The
-byte positions and shifts are index tables, computed once on the host and uploaded once per module.
+byte positions and shifts are index tables, computed once on the host and uploaded once per module; field offsets
+come from the block-layout table (graph/block_layouts.py).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from pyggml.graph.block_layouts import BLOCKS, BlockLayout
 from pyggml.graph.dtypes import DType, block_layout
 
 F32 = np.float32
@@ -53,31 +55,42 @@ def _fifth_bits(dq: Dequantizer, b: Any, qh_at: int, name: str) -> Any:
     return ((dq.gather(b, f"{name}.qh", qh_at + i // 8) >> dq.table("q5.shift", i % 8)) & 1) << 4
 
 
+def _bytes(b: Any, layout: BlockLayout, name: str) -> Any:
+    """The bytes of field name of every block, (n, size)."""
+    f = layout.field(name)
+    return b[:, f.offset:f.offset + f.size]
+
+
+Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K = (BLOCKS[t] for t in (
+    DType.Q4_0, DType.Q4_1, DType.Q5_0, DType.Q5_1, DType.Q8_0, DType.Q4_K, DType.Q5_K, DType.Q6_K))
+
+
 def _q4_0(dq: Dequantizer, b: Any) -> Any:
-    return (_nibble_values(dq, b, 2, "q4_0") - 8).astype(F32) * dq.f16(b, 0)
+    return (_nibble_values(dq, b, Q4_0.at("qs"), "q4_0") - 8).astype(F32) * dq.f16(b, Q4_0.at("d"))
 
 
 def _q4_1(dq: Dequantizer, b: Any) -> Any:
-    return _nibble_values(dq, b, 4, "q4_1").astype(F32) * dq.f16(b, 0) + dq.f16(b, 2)
+    q = _nibble_values(dq, b, Q4_1.at("qs"), "q4_1")
+    return q.astype(F32) * dq.f16(b, Q4_1.at("d")) + dq.f16(b, Q4_1.at("m"))
 
 
 def _q5_0(dq: Dequantizer, b: Any) -> Any:
-    q = _nibble_values(dq, b, 6, "q5_0") | _fifth_bits(dq, b, 2, "q5_0")
-    return (q - 16).astype(F32) * dq.f16(b, 0)
+    q = _nibble_values(dq, b, Q5_0.at("qs"), "q5_0") | _fifth_bits(dq, b, Q5_0.at("qh"), "q5_0")
+    return (q - 16).astype(F32) * dq.f16(b, Q5_0.at("d"))
 
 
 def _q5_1(dq: Dequantizer, b: Any) -> Any:
-    q = _nibble_values(dq, b, 8, "q5_1") | _fifth_bits(dq, b, 4, "q5_1")
-    return q.astype(F32) * dq.f16(b, 0) + dq.f16(b, 2)
+    q = _nibble_values(dq, b, Q5_1.at("qs"), "q5_1") | _fifth_bits(dq, b, Q5_1.at("qh"), "q5_1")
+    return q.astype(F32) * dq.f16(b, Q5_1.at("d")) + dq.f16(b, Q5_1.at("m"))
 
 
 def _q8_0(dq: Dequantizer, b: Any) -> Any:
-    return dq.xp.ascontiguousarray(b[:, 2:34]).view(np.int8).astype(F32) * dq.f16(b, 0)
+    return dq.xp.ascontiguousarray(_bytes(b, Q8_0, "qs")).view(np.int8).astype(F32) * dq.f16(b, Q8_0.at("d"))
 
 
 def _k_scales_mins(dq: Dequantizer, b: Any) -> tuple[Any, Any]:
     """Q4_K/Q5_K: the 8 six-bit scales and mins of each block (ggml's get_scale_min_k4), as int32 (n, 8)."""
-    xp, s = dq.xp, b[:, 4:16].astype(np.int32)
+    xp, s = dq.xp, _bytes(b, Q4_K, "scales").astype(np.int32)
     sc = xp.concatenate((s[:, 0:4] & 63, (s[:, 8:12] & 15) | ((s[:, 0:4] >> 6) << 4)), axis=1)
     m = xp.concatenate((s[:, 4:8] & 63, (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)), axis=1)
     return sc, m
@@ -87,7 +100,8 @@ def _k_groups(dq: Dequantizer, b: Any, q: Any) -> Any:
     """d * scale[g] * q - dmin * min[g] for the group g = i // 32 of each element."""
     sc, m = _k_scales_mins(dq, b)
     g = dq.table("k.group", np.arange(256) // 32)
-    return (dq.f16(b, 0) * sc[:, g].astype(F32)) * q.astype(F32) - dq.f16(b, 2) * m[:, g].astype(F32)
+    d, dmin = dq.f16(b, Q4_K.at("d")), dq.f16(b, Q4_K.at("dmin"))  # Q5_K's first fields are Q4_K's
+    return (d * sc[:, g].astype(F32)) * q.astype(F32) - dmin * m[:, g].astype(F32)
 
 
 def _k_nibbles(dq: Dequantizer, b: Any, qs_at: int, name: str) -> Any:
@@ -97,23 +111,24 @@ def _k_nibbles(dq: Dequantizer, b: Any, qs_at: int, name: str) -> Any:
 
 
 def _q4_k(dq: Dequantizer, b: Any) -> Any:
-    return _k_groups(dq, b, _k_nibbles(dq, b, 16, "q4_k.qs"))
+    return _k_groups(dq, b, _k_nibbles(dq, b, Q4_K.at("qs"), "q4_k.qs"))
 
 
 def _q5_k(dq: Dequantizer, b: Any) -> Any:
     i = np.arange(256)
-    high = ((dq.gather(b, "q5_k.qh", 16 + i % 32) >> dq.table("q5_k.shift", i // 32)) & 1) << 4
-    return _k_groups(dq, b, _k_nibbles(dq, b, 48, "q5_k.qs") | high)
+    high = ((dq.gather(b, "q5_k.qh", Q5_K.at("qh") + i % 32) >> dq.table("q5_k.shift", i // 32)) & 1) << 4
+    return _k_groups(dq, b, _k_nibbles(dq, b, Q5_K.at("qs"), "q5_k.qs") | high)
 
 
 def _q6_k(dq: Dequantizer, b: Any) -> Any:
     # element i = j*128 + t*32 + l: nibble t//2 of ql[j*64 + (t%2)*32 + l], bits 2t..2t+1 of qh[j*32 + l]
     i = np.arange(256)
     j, t, l = i // 128, i % 128 // 32, i % 32
-    low = (dq.gather(b, "q6_k.ql", j * 64 + t % 2 * 32 + l) >> dq.table("q6_k.lshift", 4 * (t // 2))) & 15
-    high = (dq.gather(b, "q6_k.qh", 128 + j * 32 + l) >> dq.table("q6_k.hshift", 2 * t)) & 3
-    scales = dq.xp.ascontiguousarray(b[:, 192:208]).view(np.int8)[:, dq.table("q6_k.group", i // 16)]
-    return dq.f16(b, 208) * scales.astype(F32) * ((low | (high << 4)) - 32).astype(F32)
+    ql, qh = Q6_K.at("ql") + j * 64 + t % 2 * 32 + l, Q6_K.at("qh") + j * 32 + l
+    low = (dq.gather(b, "q6_k.ql", ql) >> dq.table("q6_k.lshift", 4 * (t // 2))) & 15
+    high = (dq.gather(b, "q6_k.qh", qh) >> dq.table("q6_k.hshift", 2 * t)) & 3
+    scales = dq.xp.ascontiguousarray(_bytes(b, Q6_K, "scales")).view(np.int8)[:, dq.table("q6_k.group", i // 16)]
+    return dq.f16(b, Q6_K.at("d")) * scales.astype(F32) * ((low | (high << 4)) - 32).astype(F32)
 
 
 DEVICE_FORMATS: dict[DType, Callable[[Dequantizer, Any], Any]] = {

@@ -89,16 +89,19 @@ def _rebuilt(node: Tensor, new: dict[Tensor, Tensor]) -> Tensor:
                   flags=node.flags, view_src=owner, view_offset=node.view_offset, strides=node.strides)
 
 
-def fuse(graph: Graph, passes: Iterable[str]) -> Graph:
-    """The graph with every node offered to the named passes in order (the graph itself if none applies)."""
-    rewrites = [FUSIONS[name] for name in passes]
+def fuse(graph: Graph, passes: Iterable[str], keep: Callable[[str, Tensor], bool] = lambda name, fused: True) -> Graph:
+    """The graph with every node offered to the named passes in order (the graph itself if none applies); a
+    rewrite is taken where keep(pass name, fused node) holds."""
+    rewrites = [(name, FUSIONS[name]) for name in passes]
     if not rewrites:
         return graph
     new: dict[Tensor, Tensor] = {leaf: leaf for leaf in graph.leafs}
     for node in graph.nodes:
         node_now = _rebuilt(node, new)
-        for rewrite in rewrites:
-            node_now = rewrite(node_now) or node_now
+        for name, rewrite in rewrites:
+            fused = rewrite(node_now)
+            if fused is not None and keep(name, fused):
+                node_now = fused
         new[node] = node_now
     if all(new[n] is n for n in graph.nodes):
         return graph

@@ -22,6 +22,7 @@ from numba import njit, prange, types as nbtypes
 from numba.core import cgutils, config
 from numba.extending import intrinsic
 
+from pyggml.graph.block_layouts import BLOCKS
 from pyggml.graph.dtypes import DType
 
 from .numba_quants import _share, _specialize, prefetch_line
@@ -86,7 +87,7 @@ Q8_FORMATS: dict[DType, Q8Format] = {
 
 
 class TileLayout(NamedTuple):
-    """Where a block's float16 scales (d, or d and its min: `header_bytes`) lie in ggml's layout, and how many
+    """Where a block's float16 scalars (d, or d and its min: `header_bytes`) lie in ggml's layout, and how many
     4-byte words of values and sub-block scales the rest of the block holds, in order."""
     header_at: int
     header_bytes: int
@@ -97,11 +98,25 @@ class TileLayout(NamedTuple):
         return self.header_bytes + 4 * self.words
 
 
-TILE_LAYOUTS: dict[DType, TileLayout] = {
-    DType.Q4_0: TileLayout(0, 2, 4), DType.Q4_1: TileLayout(0, 4, 4), DType.Q5_0: TileLayout(0, 2, 5),
-    DType.Q5_1: TileLayout(0, 4, 5), DType.Q8_0: TileLayout(0, 2, 8),
-    DType.Q2_K: TileLayout(80, 4, 20), DType.Q3_K: TileLayout(108, 2, 27), DType.Q4_K: TileLayout(0, 4, 35),
-    DType.Q5_K: TileLayout(0, 4, 43), DType.Q6_K: TileLayout(208, 2, 52)}
+def _tile_layout(dtype: DType) -> TileLayout:
+    """A row of TILE_LAYOUTS from the block-layout table: the float16 scalars (adjacent in every repacked type)
+    make the header, the other fields the words."""
+    layout = BLOCKS[dtype]
+    scalars = layout.scalars()
+    assert list(scalars) == list(range(scalars[0], scalars[0] + 2 * len(scalars), 2)), dtype
+    header_bytes = 2 * len(scalars)
+    return TileLayout(scalars[0], header_bytes, (layout.nbytes - header_bytes) // 4)
+
+
+def word_of(dtype: DType, field: str) -> int:
+    """The index, among a tiled block's words, of the word where a field of the block-layout table starts."""
+    offset, layout = BLOCKS[dtype].at(field), TILE_LAYOUTS[dtype]
+    return (offset - (layout.header_bytes if offset > layout.header_at else 0)) // 4
+
+
+TILE_LAYOUTS: dict[DType, TileLayout] = {t: _tile_layout(t) for t in (
+    DType.Q4_0, DType.Q4_1, DType.Q5_0, DType.Q5_1, DType.Q8_0, DType.Q2_K, DType.Q3_K, DType.Q4_K, DType.Q5_K,
+    DType.Q6_K)}
 
 
 @njit(cache=True)

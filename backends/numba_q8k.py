@@ -23,7 +23,7 @@ from numba.extending import intrinsic
 from pyggml.graph.dtypes import DType
 
 from .numba_q8 import (LANES, TILE_LAYOUTS, TILE_ROWS, _dpbusd, _masked_store, _scalar, _vconst, block_words,
-                       header_scales, tile_rows)
+                       header_scales, tile_rows, word_of)
 from .numba_quants import _share, _specialize
 from .numba_tiles import F32, I32, VF32, VI32, _array, _const, _fma
 
@@ -98,10 +98,11 @@ def _k4_scales(builder: ir.IRBuilder, w: list[ir.Value]) -> tuple[list[ir.Value]
             [_byte(builder, mins[s // 4], s % 4) for s in range(8)])
 
 
-def _k4_groups(builder: ir.IRBuilder, word: Callable, qs: int, high_bit: Callable | None) -> tuple[list, list]:
-    """Q4_K/Q5_K: eight groups of 32 values, the low (even groups) or high nibbles of 32 bytes from word qs on,
-    with high_bit(s, k) the fifth bits of group s's word k (Q5_K); and (min, sums) per group."""
-    scales, mins = _k4_scales(builder, [word(i) for i in range(3)])
+def _k4_groups(builder: ir.IRBuilder, word: Callable, dtype: DType, high_bit: Callable | None) -> tuple[list, list]:
+    """Q4_K/Q5_K: eight groups of 32 values, the low (even groups) or high nibbles of 32 bytes of qs, with
+    high_bit(s, k) the fifth bits of group s's word k (Q5_K); and (min, sums) per group."""
+    at, qs = word_of(dtype, "scales"), word_of(dtype, "qs")
+    scales, mins = _k4_scales(builder, [word(at + i) for i in range(3)])
     groups = []
     for s in range(8):
         pairs = []
@@ -113,13 +114,14 @@ def _k4_groups(builder: ir.IRBuilder, word: Callable, qs: int, high_bit: Callabl
 
 
 def _q4_k(builder: ir.IRBuilder, word: Callable) -> tuple[list, list]:
-    return _k4_groups(builder, word, 3, None)
+    return _k4_groups(builder, word, DType.Q4_K, None)
 
 
 def _q5_k(builder: ir.IRBuilder, word: Callable) -> tuple[list, list]:
-    """Value l of group s has bit 4 at bit s of qh[l] (8 words from word 3)."""
-    return _k4_groups(builder, word, 11,
-                      lambda s, k: builder.shl(_bits(builder, word(3 + k), s, 0x01010101), _vconst(4)))
+    """Value l of group s has bit 4 at bit s of qh[l]."""
+    qh = word_of(DType.Q5_K, "qh")
+    return _k4_groups(builder, word, DType.Q5_K,
+                      lambda s, k: builder.shl(_bits(builder, word(qh + k), s, 0x01010101), _vconst(4)))
 
 
 def _sixteens(builder: ir.IRBuilder, value: Callable, scale: Callable, zero: int) -> list[Group]:
@@ -134,11 +136,12 @@ def _sixteens(builder: ir.IRBuilder, value: Callable, scale: Callable, zero: int
 
 
 def _q2_k(builder: ir.IRBuilder, word: Callable) -> tuple[list, list]:
-    """2-bit values (shift 2j of 32 bytes from word 4 + 8n), a byte per group of 16 holding the scale (low
+    """2-bit values (shift 2j of the 32 bytes 32n.. of qs), a byte per group of 16 holding the scale (low
     nibble) and the min (high nibble)."""
-    scale = lambda s: _bits(builder, word(s // 4), 8 * (s % 4), 0x0F)  # noqa: E731
-    groups = _sixteens(builder, lambda n, j, m: _bits(builder, word(4 + 8 * n + m), 2 * j, 0x03030303), scale, 0)
-    return groups, [(_bits(builder, word(s // 4), 8 * (s % 4) + 4, 0x0F), (s,)) for s in range(16)]
+    at, qs = word_of(DType.Q2_K, "scales"), word_of(DType.Q2_K, "qs")
+    scale = lambda s: _bits(builder, word(at + s // 4), 8 * (s % 4), 0x0F)  # noqa: E731
+    groups = _sixteens(builder, lambda n, j, m: _bits(builder, word(qs + 8 * n + m), 2 * j, 0x03030303), scale, 0)
+    return groups, [(_bits(builder, word(at + s // 4), 8 * (s % 4) + 4, 0x0F), (s,)) for s in range(16)]
 
 
 def _q3_k_scales(builder: ir.IRBuilder, w: list[ir.Value]) -> list[ir.Value]:
@@ -149,22 +152,24 @@ def _q3_k_scales(builder: ir.IRBuilder, w: list[ir.Value]) -> list[ir.Value]:
 
 
 def _q3_k(builder: ir.IRBuilder, word: Callable) -> tuple[list, list]:
-    """2-bit values (as Q2_K, from word 8) plus 4 where bit 4n + j of hmask[l] (words 0-7) is set, less 4."""
-    scales = _q3_k_scales(builder, [word(24 + i) for i in range(3)])
+    """2-bit values (as Q2_K's) plus 4 where bit 4n + j of hmask[l] is set, less 4."""
+    hmask, qs, at = (word_of(DType.Q3_K, f) for f in ("hmask", "qs", "scales"))
+    scales = _q3_k_scales(builder, [word(at + i) for i in range(3)])
 
     def value(n: int, j: int, m: int) -> ir.Value:
-        high = builder.shl(_bits(builder, word(m), 4 * n + j, 0x01010101), _vconst(2))
-        return builder.or_(_bits(builder, word(8 + 8 * n + m), 2 * j, 0x03030303), high)
+        high = builder.shl(_bits(builder, word(hmask + m), 4 * n + j, 0x01010101), _vconst(2))
+        return builder.or_(_bits(builder, word(qs + 8 * n + m), 2 * j, 0x03030303), high)
     return _sixteens(builder, value, lambda s: scales[s], 4), []
 
 
 def _q6_k(builder: ir.IRBuilder, word: Callable) -> tuple[list, list]:
-    """6-bit values less 32: low nibbles from ql (words 0-31), two high bits from qh (words 32-47), an int8 scale
-    per group of 16 (words 48-51)."""
+    """6-bit values less 32: low nibbles from ql, two high bits from qh, an int8 scale per group of 16."""
+    ql, qh, at = (word_of(DType.Q6_K, f) for f in ("ql", "qh", "scales"))
+
     def value(n: int, j: int, m: int) -> ir.Value:
-        low = _bits(builder, word(16 * n + 8 * (j % 2) + m), 4 * (j // 2), 0x0F0F0F0F)
-        return builder.or_(low, builder.shl(_bits(builder, word(32 + 8 * n + m), 2 * j, 0x03030303), _vconst(4)))
-    return _sixteens(builder, value, lambda s: _byte(builder, word(48 + s // 4), s % 4, signed=True), 32), []
+        low = _bits(builder, word(ql + 16 * n + 8 * (j % 2) + m), 4 * (j // 2), 0x0F0F0F0F)
+        return builder.or_(low, builder.shl(_bits(builder, word(qh + 8 * n + m), 2 * j, 0x03030303), _vconst(4)))
+    return _sixteens(builder, value, lambda s: _byte(builder, word(at + s // 4), s % 4, signed=True), 32), []
 
 
 class KFormat(NamedTuple):

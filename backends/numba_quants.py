@@ -4,8 +4,9 @@ dequantizers for prefill panels and get_rows.
 
 Bit fields are cut in float32 (`_shr`: floor(byte / 2^k)), because numba widens integer arithmetic to int64,
 which AVX2 cannot convert to float in vectors; every step is exact for bytes. Each block type's loops are
-compiled on their own (`_specialize`). Block layouts are ggml's (see quants.py). Kernels compile once per
-machine into numba's cache (`cache=True`).
+compiled on their own (`_specialize`). Field offsets come from the block-layout table (graph/block_layouts.py), bound
+below as module constants, which numba compiles in. Kernels compile once per machine into numba's cache
+(`cache=True`).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from numba import njit, prange, types as nbtypes
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from pyggml.graph.block_layouts import BLOCKS
 from pyggml.graph.dtypes import DType
 
 # every float16 bit pattern -> float32: a scale is one table load (256 KiB, stays in L2)
@@ -29,6 +31,25 @@ BIT_SCALE = (0.5 ** np.arange(16)).astype(np.float32)  # 2^-j: bit j of lane j's
 FAST = {"reassoc", "contract", "nsz", "arcp"}
 INLINE = dict(inline="always", cache=True, fastmath=FAST)
 f32 = np.float32
+
+
+def _at(dtype: DType, *names: str) -> tuple[int, ...]:
+    return tuple(BLOCKS[dtype].at(name) for name in names)
+
+
+# field offsets of each block type, read by the kernels below
+Q4_0_QS, = _at(DType.Q4_0, "qs")
+Q4_1_M, Q4_1_QS = _at(DType.Q4_1, "m", "qs")
+Q5_0_QH, Q5_0_QS = _at(DType.Q5_0, "qh", "qs")
+Q5_1_M, Q5_1_QH, Q5_1_QS = _at(DType.Q5_1, "m", "qh", "qs")
+Q8_0_QS, = _at(DType.Q8_0, "qs")
+Q2_K_SCALES, Q2_K_QS, Q2_K_D, Q2_K_DMIN = _at(DType.Q2_K, "scales", "qs", "d", "dmin")
+Q3_K_HMASK, Q3_K_QS, Q3_K_SCALES, Q3_K_D = _at(DType.Q3_K, "hmask", "qs", "scales", "d")
+K4_D, K4_DMIN, K4_SCALES = _at(DType.Q4_K, "d", "dmin", "scales")  # Q5_K's first three fields are Q4_K's
+assert _at(DType.Q5_K, "d", "dmin", "scales") == (K4_D, K4_DMIN, K4_SCALES)
+Q4_K_QS, = _at(DType.Q4_K, "qs")
+Q5_K_QH, Q5_K_QS = _at(DType.Q5_K, "qh", "qs")
+Q6_K_QL, Q6_K_QH, Q6_K_SCALES, Q6_K_D = _at(DType.Q6_K, "ql", "qh", "scales", "d")
 
 
 def prefetch_line(builder: ir.IRBuilder, p: ir.Value, locality: int = 3) -> None:
@@ -120,15 +141,16 @@ def _fives(f, hl, hh, j):
 def _q2_k_group(u, o, g, scale, shift):
     """scale·nibble of the Q2_K scale bytes of groups g, g + 2, g + 4, g + 6: shift 0 is the group's scale,
     4 its min."""
-    return (scale * f32((u[o + g] >> shift) & 15), scale * f32((u[o + g + 2] >> shift) & 15),
-            scale * f32((u[o + g + 4] >> shift) & 15), scale * f32((u[o + g + 6] >> shift) & 15))
+    s = o + Q2_K_SCALES + g
+    return (scale * f32((u[s] >> shift) & 15), scale * f32((u[s + 2] >> shift) & 15),
+            scale * f32((u[s + 4] >> shift) & 15), scale * f32((u[s + 6] >> shift) & 15))
 
 
 @njit(**INLINE)
 def _q3_k_scale(u, o, k):
     """Scale k (0-15) of a Q3_K block: 6 bits, low 4 in bytes 0-7 of the scales, high 2 in bytes 8-11, minus 32."""
-    low = (np.int64(u[o + 96 + k % 8]) >> (4 * (k // 8))) & 15
-    high = (np.int64(u[o + 104 + k % 4]) >> (2 * (k // 4))) & 3
+    low = (np.int64(u[o + Q3_K_SCALES + k % 8]) >> (4 * (k // 8))) & 15
+    high = (np.int64(u[o + Q3_K_SCALES + 8 + k % 4]) >> (2 * (k // 4))) & 3
     return f32((low | (high << 4)) - 32)
 
 
@@ -148,8 +170,8 @@ def _q3_k_values(f, hm, half):
 
 @njit(**INLINE)
 def _k4_scale_min(u, o, j):
-    """(scale, min) j (0-7) of a Q4_K/Q5_K block: 6-bit values packed in the 12 bytes at o + 4."""
-    q = o + 4
+    """(scale, min) j (0-7) of a Q4_K/Q5_K block: 6-bit values packed in the 12 scale bytes."""
+    q = o + K4_SCALES
     if j < 4:
         return f32(u[q + j] & 63), f32(u[q + j + 4] & 63)
     return (f32((u[q + j + 4] & 15) | ((u[q + j - 4] >> 6) << 4)),
@@ -201,30 +223,30 @@ def _deq_q5(u, hq, qo, out, oo, d, offset, n16):
 @njit(**INLINE)
 def _deq_q4_0(u, o, out, oo, table, n16):
     d = _f16(u, o, table)
-    _deq_q4(u, o + 2, out, oo, d, f32(-8) * d, n16)
+    _deq_q4(u, o + Q4_0_QS, out, oo, d, f32(-8) * d, n16)
 
 
 @njit(**INLINE)
 def _deq_q4_1(u, o, out, oo, table, n16):
-    _deq_q4(u, o + 4, out, oo, _f16(u, o, table), _f16(u, o + 2, table), n16)
+    _deq_q4(u, o + Q4_1_QS, out, oo, _f16(u, o, table), _f16(u, o + Q4_1_M, table), n16)
 
 
 @njit(**INLINE)
 def _deq_q5_0(u, o, out, oo, table, n16):
     d = _f16(u, o, table)
-    _deq_q5(u, o + 2, o + 6, out, oo, d, f32(-16) * d, n16)
+    _deq_q5(u, o + Q5_0_QH, o + Q5_0_QS, out, oo, d, f32(-16) * d, n16)
 
 
 @njit(**INLINE)
 def _deq_q5_1(u, o, out, oo, table, n16):
-    _deq_q5(u, o + 4, o + 8, out, oo, _f16(u, o, table), _f16(u, o + 2, table), n16)
+    _deq_q5(u, o + Q5_1_QH, o + Q5_1_QS, out, oo, _f16(u, o, table), _f16(u, o + Q5_1_M, table), n16)
 
 
 @njit(**INLINE)
 def _deq_q8_0(u, o, out, oo, table, n16):
     d, q = _f16(u, o, table), u.view(np.int8)
     for l in range(2 * n16):
-        out[oo + l] = d * f32(q[o + 2 + l])
+        out[oo + l] = d * f32(q[o + Q8_0_QS + l])
 
 
 @njit(**INLINE)
@@ -242,10 +264,10 @@ def _put4(out, i, v, c, z):
 
 @njit(**INLINE)
 def _deq_q2_k(u, o, out, oo, table, n16):
-    d, dmin = _f16(u, o + 80, table), _f16(u, o + 82, table)
+    d, dmin = _f16(u, o + Q2_K_D, table), _f16(u, o + Q2_K_DMIN, table)
     for half in range(2):
         for part in range(2):
-            g, e, qo = 8 * half + part, oo + 128 * half + 16 * part, o + 16 + 32 * half + 16 * part
+            g, e, qo = 8 * half + part, oo + 128 * half + 16 * part, o + Q2_K_QS + 32 * half + 16 * part
             c, m = _q2_k_group(u, o, g, d, 0), _q2_k_group(u, o, g, dmin, 4)
             for l in range(n16):
                 _put4(out, e + l, _crumbs(f32(u[qo + l])), c, m)
@@ -253,19 +275,19 @@ def _deq_q2_k(u, o, out, oo, table, n16):
 
 @njit(**INLINE)
 def _deq_q3_k(u, o, out, oo, table, n16):
-    d = _f16(u, o + 108, table)
+    d = _f16(u, o + Q3_K_D, table)
     for half in range(2):
         for part in range(2):
-            g, e, qo = 8 * half + part, oo + 128 * half + 16 * part, o + 32 + 32 * half + 16 * part
+            g, e, qo = 8 * half + part, oo + 128 * half + 16 * part, o + Q3_K_QS + 32 * half + 16 * part
             c = _q3_k_group(u, o, g, d)
             z = f32(4) * c[0], f32(4) * c[1], f32(4) * c[2], f32(4) * c[3]
             for l in range(n16):
-                _put4(out, e + l, _q3_k_values(f32(u[qo + l]), f32(u[o + 16 * part + l]), half), c, z)
+                _put4(out, e + l, _q3_k_values(f32(u[qo + l]), f32(u[o + Q3_K_HMASK + 16 * part + l]), half), c, z)
 
 
 @njit(**INLINE)
 def _deq_k_nibbles(u, o, out, oo, table, n16, qs, hs):
-    d, dmin = _f16(u, o, table), _f16(u, o + 2, table)
+    d, dmin = _f16(u, o + K4_D, table), _f16(u, o + K4_DMIN, table)
     for p in range(4):
         sl, ml = _k4_scale_min(u, o, 2 * p)
         sh, mh = _k4_scale_min(u, o, 2 * p + 1)
@@ -277,21 +299,21 @@ def _deq_k_nibbles(u, o, out, oo, table, n16, qs, hs):
 
 @njit(**INLINE)
 def _deq_q4_k(u, o, out, oo, table, n16):
-    _deq_k_nibbles(u, o, out, oo, table, n16, 16, -1)
+    _deq_k_nibbles(u, o, out, oo, table, n16, Q4_K_QS, -1)
 
 
 @njit(**INLINE)
 def _deq_q5_k(u, o, out, oo, table, n16):
-    _deq_k_nibbles(u, o, out, oo, table, n16, 48, 16)
+    _deq_k_nibbles(u, o, out, oo, table, n16, Q5_K_QS, Q5_K_QH)
 
 
 @njit(**INLINE)
 def _deq_q6_k(u, o, out, oo, table, n16):
-    d = _f16(u, o + 208, table)
+    d = _f16(u, o + Q6_K_D, table)
     for half in range(2):
         for part in range(2):
-            a, hq, e = o + 64 * half + 16 * part, o + 128 + 32 * half + 16 * part, oo + 128 * half + 16 * part
-            s = o + 192 + 8 * half + part
+            a, hq = o + Q6_K_QL + 64 * half + 16 * part, o + Q6_K_QH + 32 * half + 16 * part
+            e, s = oo + 128 * half + 16 * part, o + Q6_K_SCALES + 8 * half + part
             c = d * _i8(u, s), d * _i8(u, s + 2), d * _i8(u, s + 4), d * _i8(u, s + 6)
             z = f32(32) * c[0], f32(32) * c[1], f32(32) * c[2], f32(32) * c[3]
             for l in range(n16):
@@ -448,33 +470,35 @@ def _specialize(template, dtype: DType, parallel: bool, **constants):
     # One kernel dispatching on the type inside its loops ran 6x slower (LLVM no longer vectorized the block
     # loop), and numba's literal dispatch took minutes to compile: a copy per type, as C++ templates would.
     name = f"{template.__name__.strip('_')}_{dtype.name.lower()}"
-    code = template.__code__.replace(co_name=name, co_qualname=name)
+    names = {"co_name": name, "co_qualname": name} if hasattr(template.__code__, "co_qualname") else {"co_name": name}
+    code = template.__code__.replace(**names)  # co_qualname is Python 3.11's
     fn = types.FunctionType(code, {**template.__globals__, **constants}, name)
     fn.__qualname__ = name
     return njit(parallel=parallel, cache=True, fastmath=FAST)(fn)
 
 
 N16 = 16  # the dequantizers' loop length, an argument so that it is no compile-time constant (see the dequantizers)
+F16_UNIT = 32  # F16 rows are read in units of 32 values (64 bytes) by the kernels of both numba modules
+
+
 class BlockKernels(NamedTuple):
-    """A block type's unit (elements, bytes; F16 rows are read 32 at a time) and its one-row dequantizer."""
+    """A block type's unit (elements, bytes) and its one-row dequantizer."""
     block: int
     type_size: int
     deq: object
 
 
-BLOCK_TYPES: dict[DType, BlockKernels] = {
-    DType.Q4_0: BlockKernels(32, 18, _deq_q4_0),
-    DType.Q4_1: BlockKernels(32, 20, _deq_q4_1),
-    DType.Q5_0: BlockKernels(32, 22, _deq_q5_0),
-    DType.Q5_1: BlockKernels(32, 24, _deq_q5_1),
-    DType.Q8_0: BlockKernels(32, 34, _deq_q8_0),
-    DType.Q2_K: BlockKernels(256, 84, _deq_q2_k),
-    DType.Q3_K: BlockKernels(256, 110, _deq_q3_k),
-    DType.Q4_K: BlockKernels(256, 144, _deq_q4_k),
-    DType.Q5_K: BlockKernels(256, 176, _deq_q5_k),
-    DType.Q6_K: BlockKernels(256, 210, _deq_q6_k),
-    DType.F16: BlockKernels(32, 64, _deq_f16),
-}
+def kernel_unit(dtype: DType) -> tuple[int, int]:
+    """(elements, bytes) a kernel reads at a time: a block, or F16_UNIT values of F16."""
+    if dtype == DType.F16:
+        return F16_UNIT, 2 * F16_UNIT
+    return BLOCKS[dtype].elements, BLOCKS[dtype].nbytes
+
+
+BLOCK_TYPES: dict[DType, BlockKernels] = {t: BlockKernels(*kernel_unit(t), deq) for t, deq in (
+    (DType.Q4_0, _deq_q4_0), (DType.Q4_1, _deq_q4_1), (DType.Q5_0, _deq_q5_0), (DType.Q5_1, _deq_q5_1),
+    (DType.Q8_0, _deq_q8_0), (DType.Q2_K, _deq_q2_k), (DType.Q3_K, _deq_q3_k), (DType.Q4_K, _deq_q4_k),
+    (DType.Q5_K, _deq_q5_k), (DType.Q6_K, _deq_q6_k), (DType.F16, _deq_f16))}
 MATMAT = {t: _specialize(_matmat, t, True, DEQ=k.deq, BLOCK=k.block, TYPE_SIZE=k.type_size)
           for t, k in BLOCK_TYPES.items()}
 # serial: the panels it fills go straight to BLAS, whose threads would wait on numba's spinning ones

@@ -7,8 +7,8 @@ loops and reduces their accumulators on every exit, so numba_quants.py's kernels
 (the old one-row mat-vec) or write decoded rows to a scratch and read them back (dequantize once), a pass as
 long as a whole one-row product; here the decoding overlaps the multiply-adds. Each value is d·q + offset
 multiplied as numba_quants.py's dequantize-once path does, lane l summing values l, l + 16, ... in order: the two
-paths agree to rounding (for the 32-value types, exactly). Block layouts are ggml's (see quants.py); each type's
-decoder is one function.
+paths agree to rounding (for the 32-value types, exactly). Field offsets come from the block-layout table
+(graph/block_layouts.py); each type's decoder is one function.
 """
 from __future__ import annotations
 
@@ -22,11 +22,14 @@ from numba import prange, types as nbtypes
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from pyggml.graph.block_layouts import BLOCKS
 from pyggml.graph.dtypes import DType
 
-from .numba_quants import _share, _specialize, prefetch_line
+from .numba_quants import _share, _specialize, kernel_unit, prefetch_line
 
 LANES = 16
+Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K = (BLOCKS[t] for t in (DType.Q8_0, DType.Q2_K, DType.Q3_K, DType.Q4_K, DType.Q5_K,
+                                                           DType.Q6_K))
 I8, I16, I32, F16, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.HalfType(), ir.FloatType()
 VF32, VI32, VI8, VF16 = (ir.VectorType(t, LANES) for t in (F32, I32, I8, F16))
 TILE_ROWS = 8  # activation rows per tile: 2 x 8 accumulators and the decoded vectors fit in AVX-512's 32 registers
@@ -72,29 +75,37 @@ def _affine(builder: ir.IRBuilder, d: ir.Value, offset: ir.Value, values: tuple[
     return tuple(_fma(builder, dv, v, ov) for v in values)
 
 
-def _d_zero(builder: ir.IRBuilder, p: ir.Value, zero: float, values: Callable) -> tuple[ir.Value, ir.Value]:
-    """ggml's _0 types: d at byte 0, values(builder, p, 2) after it; d·(v - zero)."""
-    d = _half(builder, p, 0)
-    return _affine(builder, d, builder.fmul(d, ir.Constant(F32, -zero)), values(builder, p, 2))
+def _d_zero(builder: ir.IRBuilder, p: ir.Value, dtype: DType, zero: float,
+            values: Callable) -> tuple[ir.Value, ir.Value]:
+    """ggml's _0 types: d·(v - zero), v = values(builder, p, dtype)."""
+    d = _half(builder, p, BLOCKS[dtype].at("d"))
+    return _affine(builder, d, builder.fmul(d, ir.Constant(F32, -zero)), values(builder, p, dtype))
 
 
-def _d_min(builder: ir.IRBuilder, p: ir.Value, values: Callable) -> tuple[ir.Value, ir.Value]:
-    """ggml's _1 types: d at byte 0, the min at 2, values(builder, p, 4) after them; d·v + min."""
-    return _affine(builder, _half(builder, p, 0), _half(builder, p, 2), values(builder, p, 4))
+def _d_min(builder: ir.IRBuilder, p: ir.Value, dtype: DType, values: Callable) -> tuple[ir.Value, ir.Value]:
+    """ggml's _1 types: d·v + m, v = values(builder, p, dtype)."""
+    layout = BLOCKS[dtype]
+    return _affine(builder, _half(builder, p, layout.at("d")), _half(builder, p, layout.at("m")),
+                   values(builder, p, dtype))
+
+
+def _qs_nibbles(builder: ir.IRBuilder, p: ir.Value, dtype: DType) -> tuple[ir.Value, ir.Value]:
+    """The 32 values of a Q4_0/Q4_1 block's qs nibbles."""
+    return _nibbles(builder, p, BLOCKS[dtype].at("qs"))
 
 
 def _q4_0(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
-    return _d_zero(builder, p, 8.0, _nibbles)
+    return _d_zero(builder, p, DType.Q4_0, 8.0, _qs_nibbles)
 
 
 def _q4_1(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
-    return _d_min(builder, p, _nibbles)
+    return _d_min(builder, p, DType.Q4_1, _qs_nibbles)
 
 
-def _fives(builder: ir.IRBuilder, p: ir.Value, offset: int) -> tuple[ir.Value, ir.Value]:
-    """Q5 values of the uint32 qh at offset and the 16 bytes after it: value i's bit 4 is bit i of qh."""
-    qh = _splat(builder, _load(builder, p, offset, I32), VI32)
-    lo, hi = _nibbles(builder, p, offset + 4)
+def _fives(builder: ir.IRBuilder, p: ir.Value, dtype: DType) -> tuple[ir.Value, ir.Value]:
+    """Q5 values of the uint32 qh and the 16 bytes of qs: value i's bit 4 is bit i of qh."""
+    qh = _splat(builder, _load(builder, p, BLOCKS[dtype].at("qh"), I32), VI32)
+    lo, hi = _nibbles(builder, p, BLOCKS[dtype].at("qs"))
     out = []
     for nibble, first in ((lo, 0), (hi, LANES)):
         bit = builder.and_(builder.lshr(qh, ir.Constant(VI32, list(range(first, first + LANES)))),
@@ -109,16 +120,16 @@ def _with_bit4(builder: ir.IRBuilder, nibble: ir.Value, bit: ir.Value) -> ir.Val
 
 
 def _q5_0(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
-    return _d_zero(builder, p, 16.0, _fives)
+    return _d_zero(builder, p, DType.Q5_0, 16.0, _fives)
 
 
 def _q5_1(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
-    return _d_min(builder, p, _fives)
+    return _d_min(builder, p, DType.Q5_1, _fives)
 
 
 def _q8_0(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
-    d = _splat(builder, _half(builder, p, 0), VF32)
-    return tuple(builder.fmul(d, builder.sitofp(_load(builder, p, 2 + 16 * h, VI8), VF32)) for h in range(2))
+    d, qs = _splat(builder, _half(builder, p, Q8_0.at("d")), VF32), Q8_0.at("qs")
+    return tuple(builder.fmul(d, builder.sitofp(_load(builder, p, qs + 16 * h, VI8), VF32)) for h in range(2))
 
 
 def _f16(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
@@ -136,11 +147,12 @@ def _bits(builder: ir.IRBuilder, value: ir.Value, shift: int, mask: int) -> ir.V
 
 
 def _k4_scale_min(builder: ir.IRBuilder, p: ir.Value, j: int) -> tuple[ir.Value, ir.Value]:
-    """Q4_K/Q5_K: sub-block j's 6-bit scale and min from the 12 packed bytes at offset 4, as float32."""
+    """Q4_K/Q5_K: sub-block j's 6-bit scale and min from the 12 packed scale bytes, as float32."""
+    s = Q4_K.at("scales")
     if j < 4:
-        sc, m = _bits(builder, _byte(builder, p, 4 + j), 0, 63), _bits(builder, _byte(builder, p, 8 + j), 0, 63)
+        sc, m = _bits(builder, _byte(builder, p, s + j), 0, 63), _bits(builder, _byte(builder, p, s + 4 + j), 0, 63)
     else:
-        low, high_sc, high_m = _byte(builder, p, 8 + j), _byte(builder, p, j), _byte(builder, p, 4 + j)
+        low, high_sc, high_m = _byte(builder, p, s + 4 + j), _byte(builder, p, s + j - 4), _byte(builder, p, s + j)
         sc = builder.or_(_bits(builder, low, 0, 15), builder.shl(_bits(builder, high_sc, 6, 3), ir.Constant(I32, 4)))
         m = builder.or_(_bits(builder, low, 4, 15), builder.shl(_bits(builder, high_m, 6, 3), ir.Constant(I32, 4)))
     return builder.uitofp(sc, F32), builder.uitofp(m, F32)
@@ -157,30 +169,30 @@ def _byte_bits(builder: ir.IRBuilder, p: ir.Value, offset: int, shift: int, mask
 
 
 def _k_affine(builder: ir.IRBuilder, p: ir.Value, unit: int, values: tuple[ir.Value, ...]) -> tuple:
-    """Q4_K/Q5_K: d·scale·v - dmin·min with sub-block `unit`'s scale and min (d at byte 0, dmin at 2)."""
+    """Q4_K/Q5_K: d·scale·v - dmin·min with sub-block `unit`'s scale and min."""
     sc, m = _k4_scale_min(builder, p, unit)
-    return _affine(builder, builder.fmul(_half(builder, p, 0), sc), builder.fneg(builder.fmul(_half(builder, p, 2), m)),
-                   values)
+    d, dmin = _half(builder, p, Q4_K.at("d")), _half(builder, p, Q4_K.at("dmin"))
+    return _affine(builder, builder.fmul(d, sc), builder.fneg(builder.fmul(dmin, m)), values)
 
 
 def _q2_k(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
     """32 values: 2-bit fields (shift 2j of 32 bytes of 128-value half n), each 16 with a byte holding a 4-bit
     scale and a 4-bit min: d·scale·q - dmin·min."""
     n, j = divmod(unit, 4)
-    d, dmin, values = _half(builder, p, 80), _half(builder, p, 82), []
+    d, dmin, values = _half(builder, p, Q2_K.at("d")), _half(builder, p, Q2_K.at("dmin")), []
     for h in range(2):
-        sc = _byte(builder, p, 8 * n + 2 * j + h)
-        q = builder.uitofp(_byte_bits(builder, p, 16 + 32 * n + 16 * h, 2 * j, 3), VF32)
+        sc = _byte(builder, p, Q2_K.at("scales") + 8 * n + 2 * j + h)
+        q = builder.uitofp(_byte_bits(builder, p, Q2_K.at("qs") + 32 * n + 16 * h, 2 * j, 3), VF32)
         scale, low = (builder.uitofp(_bits(builder, sc, shift, 15), F32) for shift in (0, 4))
         values += _affine(builder, builder.fmul(d, scale), builder.fneg(builder.fmul(dmin, low)), (q,))
     return tuple(values)
 
 
 def _q3_k_scale(builder: ir.IRBuilder, p: ir.Value, s: int) -> ir.Value:
-    """Scale s of 16, 6 bits from the 12 bytes at offset 96 (a low nibble from bytes 0-7, two high bits from
+    """Scale s of 16, 6 bits from the 12 scale bytes (a low nibble from bytes 0-7, two high bits from
     bytes 8-11), minus 32, as float32."""
-    low = _bits(builder, _byte(builder, p, 96 + s % 8), 4 * (s // 8), 15)
-    high = _bits(builder, _byte(builder, p, 104 + s % 4), 2 * (s // 4), 3)
+    low = _bits(builder, _byte(builder, p, Q3_K.at("scales") + s % 8), 4 * (s // 8), 15)
+    high = _bits(builder, _byte(builder, p, Q3_K.at("scales") + 8 + s % 4), 2 * (s // 4), 3)
     return builder.sitofp(builder.sub(builder.or_(low, builder.shl(high, ir.Constant(I32, 4))), ir.Constant(I32, 32)),
                           F32)
 
@@ -189,10 +201,11 @@ def _q3_k(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.V
     """32 values: 2-bit fields (as Q2_K, bytes at 32) less 4 where bit `unit` of the hmask byte is clear, each
     16 scaled by d·scale."""
     n, j = divmod(unit, 4)
-    d, values = _half(builder, p, 108), []
+    d, values = _half(builder, p, Q3_K.at("d")), []
     for h in range(2):
-        q = _byte_bits(builder, p, 32 + 32 * n + 16 * h, 2 * j, 3)
-        q = builder.add(q, builder.shl(_byte_bits(builder, p, 16 * h, unit, 1), ir.Constant(VI32, [2] * LANES)))
+        q = _byte_bits(builder, p, Q3_K.at("qs") + 32 * n + 16 * h, 2 * j, 3)
+        hbit = _byte_bits(builder, p, Q3_K.at("hmask") + 16 * h, unit, 1)
+        q = builder.add(q, builder.shl(hbit, ir.Constant(VI32, [2] * LANES)))
         q = builder.sub(q, ir.Constant(VI32, [4] * LANES))
         values += _affine(builder, builder.fmul(d, _q3_k_scale(builder, p, 8 * n + 2 * j + h)), ir.Constant(F32, 0.0),
                           (builder.sitofp(q, VF32),))
@@ -201,26 +214,26 @@ def _q3_k(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.V
 
 def _q4_k(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
     """Sub-block `unit` of eight: d·scale·nibble - dmin·min, the nibbles low (even units) or high of 32 bytes."""
-    return _k_affine(builder, p, unit, _nibble_halves(builder, p, 16 + 32 * (unit // 2), unit % 2 == 1))
+    return _k_affine(builder, p, unit, _nibble_halves(builder, p, Q4_K.at("qs") + 32 * (unit // 2), unit % 2 == 1))
 
 
 def _q5_k(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
-    """As Q4_K with the nibbles at offset 48, value l's bit 4 being bit `unit` of qh[l] (32 bytes at 16)."""
-    nibbles = _nibble_halves(builder, p, 48 + 32 * (unit // 2), unit % 2 == 1)
-    return _k_affine(builder, p, unit, tuple(_with_bit4(builder, nibble, _byte_bits(builder, p, 16 + 16 * h, unit, 1))
-                                             for h, nibble in enumerate(nibbles)))
+    """As Q4_K with Q5_K's qs nibbles, value l's bit 4 being bit `unit` of qh[l]."""
+    nibbles = _nibble_halves(builder, p, Q5_K.at("qs") + 32 * (unit // 2), unit % 2 == 1)
+    high = (_byte_bits(builder, p, Q5_K.at("qh") + 16 * h, unit, 1) for h in range(2))
+    return _k_affine(builder, p, unit, tuple(_with_bit4(builder, nibble, bit) for nibble, bit in zip(nibbles, high)))
 
 
 def _q6_k(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
     """32 values of a 128-value half n: d·scale·(q - 32), q's low 4 bits a nibble of ql, its high 2 of qh; each
     16 values have their own int8 scale."""
     n, k = divmod(unit, 4)
-    d, values = _half(builder, p, 208), []
+    d, values = _half(builder, p, Q6_K.at("d")), []
     for h in range(2):
-        nibble = _byte_bits(builder, p, 64 * n + 32 * (k % 2) + 16 * h, 4 * (k // 2), 15)
-        high = _byte_bits(builder, p, 128 + 32 * n + 16 * h, 2 * k, 3)
+        nibble = _byte_bits(builder, p, Q6_K.at("ql") + 64 * n + 32 * (k % 2) + 16 * h, 4 * (k // 2), 15)
+        high = _byte_bits(builder, p, Q6_K.at("qh") + 32 * n + 16 * h, 2 * k, 3)
         q = builder.uitofp(builder.or_(nibble, builder.shl(high, ir.Constant(VI32, [4] * LANES))), VF32)
-        c = builder.fmul(d, builder.sitofp(_load(builder, p, 192 + 8 * n + 2 * k + h, I8), F32))
+        c = builder.fmul(d, builder.sitofp(_load(builder, p, Q6_K.at("scales") + 8 * n + 2 * k + h, I8), F32))
         values.append(_affine(builder, c, builder.fmul(c, ir.Constant(F32, -32.0)), (q,))[0])
     return tuple(values)
 
@@ -238,13 +251,10 @@ class TileFormat(NamedTuple):
     decode: Callable
 
 
-TILE_FORMATS: dict[DType, TileFormat] = {
-    DType.Q4_0: TileFormat(32, 18, _q4_0), DType.Q4_1: TileFormat(32, 20, _q4_1),
-    DType.Q5_0: TileFormat(32, 22, _q5_0), DType.Q5_1: TileFormat(32, 24, _q5_1),
-    DType.Q8_0: TileFormat(32, 34, _q8_0), DType.F16: TileFormat(32, 64, _f16),
-    DType.Q2_K: TileFormat(256, 84, _q2_k), DType.Q3_K: TileFormat(256, 110, _q3_k),
-    DType.Q4_K: TileFormat(256, 144, _q4_k), DType.Q5_K: TileFormat(256, 176, _q5_k),
-    DType.Q6_K: TileFormat(256, 210, _q6_k)}
+TILE_FORMATS: dict[DType, TileFormat] = {t: TileFormat(*kernel_unit(t), decode) for t, decode in (
+    (DType.Q4_0, _q4_0), (DType.Q4_1, _q4_1), (DType.Q5_0, _q5_0), (DType.Q5_1, _q5_1), (DType.Q8_0, _q8_0),
+    (DType.F16, _f16), (DType.Q2_K, _q2_k), (DType.Q3_K, _q3_k), (DType.Q4_K, _q4_k), (DType.Q5_K, _q5_k),
+    (DType.Q6_K, _q6_k))}
 
 
 def _array(context, builder, ary_type, value):

@@ -77,7 +77,7 @@ class Plan:
     def __init__(self, graph: Graph, scheduler: Scheduler | Backend):
         if isinstance(scheduler, Backend):
             scheduler = Scheduler([scheduler])
-        self.graph, self.scheduler = fuse(graph, scheduler.fusions), scheduler
+        self.graph, self.scheduler = fuse(graph, scheduler.fusions, scheduler.keeps), scheduler
         self.backend = scheduler.backends[0]
         self.where = scheduler.assign(self.graph)
         self.splits = self._split()

@@ -15,6 +15,7 @@ from typing import Callable
 import gguf
 import numpy as np
 
+from pyggml.graph.block_layouts import BLOCKS, BlockLayout
 from pyggml.graph.dtypes import DType, as_dtype, block_layout, is_quantized, nbytes, numpy_dtype
 from pyggml.graph.errors import PyggmlError
 
@@ -26,11 +27,7 @@ _BITS = np.uint64(0x0101010101010101)
 _VOID = {width: np.dtype((np.void, width)) for width in (4, 12, 16, 32, 64, 128)}
 _SHIFTS = np.arange(8, dtype=np.uint64)[:, None]
 
-# Byte offsets of the float16 fields (d, then dmin or m) inside one block of each type.
-F16_FIELDS: dict[DType, tuple[int, ...]] = {
-    DType.Q4_0: (0,), DType.Q4_1: (0, 2), DType.Q5_0: (0,), DType.Q5_1: (0, 2), DType.Q8_0: (0,),
-    DType.Q2_K: (80, 82), DType.Q3_K: (108,), DType.Q4_K: (0, 2), DType.Q5_K: (0, 2), DType.Q6_K: (208,),
-}
+Q2_K, Q3_K, Q4_K, Q5_K, Q6_K = (BLOCKS[t] for t in (DType.Q2_K, DType.Q3_K, DType.Q4_K, DType.Q5_K, DType.Q6_K))
 
 
 def _field(blocks: np.ndarray, start: int, size: int) -> np.ndarray:
@@ -81,12 +78,12 @@ def _nibbles16(blocks: np.ndarray, start: int) -> np.ndarray:
     return _interleave(len(blocks), 16, (2,), _planes(_field(blocks, start, 16), slice(0, 8, 4), _NIBBLES, 16))
 
 
-def _five_bits(blocks: np.ndarray, qh_at: int) -> np.ndarray:
-    """Q5_0/Q5_1: low nibbles from the 16 bytes after qh, bit i of the uint32 qh as bit 4 of value i."""
-    high = np.unpackbits(_field(blocks, qh_at, 4).reshape(-1), bitorder="little")
+def _five_bits(blocks: np.ndarray, layout: BlockLayout) -> np.ndarray:
+    """Q5_0/Q5_1: low nibbles from the 16 bytes of qs, bit i of the uint32 qh as bit 4 of value i."""
+    high = np.unpackbits(_field(blocks, layout.at("qh"), 4).reshape(-1), bitorder="little")
     lanes = high.view(np.uint64)
     lanes <<= np.uint64(4)
-    q = _nibbles16(blocks, qh_at + 4)
+    q = _nibbles16(blocks, layout.at("qs"))
     q |= high.reshape(q.shape)
     return q
 
@@ -109,23 +106,23 @@ def _bit_planes(blocks: np.ndarray, start: int, shift: int) -> np.ndarray:
 def _q3_k_values(blocks: np.ndarray) -> np.ndarray:
     # 2 low bits, minus 4 unless bit g of hmask[l] is set for value g*32 + l:
     # low2 | hbit << 2 == low2 + 4*hbit, so subtracting 4 gives low2 - 4*(1 - hbit)
-    q = _two_bits(blocks, 32)
-    q |= _bit_planes(blocks, 0, 2)
+    q = _two_bits(blocks, Q3_K.at("qs"))
+    q |= _bit_planes(blocks, Q3_K.at("hmask"), 2)
     return _signed(q, 4)
 
 
 def _q5_k_values(blocks: np.ndarray) -> np.ndarray:
-    q = _four_bits(blocks, 48)
-    q |= _bit_planes(blocks, 16, 4)
+    q = _four_bits(blocks, Q5_K.at("qs"))
+    q |= _bit_planes(blocks, Q5_K.at("qh"), 4)
     return q
 
 
 def _q6_k_values(blocks: np.ndarray) -> np.ndarray:
     # value j*128 + t*32 + l: nibble t//2 of ql[j*64 + (t%2)*32 + l], bits 2t..2t+1 of qh[j*32 + l];
     # the low nibbles go in runs of 64 bytes: run j*2 + t//2 is nibble t//2 of ql[j*64 : j*64 + 64]
-    n = len(blocks)
-    q = _interleave(n, 64, (2, 2), _planes(_field(blocks, 0, 128), slice(0, 8, 4), _NIBBLES, 64))
-    q |= _interleave(n, 32, (2, 4), _planes(_field(blocks, 128, 64), slice(0, 8, 2), _PAIRS, 32, 4))
+    n, ql, qh = len(blocks), Q6_K.field("ql"), Q6_K.field("qh")
+    q = _interleave(n, 64, (2, 2), _planes(_field(blocks, ql.offset, ql.size), slice(0, 8, 4), _NIBBLES, 64))
+    q |= _interleave(n, 32, (2, 4), _planes(_field(blocks, qh.offset, qh.size), slice(0, 8, 2), _PAIRS, 32, 4))
     return _signed(q, 32)
 
 
@@ -134,12 +131,10 @@ def _q6_k_values(blocks: np.ndarray) -> np.ndarray:
 Scales = tuple[np.ndarray, np.ndarray | None]
 
 
-def _d(blocks: np.ndarray) -> Scales:
-    return _f16(blocks, 0), None
-
-
-def _d_m(blocks: np.ndarray) -> Scales:
-    return _f16(blocks, 0), _f16(blocks, 2)
+def _d_m(layout: BlockLayout) -> Callable[[np.ndarray], Scales]:
+    """ggml's 32-value types: the scale d, and the min m where the type has one."""
+    fields = layout.scalars()
+    return lambda blocks: (_f16(blocks, fields[0]), _f16(blocks, fields[1]) if len(fields) > 1 else None)
 
 
 def _times_d(blocks: np.ndarray, d_at: int, ints: np.ndarray) -> np.ndarray:
@@ -151,18 +146,19 @@ def _times_d(blocks: np.ndarray, d_at: int, ints: np.ndarray) -> np.ndarray:
 
 
 def _q2_k_scales(blocks: np.ndarray) -> Scales:
-    sc = _field(blocks, 0, 16)
-    return _times_d(blocks, 80, (sc & np.uint8(0x0F)).T), _times_d(blocks, 82, (sc >> np.uint8(4)).T)
+    sc = _field(blocks, Q2_K.at("scales"), Q2_K.field("scales").size)
+    return (_times_d(blocks, Q2_K.at("d"), (sc & np.uint8(0x0F)).T),
+            _times_d(blocks, Q2_K.at("dmin"), (sc >> np.uint8(4)).T))
 
 
 def _q3_k_scales(blocks: np.ndarray) -> Scales:
     # 16 signed 6-bit scales: low nibbles in bytes 0-7 (scales 0-7 then 8-15), top 2 bits in bytes 8-11
-    sc = np.ascontiguousarray(_field(blocks, 96, 12).T)
+    sc = np.ascontiguousarray(_field(blocks, Q3_K.at("scales"), Q3_K.field("scales").size).T)
     low = np.concatenate([sc[:8] & np.uint8(0x0F), sc[:8] >> np.uint8(4)])
     high = np.concatenate([(sc[8:] >> np.uint8(2 * k)) & np.uint8(3) for k in range(4)])
     high *= np.uint8(16)  # << 4, which NumPy does not vectorise for uint8
     low |= high
-    return _times_d(blocks, 108, _signed(low, 32)), None
+    return _times_d(blocks, Q3_K.at("d"), _signed(low, 32)), None
 
 
 def _k_scale_min(blocks: np.ndarray) -> Scales:
@@ -170,7 +166,7 @@ def _k_scale_min(blocks: np.ndarray) -> Scales:
     # bytes 0-3 and 4-7 hold the low 6 bits of scales 0-3 and mins 0-3 (their top 2 bits are bits 4-5
     # of scales/mins 4-7), bytes 8-11 the low nibbles of scales 4-7 and high nibbles of mins 4-7;
     # each 4-byte run is one uint32 lane, so four bytes are unpacked per operation
-    lanes = _field(blocks, 4, 12).view(np.uint32)
+    lanes = _field(blocks, Q4_K.at("scales"), Q4_K.field("scales").size).view(np.uint32)
     d, m, md = lanes[:, 0], lanes[:, 1], lanes[:, 2]
     low6, nib, top2 = np.uint32(0x3F3F3F3F), np.uint32(0x0F0F0F0F), np.uint32(0x30303030)
     scales = np.stack([d & low6, (md & nib) | ((d >> np.uint32(2)) & top2)])
@@ -179,11 +175,12 @@ def _k_scale_min(blocks: np.ndarray) -> Scales:
     def groups(packed: np.ndarray) -> np.ndarray:  # (2, n) lanes of 4 bytes -> (8, n) bytes
         return packed.view(np.uint8).reshape(2, -1, 4).transpose(0, 2, 1).reshape(8, -1)
 
-    return _times_d(blocks, 0, groups(scales)), _times_d(blocks, 2, groups(mins))
+    return _times_d(blocks, Q4_K.at("d"), groups(scales)), _times_d(blocks, Q4_K.at("dmin"), groups(mins))
 
 
 def _q6_k_scales(blocks: np.ndarray) -> Scales:
-    return _times_d(blocks, 208, _field(blocks, 192, 16).view(np.int8).T), None
+    sc = Q6_K.field("scales")
+    return _times_d(blocks, Q6_K.at("d"), _field(blocks, sc.offset, sc.size).view(np.int8).T), None
 
 
 @dataclass(frozen=True)
@@ -196,15 +193,16 @@ class BlockFormat:
     offset: Callable[..., np.ndarray] = np.add
 
 
+Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = (BLOCKS[t] for t in (DType.Q4_0, DType.Q4_1, DType.Q5_0, DType.Q5_1, DType.Q8_0))
 FORMATS: dict[DType, BlockFormat] = {
-    DType.Q4_0: BlockFormat(lambda b: _signed(_nibbles16(b, 2), 8), _d),
-    DType.Q4_1: BlockFormat(lambda b: _nibbles16(b, 4), _d_m),
-    DType.Q5_0: BlockFormat(lambda b: _signed(_five_bits(b, 2), 16), _d),
-    DType.Q5_1: BlockFormat(lambda b: _five_bits(b, 4), _d_m),
-    DType.Q8_0: BlockFormat(lambda b: _field(b, 2, 32).view(np.int8), _d),
-    DType.Q2_K: BlockFormat(lambda b: _two_bits(b, 16), _q2_k_scales, np.subtract),
+    DType.Q4_0: BlockFormat(lambda b: _signed(_nibbles16(b, Q4_0.at("qs")), 8), _d_m(Q4_0)),
+    DType.Q4_1: BlockFormat(lambda b: _nibbles16(b, Q4_1.at("qs")), _d_m(Q4_1)),
+    DType.Q5_0: BlockFormat(lambda b: _signed(_five_bits(b, Q5_0), 16), _d_m(Q5_0)),
+    DType.Q5_1: BlockFormat(lambda b: _five_bits(b, Q5_1), _d_m(Q5_1)),
+    DType.Q8_0: BlockFormat(lambda b: _field(b, Q8_0.at("qs"), 32).view(np.int8), _d_m(Q8_0)),
+    DType.Q2_K: BlockFormat(lambda b: _two_bits(b, Q2_K.at("qs")), _q2_k_scales, np.subtract),
     DType.Q3_K: BlockFormat(_q3_k_values, _q3_k_scales),
-    DType.Q4_K: BlockFormat(lambda b: _four_bits(b, 16), _k_scale_min, np.subtract),
+    DType.Q4_K: BlockFormat(lambda b: _four_bits(b, Q4_K.at("qs")), _k_scale_min, np.subtract),
     DType.Q5_K: BlockFormat(_q5_k_values, _k_scale_min, np.subtract),
     DType.Q6_K: BlockFormat(_q6_k_values, _q6_k_scales),
 }

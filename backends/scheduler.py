@@ -47,8 +47,15 @@ class Scheduler:
 
     @property
     def fusions(self) -> list[str]:
-        """The graph rewrites every backend here wants (a fused node must run wherever it lands)."""
-        return [name for name in self.backends[0].fusions if all(name in b.fusions for b in self.backends)]
+        """The graph rewrites any backend here wants, the preferred backends' first."""
+        return list(dict.fromkeys(name for b in self.backends for name in b.fusions))
+
+    def keeps(self, fusion: str, fused: Tensor) -> bool:
+        """Whether a fused node stays: the first backend that supports it (where it will run) wants the pass, so a
+        NumPy fallback behind numba keeps numba's fusions."""
+        while is_view(fused.op):  # a pass may return its fused node seen through a view
+            fused = fused.srcs[0]
+        return fusion in self.first_supporting([fused]).fusions
 
     @property
     def fallback(self) -> Backend:

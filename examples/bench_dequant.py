@@ -10,6 +10,7 @@ import gguf
 import numpy as np
 
 from pyggml.backends import quants
+from pyggml.graph.block_layouts import BLOCKS
 from pyggml.graph.dtypes import DType
 from pyggml.model.gguf_file import GGUFFile
 from pyggml.model.pull import pull
@@ -37,7 +38,7 @@ def random_tensor(dtype: DType, rows: int, row_len: int, rng: np.random.Generato
         return gguf.quants.quantize(values, dtype)
     except NotImplementedError:  # K-quants: random bytes, then sane scales from a Q8_0 block pattern
         blocks = rng.integers(0, 256, (rows * row_len // block_size, type_size), dtype=np.uint8)
-        for offset in quants.F16_FIELDS[dtype]:
+        for offset in BLOCKS[dtype].scalars():
             blocks[:, offset:offset + 2] = rng.uniform(-0.01, 0.01, (len(blocks), 1)).astype(np.float16).view(np.uint8)
         return blocks.reshape(rows, -1)
 

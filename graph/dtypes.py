@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as DType
 
+from .block_layouts import BLOCKS
 from .errors import PyggmlError
 
 F32, F16, BF16, I32, I64 = DType.F32, DType.F16, DType.BF16, DType.I32, DType.I64
@@ -43,7 +44,11 @@ def is_quantized(dtype: DType) -> bool:
 
 def block_layout(dtype: DType) -> tuple[int, int]:
     """(elements per block, bytes per block) of a type; (1, itemsize) for plain types."""
-    try:
+    if dtype in BLOCKS:
+        return BLOCKS[dtype].elements, BLOCKS[dtype].nbytes
+    if dtype in NUMPY_DTYPES:
+        return 1, NUMPY_DTYPES[dtype].itemsize
+    try:  # types pyggml only maps and sizes (no kernels, so no layout row): gguf-py's sizes
         return GGML_QUANT_SIZES[dtype]
     except KeyError:
         raise PyggmlError(f"unknown ggml type {dtype!r}") from None

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUFValueType, Keys
+from gguf import GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUFValueType, Keys
 
-from pyggml.graph.dtypes import DType, is_quantized, numpy_dtype
+from pyggml.graph.dtypes import DType, block_layout, is_quantized, numpy_dtype
 from pyggml.graph.errors import PyggmlError
 
 SUPPORTED_VERSIONS = (2, 3)
@@ -173,7 +173,7 @@ class GGUFFile:
         except KeyError:
             raise GGUFError(f"{self.path}: no tensor named {name!r}") from None
         if is_quantized(info.dtype):
-            block_size, type_size = GGML_QUANT_SIZES[info.dtype]
+            block_size, type_size = block_layout(info.dtype)
             row_bytes = info.shape[-1] // block_size * type_size if info.shape else info.nbytes
             return np.frombuffer(self._mmap, np.uint8, info.nbytes, info.offset).reshape(info.shape[:-1] + (row_bytes,))
         dtype = numpy_dtype(info.dtype)
@@ -236,8 +236,8 @@ def _read_tensor_info(cursor: _Cursor) -> tuple[str, tuple[int, ...], DType, int
     type_id = cursor.u32(f"type of tensor {name!r}")
     try:
         dtype = DType(type_id)
-        block_size, _ = GGML_QUANT_SIZES[dtype]
-    except (ValueError, KeyError):
+        block_size, _ = block_layout(dtype)
+    except (ValueError, PyggmlError):
         raise cursor.fail(f"tensor {name!r} has unknown type id {type_id}") from None
     if ne and ne[0] % block_size:
         raise cursor.fail(f"tensor {name!r}: row of {ne[0]} elements is not a multiple of the {dtype.name} block size {block_size}")
@@ -254,7 +254,7 @@ def _place_tensors(cursor: _Cursor, infos: list[tuple[str, tuple[int, ...], DTyp
             raise cursor.fail(f"duplicate tensor name {name!r}")
         if offset % alignment:
             raise cursor.fail(f"tensor {name!r} offset {offset} is not a multiple of the alignment {alignment}")
-        block_size, type_size = GGML_QUANT_SIZES[dtype]
+        block_size, type_size = block_layout(dtype)
         n_elements = 1
         for dim in shape:
             n_elements *= dim

@@ -10,7 +10,8 @@ from gguf import quants
 
 import pyggml as pg
 from pyggml import DType
-from pyggml.backends.quants import F16_FIELDS, FORMATS
+from pyggml.backends.quants import FORMATS
+from pyggml.graph.block_layouts import BLOCKS
 
 MAX_NMSE = 1e-7
 Q8_ACTIVATIONS_NMSE = 5e-4  # ggml's test-backend-ops limit for mul_mat, whose CPU kernels quantize activations
@@ -128,7 +129,7 @@ def random_blocks(dtype: DType, rows: int, blocks_per_row: int, rng: np.random.G
     """(rows, bytes per row) of random blocks whose float16 scale fields are finite and moderate."""
     _, type_size = gguf.GGML_QUANT_SIZES[dtype]
     blocks = rng.integers(0, 256, (rows * blocks_per_row, type_size), dtype=np.uint8)
-    for offset in F16_FIELDS[dtype]:
+    for offset in BLOCKS[dtype].scalars():
         scales = rng.uniform(-2.0, 2.0, len(blocks)).astype(np.float16)
         blocks[:, offset:offset + 2] = scales.view(np.uint8).reshape(-1, 2)
     return blocks.reshape(rows, -1)

@@ -186,7 +186,7 @@ def test_bad_flag_and_missing_model_give_one_line(command, tiny, capsys, tmp_pat
     assert code == 1 and out == "" and len(err.strip().splitlines()) == 1 and "missing.gguf" in err
 
 
-@pytest.mark.parametrize("argv", [["-r", "0"], ["-p", "-1"], ["--kv-study", "2"], ["-o", "xml"]])
+@pytest.mark.parametrize("argv", [["-r", "0"], ["-p", "-1"], ["--kv-study", "2"], ["-o", "xml"], ["-p", "0", "-n", "0"]])
 def test_bench_rejects_bad_values(argv, tiny, capsys):
     code, _, err = cli(capsys, "bench", tiny, *argv)
     assert code == 2 and len(err.strip().splitlines()) == 1
@@ -226,3 +226,12 @@ def test_backend_option_picks_backends_and_bench_reports_those_used(tiny, capsys
     assert all(step["backends"] == ["testdevice"] for step in steps)
     code, _, err = cli(capsys, "generate", tiny, "ab", "-n", "2", "--backend", "numpy,nope")
     assert code == 2 and "unknown backend nope; available: numba, numba-q8, numpy" in err
+
+
+def test_generate_n_minus_one_runs_to_eos_or_a_full_context_and_other_negatives_are_errors(tiny, capsys):
+    code, out, err = cli(capsys, "generate", tiny, "abc", "-n", "-3")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "-3" in err
+    code, out, err = cli(capsys, "generate", tiny, "abc", "-n", "-1", "--temp", "0", "-c", "16", "--stats")
+    want = Model(tiny, n_ctx=16).generate("abc", max_tokens=16, temperature=0)
+    assert code == 0 and f"generated: {len(want.tokens)} tokens" in err
+    assert want.finish_reason == "stop" or len(want.tokens) == 16 - len(Model(tiny, n_ctx=16).tokenize("abc"))

@@ -74,6 +74,22 @@ def test_decode_step_on_the_numba_backend_has_fewer_nodes_and_the_same_logits(tm
     assert plain - fused == 6 * cfg.n_layer + 3
 
 
+def test_a_numpy_fallback_keeps_the_numba_fusions(tmp_path):
+    """[numba, numpy] (the preferred backend and its CPU fallback) fuses as numba alone does, with the same
+    logits; NumPy alone, which wants no pass, runs the unfused graph."""
+    cfg = TinyLlama()
+    path = write_gguf(tmp_path / "tiny.gguf", cfg, make_weights(cfg))
+    backends = {"numba": NumbaBackend(), "both": pg.backends.Scheduler([NumbaBackend(), NumpyBackend()]),
+                "numpy": NumpyBackend()}
+    models = {name: Model(path, n_ctx=64, backend=b) for name, b in backends.items()}
+    logits = {name: np.concatenate([m.eval([1, 2, 3, 4]), m.eval([5])]) for name, m in models.items()}
+    np.testing.assert_allclose(logits["both"], logits["numba"], rtol=1e-6, atol=1e-6)
+    ops = {name: [n.op for n in m.context.last_plan.graph.nodes] for name, m in models.items()}
+    assert ops["both"] == ops["numba"]
+    assert {"flash_attn_ext", "rms_norm_mul"} <= set(ops["both"])
+    assert not {"flash_attn_ext", "rms_norm_mul"} & set(ops["numpy"])
+
+
 @pytest.mark.parametrize("shape", [(1, 16), (3, 16), (2, 3, 16)])
 def test_rms_norm_mul_kernel_of_the_numba_backend_equals_the_formula(shape):
     x, w = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(16).astype(np.float32)

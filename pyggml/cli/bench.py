@@ -155,6 +155,9 @@ def run_study(args: argparse.Namespace, model) -> tuple[str, bool]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.kv_study is None and args.n_prompt == 0 and args.n_gen == 0:
+        sys.stderr.write("pyggml bench: error: nothing to measure: -p and -n are both 0\n")
+        return 2
     model = load_model(args)
     if args.kv_study is None:
         print(run_bench(args, model))

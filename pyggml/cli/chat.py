@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import add_model_options, add_sampling_options, load_model, sampling_kwargs
+from .options import add_model_options, add_sampling_options, load_model, max_tokens, sampling_kwargs
 
 HELP = "talk with a model through its chat template (Ctrl-C stops a reply; /exit or end of input quits)"
 EXIT_COMMANDS = frozenset({"/exit", "/quit"})
@@ -29,7 +29,7 @@ def read_line(prompt: str) -> str | None:
 
 def reply(model, messages: list[dict], args: argparse.Namespace) -> str:
     """Stream the assistant's answer to the conversation; Ctrl-C keeps what was said so far."""
-    stream = model.chat(messages, max_tokens=args.n_predict, stream=True, **sampling_kwargs(args))
+    stream = model.chat(messages, max_tokens=max_tokens(args, model), stream=True, **sampling_kwargs(args))
     pieces: list[str] = []
     try:
         for piece in stream:

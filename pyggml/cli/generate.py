@@ -5,7 +5,7 @@ import argparse
 import resource
 import sys
 
-from .options import add_model_options, add_sampling_options, load_model, sampling_kwargs
+from .options import add_model_options, add_sampling_options, load_model, max_tokens, sampling_kwargs
 
 HELP = "generate text from a prompt, streamed as it is produced"
 
@@ -36,7 +36,7 @@ def print_stats(model, timings: dict, load_seconds: float) -> None:
 
 def run(args: argparse.Namespace) -> int:
     model = load_model(args)
-    stream = model.generate(args.prompt, args.n_predict, stream=True, stop=args.stop, kv_cache=not args.no_cache,
+    stream = model.generate(args.prompt, max_tokens(args, model), stream=True, stop=args.stop, kv_cache=not args.no_cache,
                             **sampling_kwargs(args))
     sys.stdout.write(args.prompt)
     try:

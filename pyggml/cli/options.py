@@ -34,10 +34,24 @@ def backend_names(text: str) -> list[str]:
     return names
 
 
+def n_predict(text: str) -> int:
+    """An argparse type: -n's token count, or -1 for until EOS or a full context, as llama.cpp's."""
+    value = int(text)
+    if value < -1:
+        raise argparse.ArgumentTypeError(f"must be -1 (until EOS or a full context) or at least 0, not {value}")
+    return value
+
+
+def max_tokens(args: argparse.Namespace, model) -> int:
+    """The tokens -n asks for: -1 is as many as the context holds."""
+    return model.n_ctx if args.n_predict == -1 else args.n_predict
+
+
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
     """llama.cpp's sampling flags."""
     d = SamplingParams()
-    p.add_argument("-n", "--n-predict", type=int, default=128, help="tokens to generate")
+    p.add_argument("-n", "--n-predict", type=n_predict, default=128,
+                   help="tokens to generate (-1: until EOS or a full context)")
     p.add_argument("--temp", type=float, default=d.temperature, help="temperature (0 = greedy)")
     p.add_argument("--top-k", type=int, default=d.top_k)
     p.add_argument("--top-p", type=float, default=d.top_p)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import tomllib
 import zipfile
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the TOML reader pip itself vendors (tomllib is tomli, adopted in 3.11)
+    from pip._vendor import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 
