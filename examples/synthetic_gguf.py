@@ -17,7 +17,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from pyggml.backends.quants import F16_FIELDS
+from pyggml.graph.block_layouts import BLOCKS
 from pyggml.model.tokenizer_bpe import BYTE_TO_CHAR
 
 Q = gguf.GGMLQuantizationType
@@ -85,7 +85,7 @@ def _scales(dtype: Q, rng: np.random.Generator) -> tuple[float, float]:
     centres the values."""
     block, type_size = gguf.GGML_QUANT_SIZES[dtype]
     sample = np.frombuffer(rng.bytes(64 * type_size), np.uint8).reshape(64, type_size).copy()
-    fields = F16_FIELDS[dtype]
+    fields = BLOCKS[dtype].scalars()
     parts = []
     for d, dmin in ((1.0, 0.0), (0.0, 1.0)):
         for at, value in zip(fields, (d, dmin)):
@@ -100,7 +100,7 @@ def random_blocks(dtype: Q, shape: tuple[int, int], rng: np.random.Generator, sc
     block, type_size = gguf.GGML_QUANT_SIZES[dtype]
     blocks = np.frombuffer(rng.bytes(shape[0] * shape[1] // block * type_size), np.uint8).reshape(-1, type_size).copy()
     d = 1.0 / (scales[0] * np.sqrt(shape[1]))
-    for at, value in zip(F16_FIELDS[dtype], (d, d * scales[1])):
+    for at, value in zip(BLOCKS[dtype].scalars(), (d, d * scales[1])):
         blocks[:, at:at + 2] = np.frombuffer(np.float16(value).tobytes(), np.uint8)
     return blocks.reshape(shape[0], -1)
 
