@@ -117,6 +117,11 @@ def test_k_quant_mul_mat_matches_numpy_dense_weights(dtype):
         x = r(rng, n, 512)
         want = pg.compute(pg.mul_mat(w, x), backend=NumpyBackend())
         assert nmse(pg.compute(pg.mul_mat(w, x), backend=NumbaQ8Backend()), want) <= Q8_ACTIVATIONS_NMSE, n
+    rows = pg.from_numpy(np.array([39, 0, 17, 17], np.int32))  # a tied embedding's rows, from the tiles
+    backend = NumbaQ8Backend()
+    got = pg.compute(pg.mul_mat(w, r(rng, 1, 512)), pg.get_rows(w, rows), backend=backend)[1]
+    want = pg.compute(pg.get_rows(w, rows), backend=NumpyBackend())
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
 
 
 def test_activations_are_ggml_q8_0_blocks():
