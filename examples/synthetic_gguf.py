@@ -95,7 +95,8 @@ def _scales(dtype: Q, rng: np.random.Generator) -> tuple[float, float]:
     return float((parts[0] + share * parts[1]).std()), float(share)
 
 
-def random_blocks(dtype: Q, shape: tuple[int, int], rng: np.random.Generator, scales: tuple[float, float]) -> np.ndarray:
+def random_blocks(dtype: Q, shape: tuple[int, int], rng: np.random.Generator,
+                  scales: tuple[float, float]) -> np.ndarray:
     """(rows, bytes per row) random blocks of dtype whose d is 1 / (std·sqrt(cols)) (and dmin share · d)."""
     block, type_size = gguf.GGML_QUANT_SIZES[dtype]
     blocks = np.frombuffer(rng.bytes(shape[0] * shape[1] // block * type_size), np.uint8).reshape(-1, type_size).copy()

@@ -52,7 +52,8 @@ def test_kernel_tables_derive_from_the_layout_table():
         assert (packed[:tiled.header_bytes] == plain[0, first:first + tiled.header_bytes]).all()
         for field in BLOCKS[dtype].fields:
             at = tiled.header_bytes + 4 * numba_q8.word_of(dtype, field.name)
-            assert field.kind == "f16" or (packed[at:at + field.size] == plain[0, field.offset:field.offset + field.size]).all()
+            stored = plain[0, field.offset:field.offset + field.size]
+            assert field.kind == "f16" or (packed[at:at + field.size] == stored).all()
     assert set(numba_q8.Q8_FORMATS) <= set(numba_q8.TILE_LAYOUTS)
     for name, size in cuda_sources.BLOCK_TYPES.items():
         assert size == block_layout(DType[name.upper()])
