@@ -20,6 +20,7 @@ from numba import njit, prange, types as nbtypes
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from pyggml.graph.block_layouts import QK_K
 from pyggml.graph.dtypes import DType
 
 from .numba_q8 import (LANES, TILE_LAYOUTS, TILE_ROWS, _dpbusd, _masked_store, _scalar, _vconst, block_words,
@@ -27,7 +28,6 @@ from .numba_q8 import (LANES, TILE_LAYOUTS, TILE_ROWS, _dpbusd, _masked_store, _
 from .numba_quants import _share, _specialize
 from .numba_tiles import F32, I32, VF32, VI32, _array, _const, _fma
 
-QK_K = 256  # values per block of the K-quants and of Q8_K
 NEAREST = np.float32(12582912.0)  # 1.5 · 2^23: adding it rounds a float32 below 2^22 to an integer, as ggml's
 # nearest_int (ties to even)
 
