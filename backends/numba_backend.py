@@ -7,11 +7,13 @@ scratch and multiplies it with BLAS. paged_attn, flash_attn_ext, rms_norm_mul, s
 set_rows of several F32 rows have numba kernels too (numba_kernels.py); every other op is the NumPy backend's
 kernel.
 
-NumbaQ8Backend ("numba-q8") takes llama.cpp's numerics instead: the weights of the types in numba_q8.Q8_FORMATS
-are held repacked and mul_mat multiplies them with activations rounded to Q8_0, in integers, at every row count.
+NumbaQ8Backend ("numba-q8") takes llama.cpp's numerics instead: the weights of the types in numba_q8.TILE_LAYOUTS
+are held repacked and mul_mat multiplies them with activations rounded to Q8_0 (numba_q8.py) or, for the K-quants,
+Q8_K (numba_q8k.py), in integers, at every row count.
 """
 from __future__ import annotations
 
+import mmap
 import threading
 from collections.abc import Callable
 
@@ -26,7 +28,8 @@ from .fusion import FUSIONS, mul_mat_permuted_kernel
 from .numba_kernels import flash_attn_ext, get_rows, glu, paged_attn, rms_norm_mul, set_rows, tiled_get_rows
 from .numpy_backend import NumpyBackend
 from .numpy_kernels import KERNELS, mul_mat as numpy_mul_mat
-from .numba_q8 import Q8_FORMATS, q8_product, repack
+from .numba_q8 import Q8_FORMATS, TILE_LAYOUTS, q8_product, repack
+from .numba_q8k import K_FORMATS, q8k_product
 from .numba_quants import BLOCK_TYPES, block_product, dequantize_into
 from .numba_tiles import TILED_MAX_ROWS, tiled_product
 
@@ -110,10 +113,13 @@ def block_step(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray) -> C
 
 
 def q8_step(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray) -> Callable[[], None]:
-    """out = x @ W.T with x quantized to Q8_0 for the repacked types of Q8_FORMATS (at every row count: they beat
-    the float kernels at all of them), through block_step for the others."""
+    """out = x @ W.T with x quantized to Q8_0 for the repacked types of Q8_FORMATS and to Q8_K for those of
+    K_FORMATS (at every row count: they beat the float kernels at all of them), through block_step for the
+    others."""
     if dtype in Q8_FORMATS:
         return q8_product(dtype, w, x, out, numba.get_num_threads())
+    if dtype in K_FORMATS:
+        return q8k_product(dtype, w, x, out, numba.get_num_threads())
     return block_step(dtype, w, x, out)
 
 
@@ -157,15 +163,31 @@ class NumbaBackend(NumpyBackend):
 
 
 class NumbaQ8Backend(NumbaBackend):
-    """The numba backend with llama.cpp's numerics: mul_mat quantizes activations to Q8_0 and sums integer products
-    for weights of the types in Q8_FORMATS, which it holds repacked (numba_q8.py); 2 to 4 times the float kernels'
-    speed, logits within llama.cpp's distance of exact float32."""
+    """The numba backend with llama.cpp's numerics: mul_mat quantizes activations to Q8_0 (Q8_K for the K-quants)
+    and sums integer products for weights of the types in TILE_LAYOUTS, which it holds repacked (numba_q8.py,
+    numba_q8k.py); 2 to 4 times the float kernels' speed, logits within llama.cpp's distance of exact float32."""
 
     name = "numba-q8"
     kernels = {**NumbaBackend.kernels, "mul_mat": block_mul_mat(q8_step), "get_rows": tiled_get_rows}
 
     def make_placed(self, leaf: Tensor, dense: bool) -> np.ndarray:
         placed = super().make_placed(leaf, dense)
-        if dense or leaf.dtype not in Q8_FORMATS or leaf.data is None:
+        if dense or leaf.dtype not in TILE_LAYOUTS or leaf.data is None:
             return placed
-        return repack(leaf.dtype, placed)
+        return repack(leaf.dtype, placed, done=release_mapped)
+
+
+def release_mapped(a: np.ndarray) -> None:
+    """Take the whole pages under a out of this process's memory where a lies in a read-only file mapping (a GGUF
+    file's): its repacked copy replaces them, so they are never held beside it (they stay in the page cache,
+    and a later read maps them again). Any other array is left alone."""
+    base = a
+    while isinstance(base, np.ndarray):
+        base = base.base
+    base = base.obj if isinstance(base, memoryview) else base  # np.frombuffer holds the map through a memoryview
+    if not isinstance(base, mmap.mmap) or not a.flags.c_contiguous:
+        return
+    start = a.ctypes.data - np.frombuffer(base, np.uint8).ctypes.data
+    low, high = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE, (start + a.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if high > low:
+        base.madvise(mmap.MADV_DONTNEED, low, high - low)

@@ -20,7 +20,7 @@ from pyggml.graph.tensor import Tensor
 from .fusion import rms_norm_mul_kernel as numpy_rms_norm_mul
 from .numpy_attention import flash_attn_ext as numpy_flash_attn_ext, paged_attn as numpy_paged_attn
 from .numpy_kernels import GLU_GATES, get_rows as numpy_get_rows, glu_kernel, set_rows as numpy_set_rows
-from .numba_q8 import Q8_FORMATS, tiled_rows
+from .numba_q8 import TILE_LAYOUTS, tiled_rows
 from .numba_quants import BLOCK_TYPES, FAST, INLINE, _prefetch, dequantize_into
 from .quants import checked_rows, gather_block_rows
 
@@ -285,10 +285,10 @@ def get_rows(node: Tensor, out: np.ndarray, a: np.ndarray, idx: np.ndarray) -> C
 
 
 def tiled_get_rows(node: Tensor, out: np.ndarray, a: np.ndarray, idx: np.ndarray) -> Callable[[], None]:
-    """get_rows of a table of a Q8_FORMATS type held repacked (numba_q8.py): its rows taken back to ggml's layout
+    """get_rows of a table of a TILE_LAYOUTS type held repacked (numba_q8.py): its rows taken back to ggml's layout
     and dequantized; any other table as get_rows."""
     a_type = node.srcs[0].dtype
-    if a_type not in Q8_FORMATS or a.dtype != np.uint8:
+    if a_type not in TILE_LAYOUTS or a.dtype != np.uint8:
         return get_rows(node, out, a, idx)
     rows = out.reshape(-1, node.shape[-1])
     if not (rows.dtype == np.float32 and np.shares_memory(rows, out)):

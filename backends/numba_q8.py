@@ -34,6 +34,7 @@ PREFETCH_AHEAD = 4096  # bytes ahead of a tile's blocks (read in order) fetched 
 # rows 9.7 -> 7.4-8.4 ms with 2-4 KiB; 8 rows against 1, alternated in one session: 1.48-1.59x at 4 KiB, 1.53-1.84x
 # at 2 KiB, 1.58-1.84x at 8 KiB (the hardware's prefetcher alone runs out of lead); into L2 only (locality 1,
 # prefetcht2), which leaves L1's fill buffers to the loads: 1 row 4.0-5.4 against 4.5-6.0 ms into L1, alternated
+REPACK_BYTES = 32 << 20  # weight bytes repacked at a time: the mapped rows behind them can be let go as it goes
 VI16, VF16 = ir.VectorType(I16, LANES), ir.VectorType(F16, LANES)
 
 
@@ -72,36 +73,58 @@ def _q8(builder: ir.IRBuilder, dwords: list[ir.Value]) -> list[ir.Value]:
 
 
 class Q8Format(NamedTuple):
-    """A block type in the integer products: its scale bytes (d, or d and min) ahead of `dwords` 4-byte words
-    of values; `zero`, the unsigned value that stands for 0, and `bits`, the values' width; `unpack`, IR turning
-    the words of 16 rows' blocks into the eight vectors of unsigned values 4k..4k+3 of each row's block."""
-    scale_bytes: int
-    dwords: int
+    """A 32-value block type in the integer products (its layout in TILE_LAYOUTS): `zero`, the unsigned value that
+    stands for 0, and `bits`, the values' width; `unpack`, IR turning the words of 16 rows' blocks into the eight
+    vectors of unsigned values 4k..4k+3 of each row's block."""
     zero: int
     bits: int
     unpack: Callable
 
 
-def _q8_format(dtype: DType, zero: int, bits: int, unpack: Callable) -> Q8Format:
-    """A row of Q8_FORMATS, its byte counts from the block-layout table: the float16 scalars come first, the
-    value fields (Q5's qh word first) fill the rest."""
-    layout = BLOCKS[dtype]
-    scale_bytes = 2 * len(layout.scalars())
-    return Q8Format(scale_bytes, (layout.nbytes - scale_bytes) // 4, zero, bits, unpack)
-
-
 Q8_FORMATS: dict[DType, Q8Format] = {
-    DType.Q4_0: _q8_format(DType.Q4_0, 8, 4, _q4), DType.Q4_1: _q8_format(DType.Q4_1, 0, 4, _q4),
-    DType.Q5_0: _q8_format(DType.Q5_0, 16, 5, _q5), DType.Q5_1: _q8_format(DType.Q5_1, 0, 5, _q5),
-    DType.Q8_0: _q8_format(DType.Q8_0, 128, 8, _q8)}
+    DType.Q4_0: Q8Format(8, 4, _q4), DType.Q4_1: Q8Format(0, 4, _q4), DType.Q5_0: Q8Format(16, 5, _q5),
+    DType.Q5_1: Q8Format(0, 5, _q5), DType.Q8_0: Q8Format(128, 8, _q8)}
+
+
+class TileLayout(NamedTuple):
+    """Where a block's float16 scalars (d, or d and its min: `header_bytes`) lie in ggml's layout, and how many
+    4-byte words of values and sub-block scales the rest of the block holds, in order."""
+    header_at: int
+    header_bytes: int
+    words: int
+
+    @property
+    def type_size(self) -> int:
+        return self.header_bytes + 4 * self.words
+
+
+def _tile_layout(dtype: DType) -> TileLayout:
+    """A row of TILE_LAYOUTS from the block-layout table: the float16 scalars (adjacent in every repacked type)
+    make the header, the other fields the words."""
+    layout = BLOCKS[dtype]
+    scalars = layout.scalars()
+    assert list(scalars) == list(range(scalars[0], scalars[0] + 2 * len(scalars), 2)), dtype
+    header_bytes = 2 * len(scalars)
+    return TileLayout(scalars[0], header_bytes, (layout.nbytes - header_bytes) // 4)
+
+
+def word_of(dtype: DType, field: str) -> int:
+    """The index, among a tiled block's words, of the word where a field of the block-layout table starts."""
+    offset, layout = BLOCKS[dtype].at(field), TILE_LAYOUTS[dtype]
+    return (offset - (layout.header_bytes if offset > layout.header_at else 0)) // 4
+
+
+TILE_LAYOUTS: dict[DType, TileLayout] = {t: _tile_layout(t) for t in (
+    DType.Q4_0, DType.Q4_1, DType.Q5_0, DType.Q5_1, DType.Q8_0, DType.Q2_K, DType.Q3_K, DType.Q4_K, DType.Q5_K,
+    DType.Q6_K)}
 
 
 @njit(cache=True)
-def _move_rows(src, dst, rows, n_rows, scale_bytes, dwords, to_tiles):
+def _move_rows(src, dst, rows, n_rows, header_at, header_bytes, words, to_tiles):
     """Rows between ggml's layout and the tiled one of an (n_rows, bytes per row) weight, where the R rows of tile
-    t (rows 16t..) hold, block after block, their scales, then their first value words, ...: to_tiles, plain row i
-    of src goes to row rows[i] of the tiled dst; else tiled row rows[i] of src goes to plain row i of dst."""
-    type_size = scale_bytes + 4 * dwords
+    t (rows 16t..) hold, block after block, their scales, then their first words, ...: to_tiles, plain row i of
+    src goes to row rows[i] of the tiled dst; else tiled row rows[i] of src goes to plain row i of dst."""
+    type_size = header_bytes + 4 * words
     row_bytes = src.shape[1]
     flat_src, flat_dst = src.reshape(-1), dst.reshape(-1)
     for i in range(len(rows)):
@@ -110,12 +133,13 @@ def _move_rows(src, dst, rows, n_rows, scale_bytes, dwords, to_tiles):
         for b in range(row_bytes // type_size):
             plain = i * row_bytes + b * type_size
             tiled = t * LANES * row_bytes + b * tile_rows * type_size
-            for j in range(scale_bytes):
-                _move(flat_src, flat_dst, plain + j, tiled + lane * scale_bytes + j, to_tiles)
-            for k in range(dwords):
+            for j in range(header_bytes):
+                _move(flat_src, flat_dst, plain + header_at + j, tiled + lane * header_bytes + j, to_tiles)
+            for k in range(words):
+                at = plain + 4 * k + (header_bytes if 4 * k >= header_at else 0)
                 for j in range(4):
-                    _move(flat_src, flat_dst, plain + scale_bytes + 4 * k + j,
-                          tiled + tile_rows * scale_bytes + 4 * (k * tile_rows + lane) + j, to_tiles)
+                    _move(flat_src, flat_dst, at + j, tiled + tile_rows * header_bytes + 4 * (k * tile_rows + lane) + j,
+                          to_tiles)
 
 
 @njit(inline="always")
@@ -126,19 +150,23 @@ def _move(src, dst, plain, tiled, to_tiles):
         dst[plain] = src[tiled]
 
 
-def repack(dtype: DType, blocks: np.ndarray) -> np.ndarray:
+def repack(dtype: DType, blocks: np.ndarray, done: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
     """(rows, bytes per row) blocks of dtype in ggml's layout -> the tiled layout the integer products read (as
-    many bytes, in the same shape)."""
-    fmt, out = Q8_FORMATS[dtype], np.empty_like(blocks)
-    _move_rows(np.ascontiguousarray(blocks), out, np.arange(len(blocks)), len(blocks), fmt.scale_bytes, fmt.dwords,
-               True)
+    many bytes, in the same shape), REPACK_BYTES of rows at a time, done(those rows) called after each."""
+    out, n_rows = np.empty_like(blocks), len(blocks)
+    step = max(LANES, REPACK_BYTES // max(1, blocks.shape[1]) // LANES * LANES)
+    for start in range(0, n_rows, step):
+        chunk = np.ascontiguousarray(blocks[start:start + step])
+        _move_rows(chunk, out, np.arange(start, start + len(chunk)), n_rows, *TILE_LAYOUTS[dtype], True)
+        if done is not None:
+            done(blocks[start:start + step])
     return out
 
 
 def tiled_rows(dtype: DType, tiled: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Rows of a repacked weight back in ggml's layout, (len(rows), bytes per row)."""
-    fmt, out = Q8_FORMATS[dtype], np.empty((len(rows), tiled.shape[1]), np.uint8)
-    _move_rows(np.ascontiguousarray(tiled), out, rows, len(tiled), fmt.scale_bytes, fmt.dwords, False)
+    out = np.empty((len(rows), tiled.shape[1]), np.uint8)
+    _move_rows(np.ascontiguousarray(tiled), out, rows, len(tiled), *TILE_LAYOUTS[dtype], False)
     return out
 
 
@@ -291,36 +319,78 @@ def make_tile(dtype: DType):
     return tile
 
 
-def _tile_loop(builder: ir.IRBuilder, dtype: DType, w: tuple, t: ir.Value, xq: tuple, meta: tuple, n0: ir.Value,
-               n_x: int, out: tuple) -> None:
-    """Sum over the blocks the products of weight tile t's rows (one per lane) with activation rows n0..n0 + n_x
-    - 1 into out[n0 + j, 16t..]."""
-    fmt = Q8_FORMATS[dtype]
-    type_size = fmt.scale_bytes + 4 * fmt.dwords
-    (w_data, w_stride, n_rows, _), (xq_data, xq_stride, _, k), (meta_data, meta_stride, _, _) = w, xq, meta
+class TileRows(NamedTuple):
+    """IR values of a weight tile: its first row, how many rows it has (up to LANES), the lanes they fill, and a
+    pointer to its bytes."""
+    first: ir.Value
+    rows: ir.Value
+    mask: ir.Value
+    data: ir.Value
+
+
+def tile_rows(builder: ir.IRBuilder, w: tuple, t: ir.Value) -> TileRows:
+    """Tile t of the tiled weight w (an _array tuple)."""
+    w_data, w_stride, n_rows, _ = w
     first = builder.mul(t, _const(t, LANES))
     rows = builder.sub(n_rows, first)
     rows = builder.select(builder.icmp_signed("<", rows, _const(rows, LANES)), rows, _const(rows, LANES))
     mask = builder.icmp_signed("<", ir.Constant(VI32, list(range(LANES))), _splat(builder, builder.trunc(rows, I32),
                                                                                   VI32))
-    tile = builder.gep(w_data, [builder.mul(first, w_stride)])
-    x_rows = [builder.gep(xq_data, [builder.mul(builder.add(n0, _const(n0, j)), xq_stride)]) for j in range(n_x)]
-    m_rows = [builder.gep(meta_data, [builder.mul(builder.add(n0, _const(n0, j)), meta_stride)])
-              for j in range(n_x)]
+    return TileRows(first, rows, mask, builder.gep(w_data, [builder.mul(first, w_stride)]))
+
+
+def block_words(builder: ir.IRBuilder, tile: TileRows, b: ir.Value, layout: TileLayout) -> tuple[ir.Value, Callable]:
+    """Block b of a tile: (its rows' scale header, one per lane (int16 d, or int32 d | min << 16), and word(i),
+    the vector of their i-th words, loaded once); the block PREFETCH_AHEAD bytes on is fetched on the way."""
+    start = builder.mul(b, builder.mul(tile.rows, _const(tile.rows, layout.type_size)))
+    for line in range(-(-LANES * layout.type_size // 64)):
+        prefetch_line(builder, builder.gep(tile.data, [builder.add(start, _const(start, PREFETCH_AHEAD + 64 * line))]),
+                      locality=1)
+    header = _masked_load(builder, tile.data, start, VI16 if layout.header_bytes == 2 else VI32, tile.mask)
+    words_at = builder.add(start, builder.mul(tile.rows, _const(tile.rows, layout.header_bytes)))
+    loaded: dict[int, ir.Value] = {}
+
+    def word(i: int) -> ir.Value:
+        if i not in loaded:
+            at = builder.add(words_at, builder.mul(tile.rows, _const(tile.rows, 4 * i)))
+            loaded[i] = _masked_load(builder, tile.data, at, VI32, tile.mask)
+        return loaded[i]
+    return header, word
+
+
+def header_scales(builder: ir.IRBuilder, header: ir.Value) -> tuple[ir.Value, ir.Value | None]:
+    """The float32 d of each lane's header, and its min (None for a 2-byte header)."""
+    if header.type == VI16:
+        return _halves(builder, header), None
+    return _halves(builder, header), _halves(builder, builder.lshr(header, _vconst(16)))
+
+
+def row_pointer(builder: ir.IRBuilder, array: tuple, n0: ir.Value, j: int) -> ir.Value:
+    """A pointer to row n0 + j of an _array tuple."""
+    data, stride, _, _ = array
+    return builder.gep(data, [builder.mul(builder.add(n0, _const(n0, j)), stride)])
+
+
+def store_tile(builder: ir.IRBuilder, acc: list[ir.Value], out: tuple, n0: ir.Value, tile: TileRows) -> None:
+    """out[n0 + j, the tile's rows] = the lanes of acc[j] (allocas)."""
+    for j, a in enumerate(acc):
+        at = builder.mul(tile.first, _const(tile.first, 4))
+        _masked_store(builder, builder.load(a), row_pointer(builder, out, n0, j), at, tile.mask)
+
+
+def _tile_loop(builder: ir.IRBuilder, dtype: DType, w: tuple, t: ir.Value, xq: tuple, meta: tuple, n0: ir.Value,
+               n_x: int, out: tuple) -> None:
+    """Sum over the blocks the products of weight tile t's rows (one per lane) with activation rows n0..n0 + n_x
+    - 1 into out[n0 + j, 16t..]."""
+    fmt, tile, k = Q8_FORMATS[dtype], tile_rows(builder, w, t), xq[3]
+    x_rows, m_rows = ([row_pointer(builder, a, n0, j) for j in range(n_x)] for a in (xq, meta))
     acc = [cgutils.alloca_once_value(builder, ir.Constant(VF32, None)) for _ in range(n_x)]
     n_blocks = builder.sdiv(k, _const(k, 32))
     with cgutils.for_range(builder, n_blocks) as loop:
         b = loop.index
-        start = builder.mul(b, builder.mul(rows, _const(rows, type_size)))
-        for line in range(-(-LANES * type_size // 64)):  # a block's lines, PREFETCH_AHEAD bytes on
-            prefetch_line(builder, builder.gep(tile, [builder.add(start, _const(start, PREFETCH_AHEAD + 64 * line))]),
-                          locality=1)
-        scales = _masked_load(builder, tile, start, VI16 if fmt.scale_bytes == 2 else VI32, mask)
-        words_at = builder.add(start, builder.mul(rows, _const(rows, fmt.scale_bytes)))
-        words = [_masked_load(builder, tile, builder.add(words_at, builder.mul(rows, _const(rows, 4 * i))), VI32,
-                              mask) for i in range(fmt.dwords)]
-        values, d_w = fmt.unpack(builder, words), _halves(builder, scales)
-        m_w = _halves(builder, builder.lshr(scales, _vconst(16))) if fmt.scale_bytes == 4 else None
+        header, word = block_words(builder, tile, b, TILE_LAYOUTS[dtype])
+        values = fmt.unpack(builder, [word(i) for i in range(TILE_LAYOUTS[dtype].words)])
+        d_w, m_w = header_scales(builder, header)
         x_at, d_at = builder.mul(b, _const(b, 32)), builder.mul(b, _const(b, 4))
         meta_at = [builder.add(d_at, builder.mul(n_blocks, _const(n_blocks, 4 * i))) for i in range(3)]
         for j in range(n_x):
@@ -333,10 +403,7 @@ def _tile_loop(builder: ir.IRBuilder, dtype: DType, w: tuple, t: ir.Value, xq: t
             if m_w is not None:  # the min times the activations' sum
                 total = _fma(builder, m_w, _scalar(builder, m_rows[j], meta_at[1], F32, VF32), total)
             builder.store(total, acc[j])
-    out_data, out_stride, _, _ = out
-    for j in range(n_x):
-        at = builder.add(builder.mul(builder.add(n0, _const(n0, j)), out_stride), builder.mul(first, _const(first, 4)))
-        _masked_store(builder, builder.load(acc[j]), out_data, at, mask)
+    store_tile(builder, acc, out, n0, tile)
 
 
 def _q8_tiled(w, x, xq, meta, out, zero, n_tasks):

@@ -16,7 +16,7 @@ from bench_dequant import random_tensor
 from compare_backends import cpu_name
 
 from pyggml.backends import numba_q8, numba_quants, numba_tiles
-from pyggml.backends.numba_backend import panel_product
+from pyggml.backends.numba_backend import panel_product, q8_step
 from pyggml.backends.quants import dequantize
 from pyggml.graph.dtypes import DType
 
@@ -41,7 +41,7 @@ def paths(dtype: DType, w: np.ndarray, tiled: np.ndarray | None, x: np.ndarray, 
     table = numba_quants.F16_TABLE
     threads = numba.get_num_threads()
     return {"register tiles": numba_tiles.tiled_product(dtype, w, x, out, threads),
-            "int8 tiles (numba-q8)": None if tiled is None else numba_q8.q8_product(dtype, tiled, x, out, threads),
+            "int8 tiles (numba-q8)": None if tiled is None else q8_step(dtype, tiled, x, out),
             "dequantize once": lambda: numba_quants.MATMAT[dtype](w, x, out, table, numba_quants.N16, threads),
             "panel + BLAS": panel_product(dtype, w, x, out),
             "F32 copy": lambda: np.matmul(x, dense.T, out=out)}
@@ -95,7 +95,7 @@ def main() -> None:
     for dtype in (DType[name] for name in args.types):
         w = random_tensor(dtype, m, k, rng).reshape(m, -1)
         dense = dequantize(w, dtype, (m, k))
-        tiled = numba_q8.repack(dtype, w) if dtype in numba_q8.Q8_FORMATS else None
+        tiled = numba_q8.repack(dtype, w) if dtype in numba_q8.TILE_LAYOUTS else None
         for rows in args.rows:
             x = rng.standard_normal((rows, k)).astype(np.float32)
             time.sleep(BLAS_IDLE_S)  # BLAS's threads spin after the last row's BLAS columns, starving numba's

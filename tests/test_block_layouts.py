@@ -45,9 +45,16 @@ def test_kernel_tables_derive_from_the_layout_table():
         assert (kernels.block, kernels.type_size) == numba_quants.kernel_unit(dtype)
         assert numba_tiles.TILE_FORMATS[dtype][:2] == (kernels.block, kernels.type_size)
     assert numba_quants.kernel_unit(DType.F16) == (numba_quants.F16_UNIT, 2 * numba_quants.F16_UNIT)
-    for dtype, fmt in numba_q8.Q8_FORMATS.items():
-        assert fmt.scale_bytes + 4 * fmt.dwords == BLOCKS[dtype].nbytes
-        assert fmt.scale_bytes == BLOCKS[dtype].fields[len(BLOCKS[dtype].scalars())].offset
+    for dtype, tiled in numba_q8.TILE_LAYOUTS.items():  # a one-row tile: the float16 scalars, then every field
+        plain = np.random.default_rng(1).integers(0, 256, (1, BLOCKS[dtype].nbytes), dtype=np.uint8)
+        packed = numba_q8.repack(dtype, plain)[0]
+        first = BLOCKS[dtype].scalars()[0]
+        assert (packed[:tiled.header_bytes] == plain[0, first:first + tiled.header_bytes]).all()
+        for field in BLOCKS[dtype].fields:
+            at = tiled.header_bytes + 4 * numba_q8.word_of(dtype, field.name)
+            stored = plain[0, field.offset:field.offset + field.size]
+            assert field.kind == "f16" or (packed[at:at + field.size] == stored).all()
+    assert set(numba_q8.Q8_FORMATS) <= set(numba_q8.TILE_LAYOUTS)
     for name, size in cuda_sources.BLOCK_TYPES.items():
         assert size == block_layout(DType[name.upper()])
     assert set(cupy_quants.DEVICE_FORMATS) <= set(BLOCKS)

@@ -65,20 +65,29 @@ def _load_example(name: str):
     return module
 
 
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q8_0"])
-def test_synthetic_gguf_has_the_shapes_asked_for_and_runs(qtype, tmp_path):
-    """The real-size writer, on a small shape: every matrix of its list with its type, the scale it promises,
-    and a model that loads and gives finite logits."""
+@pytest.mark.parametrize("mix", ["q4_0", "q8_0", "q4_k_m"])
+def test_synthetic_gguf_has_the_shapes_asked_for_and_runs(mix, tmp_path):
+    """The real-size writer, on a small shape: every matrix of its list with llama.cpp's type for it, values of
+    about unit norm per sqrt(K) centred on 0, merges that make tokens of the vocabulary, and a model that loads
+    and gives finite logits."""
     synthetic = _load_example("synthetic_gguf")
-    shape = synthetic.Shape(n_layer=2, n_embd=64, n_ff=96, n_head=4, n_head_kv=2, n_vocab=300, tied=False)
-    dtype = gguf.GGMLQuantizationType[qtype]
-    synthetic.write(tmp_path / "s.gguf", shape, dtype)
+    shape = synthetic.Shape(n_layer=2, n_embd=256, n_ff=512, n_head=4, n_head_kv=2, n_vocab=600, tied=False)
+    synthetic.write(tmp_path / "s.gguf", shape, mix)
     model = pyggml.load(tmp_path / "s.gguf")
     tensors = model.gguf.tensors
     assert {name: tuple(tensors[name].shape) for name, _ in synthetic.matrices(shape)} == dict(synthetic.matrices(shape))
-    assert {tensors[name].dtype for name, _ in synthetic.matrices(shape)} == {dtype}
-    scale = np.asarray(model.gguf.tensor_data("blk.0.ffn_down.weight")).reshape(-1)[:2].view(np.float16)[0]
-    assert scale == np.float16(1 / (synthetic.VALUE_STD[dtype] * np.sqrt(shape.n_ff)))
+    types = {name: tensors[name].dtype.name for name, _ in synthetic.matrices(shape)}
+    if mix == "q4_k_m":  # with 2 layers llama.cpp's use_more_bits picks layer 1 (il >= 7n/8)
+        more = {"output.weight", "blk.1.attn_v.weight", "blk.1.ffn_down.weight"}
+        assert types == {name: "Q6_K" if name in more else "Q4_K" for name in types}
+    else:
+        assert set(types.values()) == {mix.upper()}
+    down = gguf.dequantize(np.asarray(model.gguf.tensor_data("blk.0.ffn_down.weight")), tensors[
+        "blk.0.ffn_down.weight"].dtype)
+    assert abs(down.std() * np.sqrt(shape.n_ff) - 1) < 0.1 and abs(down.mean()) < 0.15 * down.std()  # Q4_0: -0.5 d
+    tokens = set(model.gguf.metadata["tokenizer.ggml.tokens"])
+    merges = model.gguf.metadata["tokenizer.ggml.merges"]
+    assert merges and all(m.replace(" ", "") in tokens for m in merges)
     assert np.isfinite(model.eval([1, 2, 3])).all()
 
 
@@ -93,7 +102,7 @@ def test_bench_batch_prints_rates_and_weight_products(tmp_path):
     synthetic = _load_example("synthetic_gguf")
     path = tmp_path / "s.gguf"
     synthetic.write(path, synthetic.Shape(n_layer=2, n_embd=64, n_ff=96, n_head=4, n_head_kv=2, n_vocab=300,
-                                          tied=False), gguf.GGMLQuantizationType.Q8_0)
+                                          tied=False), "q8_0")
     args = ("--model", str(path), "--batches", "1", "3", "--ctx", "64", "-r", "1")
     out = run_example("bench_batch.py", *args, "--tokens", "3", cwd=EXAMPLES)
     assert [line.split(" | ")[0] for line in out.splitlines() if line[:3] in ("| 1", "| 3")] == ["| 1", "| 3"]
@@ -111,7 +120,7 @@ def test_generate_runs_on_the_backend_asked_for(tmp_path):
     synthetic = _load_example("synthetic_gguf")
     path = tmp_path / "s.gguf"
     synthetic.write(path, synthetic.Shape(n_layer=1, n_embd=64, n_ff=96, n_head=4, n_head_kv=2, n_vocab=300,
-                                          tied=False), gguf.GGMLQuantizationType.Q8_0)
+                                          tied=False), "q8_0")
     texts = [run_example("generate.py", "--model", str(path), "ab", "-n", "4", *backend, cwd=EXAMPLES)
              for backend in ([], ["--backend", "numba"])]
     assert all(text.startswith("ab") for text in texts)
