@@ -96,11 +96,11 @@ class Engine:
     """Steps many requests together over one paged KV cache; `submit` is thread-safe, `step` runs one round."""
 
     def __init__(self, model: Model, n_parallel: int = 4, n_ctx: int | None = None, n_blocks: int | None = None,
-                 block_size: int = BLOCK_SIZE, max_queue: int = 64, kv_type: str = "f32"):
+                 block_size: int = BLOCK_SIZE, max_queue: int = 64):
         self.model, self.n_parallel, self.max_queue = model, n_parallel, max_queue
         self.n_ctx = n_ctx or model.n_ctx
         n_blocks = n_blocks or n_parallel * -(-self.n_ctx // block_size)
-        self.batch = model.batch_context(n_blocks, block_size, kv_type)
+        self.batch = model.batch_context(n_blocks, block_size)
         self.cache = self.batch.cache
         self.waiting: collections.deque[Request] = collections.deque()
         self.active: list[Request] = []

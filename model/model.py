@@ -20,7 +20,7 @@ from .engine import Engine
 from .generation import TextStream
 from .gguf_file import GGUFFile
 from .hparams import HParams, load_hparams
-from .kv_cache import KVCache
+from .kv_cache import DEFAULT_KV_TYPE, KVCache
 from .paged_cache import BLOCK_SIZE, PagedKVCache
 from .pull import resolve_model
 from .sampling import Sampler, SamplingParams, log_softmax
@@ -44,7 +44,8 @@ class Model:
     """A loaded GGUF model with its tokenizer, KV cache and a context to evaluate tokens."""
 
     def __init__(self, path_or_name: str | Path, n_ctx: int | None = None, n_batch: int = 512,
-                 kv_type: DType | str = DType.F32, backend: BackendSpec | None = None, swa_full: bool = False,
+                 type_k: DType | str = DEFAULT_KV_TYPE, type_v: DType | str = DEFAULT_KV_TYPE,
+                 backend: BackendSpec | None = None, swa_full: bool = False,
                  kv_overrides: Mapping[str, object] | None = None):
         t0 = time.perf_counter()
         self.path = resolve_model(str(path_or_name))
@@ -57,25 +58,26 @@ class Model:
         self.tokenizer = load_tokenizer(self.gguf.metadata)
         self.weights = Weights(self.gguf)
         self.backend = backend or default_backend()
-        self.context = self.make_context(n_ctx, n_batch, kv_type, swa_full)
+        self.type_k, self.type_v = as_dtype(type_k), as_dtype(type_v)  # the KV cache types (llama.cpp's -ctk/-ctv)
+        self.context = self.make_context(n_ctx, n_batch, swa_full=swa_full)
         self.n_ctx, self.cache = self.context.cache.n_ctx, self.context.cache
         self.load_seconds = time.perf_counter() - t0
 
-    def make_context(self, n_ctx: int | None = None, n_batch: int = 512, kv_type: DType | str = DType.F32,
-                     swa_full: bool = False) -> Context:
-        """A new context (its own KV cache) over this model's weights, as llama_new_context_with_model."""
+    def make_context(self, n_ctx: int | None = None, n_batch: int = 512, swa_full: bool = False) -> Context:
+        """A new context (its own KV cache of the model's K/V types) over this model's weights, as
+        llama_new_context_with_model."""
         hp = self.hparams
         n_ctx = min(n_ctx or DEFAULT_N_CTX, hp.n_ctx_train or DEFAULT_N_CTX)
-        cache = KVCache(hp.n_layer, n_ctx, hp.n_head_kv, hp.head_dim, as_dtype(kv_type), self._layer_windows(),
-                        min(n_batch, n_ctx), hp.head_dim_v, swa_full)
+        cache = KVCache(hp.n_layer, n_ctx, hp.n_head_kv, hp.head_dim, self.type_k, self._layer_windows(),
+                        min(n_batch, n_ctx), hp.head_dim_v, swa_full, self.type_v)
         return Context(self.weights, hp, build_decoder, cache, self.backend)
 
-    def batch_context(self, n_blocks: int, block_size: int = BLOCK_SIZE,
-                      kv_type: DType | str = DType.F32) -> BatchContext:
-        """A context stepping many sequences over a paged KV cache of n_blocks blocks per layer."""
+    def batch_context(self, n_blocks: int, block_size: int = BLOCK_SIZE) -> BatchContext:
+        """A context stepping many sequences over a paged KV cache (the model's K/V types) of n_blocks blocks per
+        layer."""
         hp = self.hparams
-        cache = PagedKVCache(hp.n_layer, n_blocks, hp.n_head_kv, hp.head_dim, as_dtype(kv_type),
-                             self._layer_windows(), block_size, hp.head_dim_v)
+        cache = PagedKVCache(hp.n_layer, n_blocks, hp.n_head_kv, hp.head_dim, self.type_k, self._layer_windows(),
+                             block_size, hp.head_dim_v, self.type_v)
         return BatchContext(self.weights, hp, build_decoder, cache, self.backend)
 
     def _layer_windows(self) -> list[int | None]:

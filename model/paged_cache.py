@@ -14,7 +14,7 @@ from pyggml.graph.dtypes import DType
 from pyggml.graph.errors import PyggmlError
 from pyggml.graph.tensor import Flag, Tensor, new_tensor
 
-from .kv_cache import KV_TYPES
+from .kv_cache import DEFAULT_KV_TYPE, check_kv_types
 
 if TYPE_CHECKING:
     from .layers import StepInputs
@@ -82,19 +82,18 @@ class SeqBlocks:
 class PagedKVCache:
     """K and V of (n_blocks * block_size, n_kv_head * head_dim) per layer, handed out in blocks to sequences."""
 
-    def __init__(self, n_layer: int, n_blocks: int, n_kv_head: int, head_dim: int, dtype: DType = DType.F32,
+    def __init__(self, n_layer: int, n_blocks: int, n_kv_head: int, head_dim: int, dtype: DType = DEFAULT_KV_TYPE,
                  windows: list[int | None] | None = None, block_size: int = BLOCK_SIZE,
-                 head_dim_v: int | None = None):
-        if dtype not in KV_TYPES:
-            raise PyggmlError(f"KV cache type must be one of {[t.name for t in KV_TYPES]}, not {dtype.name}")
-        self.block_size, self.n_blocks, self.dtype = block_size, n_blocks + 1, dtype  # + the scratch block
+                 head_dim_v: int | None = None, dtype_v: DType | None = None):
+        self.dtype, self.dtype_v = check_kv_types(dtype, dtype_v or dtype, head_dim, head_dim_v or head_dim)
+        self.block_size, self.n_blocks = block_size, n_blocks + 1  # + the scratch block
         windows = windows or [None] * n_layer
         self.pools = {w: BlockPool(self.n_blocks) for w in dict.fromkeys(windows)}  # one per window (cache kind)
         rows = self.n_blocks * block_size
-        self.k = [new_tensor((rows, n_kv_head * head_dim), dtype, f"paged_k_l{il}", Flag.PERSISTENT)
+        self.k = [new_tensor((rows, n_kv_head * head_dim), self.dtype, f"paged_k_l{il}", Flag.PERSISTENT)
                   for il in range(len(windows))]
-        self.v = [new_tensor((rows, n_kv_head * (head_dim_v or head_dim)), dtype, f"paged_v_l{il}", Flag.PERSISTENT)
-                  for il in range(len(windows))]
+        self.v = [new_tensor((rows, n_kv_head * (head_dim_v or head_dim)), self.dtype_v, f"paged_v_l{il}",
+                             Flag.PERSISTENT) for il in range(len(windows))]
         self.layer_window = windows
 
     @property

@@ -47,7 +47,7 @@ def test_uncached_matches_numpy_forward(tiny, tokens):
 
 
 def test_f16_cache_close_to_numpy_forward(tiny, tokens):
-    model = Model(tiny[0], n_ctx=64, kv_type="f16")
+    model = Model(tiny[0], n_ctx=64, type_k="f16", type_v="f16")
     got = model.eval(tokens.tolist(), all_logits=True)
     np.testing.assert_allclose(got, reference_logits(CFG, tiny[1], tokens), atol=1e-2)
     assert model.cache.nbytes == 2 * CFG.n_layer * 64 * CFG.n_head_kv * CFG.head_dim * 2

@@ -143,7 +143,7 @@ def run_study(args: argparse.Namespace, model) -> tuple[str, bool]:
     from pyggml.model.kv_study import kv_bytes_per_token, kv_study, plot
     study = kv_study(model, model.prompt_ids(args.prompt), args.kv_study, progress)
     itemsize = numpy_dtype(model.cache.dtype).itemsize
-    doc = {"model": args.model, **study.to_dict(), "kv_type": model.cache.dtype.name,
+    doc = {"model": args.model, **study.to_dict(), "kv_type": f"{model.cache.dtype.name}/{model.cache.dtype_v.name}",
            "kv_bytes_per_token": {k: {"n_kv_head": h, "bytes": b}
                                   for k, (h, b) in kv_bytes_per_token(model.hparams, itemsize).items()},
            "plot": args.plot if plot(study, args.plot, f"{args.model}: KV-cache study") else None}

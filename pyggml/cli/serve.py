@@ -6,7 +6,7 @@ import sys
 
 from pyggml.graph.errors import PyggmlError
 
-from .options import add_backend_option, chosen_backend
+from .options import add_backend_option, add_cache_type_options, cache_types, chosen_backend
 
 HELP = "serve a model over an OpenAI-compatible HTTP API, many requests batched together"
 
@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-blocks", type=int, default=None,
                    help="KV blocks in the pool (default: enough for --parallel full contexts)")
     p.add_argument("--queue", type=int, default=64, help="requests that may wait; more get 503")
-    p.add_argument("--cache-type", choices=("f32", "f16"), default="f32", help="KV cache element type")
+    add_cache_type_options(p)
     p.add_argument("--alias", default=None, help="the model name the API reports (default: the file name)")
     add_backend_option(p)
 
@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from pyggml.model.model import Model
     if args.parallel < 1 or args.queue < 0:
         raise PyggmlError("--parallel must be at least 1 and --queue at least 0")
-    model = Model(args.model, n_ctx=args.ctx_size, kv_type=args.cache_type, backend=chosen_backend(args))
-    engine = Engine(model, args.parallel, model.n_ctx, args.kv_blocks, max_queue=args.queue, kv_type=args.cache_type)
+    model = Model(args.model, n_ctx=args.ctx_size, **cache_types(args), backend=chosen_backend(args))
+    engine = Engine(model, args.parallel, model.n_ctx, args.kv_blocks, max_queue=args.queue)
     name = args.alias or model.path.stem
     sys.stderr.write(f"serving {name} on http://{args.host}:{args.port}/v1 ({args.parallel} parallel, "
                      f"context {model.n_ctx}, {engine.cache.n_blocks - 1} KV blocks)\n")
