@@ -104,6 +104,23 @@ def test_openai_client_gets_what_generate_gives(smollm2):
         assert health(url)["kv_blocks_used"] == 0
 
 
+def test_a_repeated_prompt_hits_the_prefix_cache(tiny):
+    """A request after a finished one with the same long prompt takes over its cached blocks (reported by /health)
+    and gets the same greedy text."""
+    body = {"prompt": "A long shared system prompt, the same in both requests: " * 2, "max_tokens": 6,
+            "temperature": 0}
+    with serving(tiny, n_parallel=2, n_ctx=256) as (url, _):
+        first = call(url, "/v1/completions", body)[1]
+        before = health(url)
+        second = call(url, "/v1/completions", body)[1]
+        after = health(url)
+    n_prompt = first["usage"]["prompt_tokens"]
+    assert second["choices"][0]["text"] == first["choices"][0]["text"]
+    assert before["prefix_cache_hit_tokens"] == 0 and before["prefix_cache_queried_tokens"] == n_prompt
+    assert after["prefix_cache_hit_tokens"] == (n_prompt - 1) // 16 * 16 > 0
+    assert after["prefix_cache_queried_tokens"] == 2 * n_prompt
+
+
 def test_logprobs_are_the_models_and_come_in_both_shapes(smollm2):
     """Completions' logprobs (tokens, token_logprobs, top_logprobs, text_offset) and chat's (content entries with
     bytes and top_logprobs), whole and streamed, against generate's own log-probabilities (the single path)."""

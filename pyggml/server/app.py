@@ -83,7 +83,8 @@ def create_app(model: Model, engine: Engine, model_name: str) -> FastAPI:
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "slots": engine.n_parallel, "active": len(engine.active),
-                "waiting": len(engine.waiting), "kv_blocks_used": engine.cache.n_used}
+                "waiting": len(engine.waiting), "kv_blocks_used": engine.cache.n_used,
+                "prefix_cache_queried_tokens": engine.prefix_queried, "prefix_cache_hit_tokens": engine.prefix_hits}
 
     @app.get("/v1/models")
     async def models() -> dict:
