@@ -40,8 +40,8 @@ def _attention_block(w: Weights, hp: HParams, arch: Arch, x: Tensor, inp: StepIn
     return _post_norm(w, hp, arch, cur, T.ATTN_POST_NORM, il)
 
 
-def build_decoder(w: Weights, hp: HParams, inp: StepInputs, cache: KVCache | None) -> Tensor:
-    """Logits (n_out, n_vocab) for the step's tokens, as the model's architecture row says."""
+def build_hidden(w: Weights, hp: HParams, inp: StepInputs, cache: KVCache | None) -> Tensor:
+    """The output-normed hidden states (n_out, n_embd) of the step's wanted rows (what embeddings pool)."""
     arch = ARCHITECTURES[hp.arch]
     x = named(ops.get_rows(w.get(T.TOKEN_EMBD), inp.tokens), "inp_embd")
     if arch.scale_embeddings:
@@ -54,7 +54,12 @@ def build_decoder(w: Weights, hp: HParams, inp: StepInputs, cache: KVCache | Non
         cur = named(rms_norm_w(x, w.get(T.FFN_NORM, il), hp.rms_eps), "ffn_norm", il)
         cur = ffn_glu(w, cur, il, arch.glu, arch.fused_gate_up)
         x = named(ops.add(x, _post_norm(w, hp, arch, cur, T.FFN_POST_NORM, il)), "l_out", il)
-    x = named(rms_norm_w(x, w.get(T.OUTPUT_NORM), hp.rms_eps), "result_norm")
+    return named(rms_norm_w(x, w.get(T.OUTPUT_NORM), hp.rms_eps), "result_norm")
+
+
+def build_decoder(w: Weights, hp: HParams, inp: StepInputs, cache: KVCache | None) -> Tensor:
+    """Logits (n_out, n_vocab) for the step's tokens, as the model's architecture row says."""
+    x = build_hidden(w, hp, inp, cache)
     logits = linear(w, T.OUTPUT, x) if w.has(T.OUTPUT) else ops.mul_mat(w.get(T.TOKEN_EMBD), x)
     if hp.final_logit_softcap:
         logits = softcap(logits, hp.final_logit_softcap)

@@ -75,6 +75,7 @@ class HParams:
     yarn: YarnParams | None = None  # YaRN rope scaling (with rope_freq_scale)
     attn_logit_softcap: float | None = None
     final_logit_softcap: float | None = None
+    pooling_type: int | None = None  # the GGUF's {arch}.pooling_type (llama.cpp's enum), None without one
 
     def is_swa(self, layer: int) -> bool:
         """Whether a layer uses sliding-window attention (llama.cpp: il % pattern < pattern - 1)."""
@@ -187,6 +188,7 @@ def load_hparams(metadata: Mapping[str, Any], tensor_names: Collection[str] | No
         yarn=_yarn(keys, n_ctx_train) if keys.get(Keys.Rope.SCALING_TYPE) == RopeScalingType.YARN.value else None,
         attn_logit_softcap=keys.number(Keys.LLM.ATTN_LOGIT_SOFTCAPPING, row.attn_softcap) or None,
         final_logit_softcap=keys.number(Keys.LLM.FINAL_LOGIT_SOFTCAPPING, row.final_softcap) or None,
+        pooling_type=keys.get(Keys.LLM.POOLING_TYPE),
     )
 
 

@@ -15,7 +15,8 @@ from pyggml.graph.errors import PyggmlError
 from .chat_template import render_chat, template_source
 from .batch import BatchContext
 from .context import Context
-from .decoder import build_decoder
+from .decoder import build_decoder, build_hidden
+from .embedding import model_pooling, normalize as normalize_rows, pool
 from .engine import Engine
 from .generation import TextStream
 from .gguf_file import GGUFFile
@@ -61,6 +62,8 @@ class Model:
         self.type_k, self.type_v = as_dtype(type_k), as_dtype(type_v)  # the KV cache types (llama.cpp's -ctk/-ctv)
         self.context = self.make_context(n_ctx, n_batch, swa_full=swa_full)
         self.n_ctx, self.cache = self.context.cache.n_ctx, self.context.cache
+        self.pooling = model_pooling(self.hparams)  # Model.embed's default: the GGUF's pooling_type, else last
+        self._hidden = Context(self.weights, self.hparams, build_hidden, self.cache, self.backend)
         self.load_seconds = time.perf_counter() - t0
 
     def make_context(self, n_ctx: int | None = None, n_batch: int = 512, swa_full: bool = False) -> Context:
@@ -148,6 +151,25 @@ class Model:
         requests = [engine.submit(self.prompt_ids(p), max_tokens, params, stop) for p in prompts]
         engine.run_until_idle()
         return [Completion(r.text, r.tokens, r.finish_reason, None, r.timings) for r in requests]
+
+    def embed(self, inputs: str | Sequence[int] | Sequence[str | Sequence[int]], pooling: str | None = None,
+              normalize: int = 2) -> list[np.ndarray]:
+        """Embeddings of one input or a batch (text or token ids): per input, its tokens' output-normed hidden
+        states pooled (`pooling` mean|last|cls|none, default the model's) and normalized as llama-server
+        (2: Euclidean; -1: not at all): an (n_embd,) vector, or (n_tokens, n_embd) unnormalized for none."""
+        batch = [inputs] if isinstance(inputs, str) or (inputs and isinstance(inputs[0], (int, np.integer))) \
+            else list(inputs)
+        if not batch:
+            raise PyggmlError("embed needs at least one input")
+        out = []
+        for item in batch:
+            ids = self.tokenize(item) if isinstance(item, str) else [int(t) for t in item]
+            if not ids or len(ids) > self.n_ctx:
+                raise PyggmlError(f"an input to embed has {len(ids)} tokens; it must have 1 to {self.n_ctx}")
+            hidden = self._hidden.eval_uncached(ids, all_logits=True)
+            pooled = pool(hidden, pooling or self.pooling)
+            out.append(pooled if (pooling or self.pooling) == "none" else normalize_rows(pooled, normalize))
+        return out
 
     def chat(self, messages: Sequence[Mapping[str, str]], **options) -> Completion | TextStream:
         """Reply to a conversation rendered through the chat template."""
