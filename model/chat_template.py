@@ -1,6 +1,7 @@
 """Chat templates: the GGUF's Jinja template rendered as Hugging Face does, or an architecture's built-in."""
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
@@ -57,3 +58,26 @@ def render_chat(template: str, messages: Sequence[Mapping[str, str]], bos_token:
                                                 add_generation_prompt=add_generation_prompt)
     except jinja2.TemplateError as e:
         raise PyggmlError(f"chat template failed to render: {e}") from None
+
+
+def render_chat_segments(template: str, messages: Sequence[Mapping[str, str]], bos_token: str = "",
+                         eos_token: str = "", add_generation_prompt: bool = True) -> list[tuple[str, bool]]:
+    """The prompt as (text, is the template's own) segments, each message's content apart: rendered with every
+    content between two marks no message can hold, then cut at the marks. A template that trims content is
+    matched by trimming it first; the segments join to render_chat's text whenever the template keeps content
+    whole."""
+    plain = render_chat(template, messages, bos_token, eos_token, add_generation_prompt)
+    mark = f"\ue000{secrets.randbelow(10**18):018d}\ue001"  # private-use characters around random digits
+    tried = []
+    for trim in (False, True):
+        marked = [{**m, "content": f"{mark}{m['content'].strip() if trim else m['content']}{mark}"}
+                  for m in messages]
+        parts = render_chat(template, marked, bos_token, eos_token, add_generation_prompt).split(mark)
+        if "".join(parts) == plain:
+            break
+        tried.append(parts)
+    else:
+        parts = tried[0]
+    if len(parts) % 2 == 0:
+        raise PyggmlError("chat template: it cuts message content apart, which cannot then be kept as text")
+    return [(part, i % 2 == 0) for i, part in enumerate(parts) if part]

@@ -97,6 +97,7 @@ class Engine:
 
     def __init__(self, model: Model, n_parallel: int = 4, n_ctx: int | None = None, n_blocks: int | None = None,
                  block_size: int = BLOCK_SIZE, max_queue: int = 64):
+        """An engine of n_parallel slots; max_queue requests may wait beyond the free slots (0: none)."""
         self.model, self.n_parallel, self.max_queue = model, n_parallel, max_queue
         self.n_ctx = n_ctx or model.n_ctx
         n_blocks = n_blocks or n_parallel * -(-self.n_ctx // block_size)
@@ -108,6 +109,7 @@ class Engine:
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._deadline: float | None = None  # when draining: the time.monotonic() at which running requests stop
 
     def submit(self, prompt_ids: Sequence[int], max_tokens: int = 128, sampling: SamplingParams | None = None,
                stop: Sequence[str] = (), events=None, logprobs: int | None = None) -> Request:
@@ -125,7 +127,9 @@ class Engine:
             raise PyggmlError(f"the request needs {self._budget(req)} KV blocks; "
                               f"the pool has {self.cache.n_blocks - 1}")
         with self._wake:
-            if len(self.waiting) >= self.max_queue:
+            if self._deadline is not None:
+                raise QueueFull("the engine is stopping")
+            if len(self.waiting) >= self.max_queue + max(self.n_parallel - len(self.active), 0):
                 raise QueueFull(f"{len(self.waiting)} requests are waiting already")
             req.timings["submitted"] = time.perf_counter()
             self.waiting.append(req)
@@ -158,15 +162,15 @@ class Engine:
             self._run(work)
 
     def _admit(self) -> None:
-        """Move waiting requests into the batch while slots and blocks allow, sharing a common prefix."""
+        """Drop cancelled waiting requests, then move waiting ones into the batch while slots and blocks allow,
+        sharing a common prefix."""
         with self._wake:
+            for req in [r for r in self.waiting if r.cancelled.is_set()]:  # even while every slot is taken
+                self.waiting.remove(req)
+                req.finish_reason = "cancelled"
+                req.events.put(Event(None, finish_reason="cancelled"))
             while self.waiting and len(self.active) < self.n_parallel:
                 req = self.waiting[0]
-                if req.cancelled.is_set():
-                    self.waiting.popleft()
-                    req.finish_reason = "cancelled"
-                    req.events.put(Event(None, finish_reason="cancelled"))
-                    continue
                 if sum(map(self._budget, self.active)) + self._budget(req) > self.cache.n_blocks - 1:
                     return  # the pool is full: the request waits
                 if self._prefix_pending(req):
@@ -253,8 +257,20 @@ class Engine:
         self._thread = threading.Thread(target=self._loop, name="pyggml-engine", daemon=True)
         self._thread.start()
 
+    def drain(self, grace: float) -> None:
+        """Admit nothing more (submit raises QueueFull), cancel what waits, and cancel what runs once grace
+        seconds have passed (thread-safe; for a graceful shutdown)."""
+        with self._wake:
+            self._deadline = time.monotonic() + grace
+            for req in self.waiting:
+                req.cancel()
+            self._wake.notify()
+
     def _loop(self) -> None:
         while not self._stopping:
+            if self._deadline is not None and time.monotonic() >= self._deadline:
+                for req in self.active:
+                    req.cancel()
             with self._wake:
                 if not self.busy:
                     self._wake.wait(0.1)

@@ -45,8 +45,8 @@ class TextPieces:
         return self._take(len(self.pending) - held_back(self.pending, self.stop))
 
     def flush(self) -> str:
-        """The rest of the text when generation ends for another reason (length)."""
-        self.pending += self.decoder.flush()
+        """The rest of the text when generation ends for another reason (length): what stop strings held back,
+        not an incomplete character."""
         return self._take(len(self.pending))
 
     def _take(self, n: int) -> str:

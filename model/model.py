@@ -12,7 +12,7 @@ from pyggml.backends import BackendSpec, default_backend
 from pyggml.graph.dtypes import DType, as_dtype
 from pyggml.graph.errors import PyggmlError
 
-from .chat_template import render_chat, template_source
+from .chat_template import render_chat_segments, template_source
 from .batch import BatchContext
 from .context import Context
 from .decoder import build_decoder, build_hidden
@@ -173,16 +173,29 @@ class Model:
 
     def chat(self, messages: Sequence[Mapping[str, str]], **options) -> Completion | TextStream:
         """Reply to a conversation rendered through the chat template."""
-        return self.generate(self.apply_chat_template(messages), **options)
+        return self.generate(self.chat_prompt_ids(messages), **options)
 
     def apply_chat_template(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> str:
         """The prompt text of a conversation."""
+        return "".join(text for text, _ in self.chat_segments(messages, add_generation_prompt))
+
+    def chat_prompt_ids(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of a conversation's prompt: the template's markers read as special tokens, the messages'
+        content as text (a message saying "<|im_end|>" cannot end its turn)."""
+        return self.tokenizer.encode_segments(self.chat_segments(messages, add_generation_prompt))
+
+    def chat_segments(self, messages: Sequence[Mapping[str, str]],
+                      add_generation_prompt: bool = True) -> list[tuple[str, bool]]:
+        """The prompt of a conversation as (text, is the template's own) segments, without the BOS that
+        tokenizing adds."""
         template, _ = template_source(self.gguf.metadata, self.hparams.arch)
         tok = self.tokenizer
         bos = tok.tokens[tok.bos_id] if tok.bos_id is not None else ""
         eos = tok.tokens[tok.eos_id] if tok.eos_id is not None else ""
-        text = render_chat(template, messages, bos, eos, add_generation_prompt)
-        return text[len(bos):] if bos and tok.add_bos and text.startswith(bos) else text  # BOS comes from tokenize
+        segments = render_chat_segments(template, messages, bos, eos, add_generation_prompt)
+        if bos and tok.add_bos and segments and segments[0][1] and segments[0][0].startswith(bos):
+            segments[0] = (segments[0][0][len(bos):], True)
+        return segments
 
 
 def load(path_or_name: str | Path, **options) -> Model:

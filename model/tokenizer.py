@@ -7,6 +7,7 @@ the model-specific tokenizer runs (tokenizer_st_partition), and detokenization r
 from __future__ import annotations
 
 import codecs
+import functools
 import importlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -189,11 +190,28 @@ class Tokenizer:
 
     def encode(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
         """Token ids of text; add_special adds BOS/EOS as the model says, parse_special reads control tokens."""
+        return self.encode_segments([(text, parse_special)], add_special)
+
+    def encode_segments(self, segments: Sequence[tuple[str, bool]], add_special: bool = True) -> list[int]:
+        """Token ids of the segments' texts joined, each (text, parse_special): control tokens are read only in
+        the segments that allow it (a chat template's own markers, not the messages' content)."""
+        fragments: list[str | int] = []
+        for text, parse_special in segments:
+            for fragment in self._partition(text, parse_special):
+                if isinstance(fragment, str) and fragments and isinstance(fragments[-1], str):
+                    fragments[-1] += fragment  # text either side of a boundary is tokenized as one text
+                else:
+                    fragments.append(fragment)
         ids = [self.bos_id] if add_special and self.add_bos else []
-        ids += self._encode_fragments(self._partition(text, parse_special))
+        ids += self._encode_fragments(fragments)
         if add_special and self.add_eos:
             ids.append(self.eos_id)
         return ids
+
+    @functools.cached_property
+    def longest_token(self) -> int:
+        """UTF-8 bytes of the longest token text: a text of n bytes has at least n / longest_token tokens."""
+        return max(len(t.encode()) for t in self.tokens)
 
     def _partition(self, text: str, parse_special: bool) -> list[str | int]:
         """Split text on special tokens' literal text, longest first (llama.cpp's tokenizer_st_partition).
@@ -269,7 +287,8 @@ def _split_on(fragment: str | int, special: str, token_id: int) -> list[str | in
 
 
 class StreamDecoder:
-    """Turns generated ids into text as they come, emitting only whole UTF-8 characters."""
+    """Turns generated ids into text as they come, emitting only whole UTF-8 characters (an incomplete one left
+    at the end is never shown, as llama-server holds it back: no U+FFFD where generation was cut)."""
 
     def __init__(self, tokenizer: Tokenizer, special: bool = False) -> None:
         """A decoder for tokenizer; special renders control tokens as their text."""
@@ -281,10 +300,6 @@ class StreamDecoder:
         """The text completed by these ids (possibly empty while a character is still partial)."""
         ids = ids if isinstance(ids, Iterable) else (ids,)  # one id: int or NumPy integer
         return "".join(self._utf8.decode(self._tokenizer.token_to_piece(i, self._special)) for i in ids)
-
-    def flush(self) -> str:
-        """The rest of the text at the end of the stream (an incomplete character becomes U+FFFD)."""
-        return self._utf8.decode(b"", final=True)
 
 
 def load_tokenizer(metadata: Mapping[str, Any]) -> Tokenizer:

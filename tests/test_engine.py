@@ -92,10 +92,17 @@ def test_no_block_leaks_after_any_mix(tiny, seed, monkeypatch):
 
 
 def test_queue_bounds_and_refusals(tiny):
-    engine = Engine(tiny, n_parallel=1, n_ctx=64, max_queue=2)
-    engine.submit([40, 41], 4)
-    engine.submit([40, 41], 4)
-    with pytest.raises(QueueFull):
+    """max_queue requests may wait beyond the free slots (0: none, though a free slot takes one)."""
+    for max_queue in (0, 2):
+        engine = Engine(tiny, n_parallel=1, n_ctx=64, max_queue=max_queue)
+        for _ in range(1 + max_queue):
+            engine.submit([40, 41], 4)
+        with pytest.raises(QueueFull):
+            engine.submit([40, 41], 4)
+        engine.run_until_idle()
+        assert_no_blocks_held(engine)
+    engine.drain(0)
+    with pytest.raises(QueueFull, match="stopping"):
         engine.submit([40, 41], 4)
     with pytest.raises(PyggmlError, match="context"):
         engine.submit(list(range(40, 104)), 4)

@@ -18,8 +18,9 @@ import uvicorn
 from chat_llama import write_chat_llama
 from pyggml.model.engine import Engine
 from pyggml.model.model import Model
-from pyggml.server.app import create_app
+from pyggml.server.app import Options, create_app
 
+JSON = {"Content-Type": "application/json"}
 WAIT_STEPS = 2400  # bounded polling: at most 60 s (a machine shared with other jobs can be slow)
 
 
@@ -30,10 +31,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(model: Model, **engine_options):
+def serving(model: Model, options: Options | None = None, **engine_options):
     """The app on a free loopback port in a thread; yields (base URL, engine)."""
     engine = Engine(model, **engine_options)
-    server = uvicorn.Server(uvicorn.Config(create_app(model, engine, "test-model"), host="127.0.0.1",
+    server = uvicorn.Server(uvicorn.Config(create_app(model, engine, "test-model", options), host="127.0.0.1",
                                            port=free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -62,7 +63,7 @@ def call(url: str, path: str, body: str | dict | None = None, timeout: float = 3
     conn = connect(url, timeout)
     try:
         data = json.dumps(body) if isinstance(body, dict) else body
-        conn.request("GET" if body is None else "POST", path, data, {"Content-Type": "application/json"})
+        conn.request("GET" if body is None else "POST", path, data, JSON)
         r = conn.getresponse()
         return r.status, json.loads(r.read())
     finally:
@@ -114,11 +115,40 @@ def test_a_repeated_prompt_hits_the_prefix_cache(tiny):
         before = health(url)
         second = call(url, "/v1/completions", body)[1]
         after = health(url)
+        conn = connect(url, 30)
+        conn.request("GET", "/metrics")
+        scraped = dict(line.rsplit(" ", 1) for line in conn.getresponse().read().decode().splitlines()
+                       if line.startswith("pyggml:prefix_cache"))
+        conn.close()
     n_prompt = first["usage"]["prompt_tokens"]
     assert second["choices"][0]["text"] == first["choices"][0]["text"]
     assert before["prefix_cache_hit_tokens"] == 0 and before["prefix_cache_queried_tokens"] == n_prompt
     assert after["prefix_cache_hit_tokens"] == (n_prompt - 1) // 16 * 16 > 0
     assert after["prefix_cache_queried_tokens"] == 2 * n_prompt
+    assert float(scraped["pyggml:prefix_cache_hits_total"]) == after["prefix_cache_hit_tokens"]
+    assert float(scraped["pyggml:prefix_cache_queries_total"]) == 2 * n_prompt
+
+
+def test_openai_client_embeddings_equal_model_embed(tiny):
+    """embeddings.create (base64, the client's default, and floats) for a text, a batch and token ids gives what
+    Model.embed gives; a server without --embeddings has no such endpoint, and bad input gets a 400."""
+    texts = ["A long shared system prompt.", "Another one"]
+    want = tiny.embed(texts, pooling="mean")
+    with serving(tiny, Options(embeddings=True, pooling="mean"), n_parallel=2, n_ctx=256) as (url, _):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
+        done = client.embeddings.create(model="test-model", input=texts)
+        assert [d.index for d in done.data] == [0, 1] and done.usage.prompt_tokens == sum(
+            len(tiny.tokenize(t)) for t in texts)
+        for d, w in zip(done.data, want):
+            np.testing.assert_allclose(d.embedding, w, atol=1e-6)
+        floats = client.embeddings.create(model="test-model", input=tiny.tokenize(texts[1]), encoding_format="float")
+        np.testing.assert_allclose(floats.data[0].embedding, want[1], atol=1e-6)
+        status, error = call(url, "/v1/embeddings", {"input": "x", "dimensions": 3})
+        assert status == 400 and error["error"]["param"] == "dimensions"
+        status, error = call(url, "/v1/embeddings", {"input": []})
+        assert status == 400
+    with serving(tiny, n_parallel=1, n_ctx=256) as (url, _):
+        assert call(url, "/v1/embeddings", {"input": "x"})[0] == 404
 
 
 def test_logprobs_are_the_models_and_come_in_both_shapes(smollm2):
@@ -194,7 +224,12 @@ BAD = [("{not json", "body"), ('["a list"]', "body"), ('{"prompt": ""}', "prompt
        ('{"prompt": "hi", "response_format": {"type": "json_object"}}', "response_format"),
        ('{"prompt": ["hi", ""]}', "prompt"), ('{"prompt": ["hi", 5]}', "prompt"), ('{"prompt": "hi", "n": 129}', "n"),
        ('{"prompt": ["a", "b"], "n": 40}', "n"), ('{"prompt": "hi", "top_k": -2}', "top_k"),
-       ('{"prompt": "hi", "min_p": 2}', "min_p"), ('{"prompt": "hi", "repeat_penalty": 0}', "repeat_penalty")]
+       ('{"prompt": "hi", "min_p": 2}', "min_p"), ('{"prompt": "hi", "repeat_penalty": 0}', "repeat_penalty"),
+       ('{"prompt": "hi", "temperature": NaN}', "temperature"), ('{"prompt": "hi", "top_p": NaN}', "top_p"),
+       ('{"prompt": "hi", "frequency_penalty": -Infinity}', "frequency_penalty"),
+       ('{"prompt": "hi", "seed": -1}', "seed"),
+       ('{"prompt": "hi", "stream_options": {"include_usage": 1}}', "stream_options"), ("[" * 1000 + "]" * 1000, "body"),
+       ('{"prompt": "hi", "logit_bias": {"5": 1e999}}', "logit_bias"), ('{"prompt": [-1]}', "prompt")]
 
 
 def test_bad_input_gets_400_with_an_openai_error_body(tiny):
@@ -203,9 +238,13 @@ def test_bad_input_gets_400_with_an_openai_error_body(tiny):
             status, answer = call(url, "/v1/completions", body)
             error = answer["error"]
             assert status == 400 and set(error) == {"message", "type", "param", "code"}, body
-            assert error["type"] == "invalid_request_error" and error["param"] in (param, None), body
-        status, answer = call(url, "/v1/chat/completions", {"messages": "hi"})
-        assert status == 400 and answer["error"]["param"] == "messages"
+            want = None if param == "body" else param
+            assert error["type"] == "invalid_request_error" and error["param"] == want, body
+        for messages in ("hi", [], [{"role": "user", "content": 5}], [{"role": "king", "content": "hi"}]):
+            status, answer = call(url, "/v1/chat/completions", {"messages": messages})
+            assert status == 400 and answer["error"]["param"] == "messages", messages
+        status, answer = call(url, "/v1/completions", {"prompt": "ok", "max_tokens": 1, "whatever": [1], "user": "u"})
+        assert status == 200 and answer["usage"]["completion_tokens"] == 1  # unknown fields are ignored
         status, answer = call(url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
                                                             "top_logprobs": 2})
         assert status == 400 and answer["error"]["param"] == "top_logprobs"
@@ -226,17 +265,23 @@ def post_in_thread(url: str, body: dict, results: list) -> threading.Thread:
 
 
 def test_full_queue_answers_503_and_queued_requests_finish(tiny):
-    with serving(tiny, n_parallel=1, n_ctx=64, max_queue=1) as (url, engine):
+    """--queue 0: nothing waits beyond the free slots, but an idle slot takes a request."""
+    with serving(tiny, n_parallel=1, n_ctx=64, max_queue=0) as (url, engine):
         gate, step = threading.Event(), engine.step
         engine.step = lambda: (gate.wait(30), step())
         results = []
         first = post_in_thread(url, {"prompt": "ab", "max_tokens": 4}, results)
-        wait_until(lambda: health(url)["waiting"] == 1)
-        status, answer = call(url, "/v1/completions", {"prompt": "cd", "max_tokens": 4})
-        assert status == 503 and answer["error"]["code"] == "queue_full"
+        wait_until(lambda: health(url)["waiting"] == 1)  # not admitted yet: the engine is held
+        conn = connect(url, 30)
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": "cd", "max_tokens": 4}), JSON)
+        r = conn.getresponse()
+        assert r.status == 503 and json.loads(r.read())["error"]["code"] == "queue_full"
+        assert int(r.headers["Retry-After"]) >= 1
         gate.set()
         first.join(timeout=60)
         assert results[0][0] == 200 and results[0][1]["usage"]["completion_tokens"] >= 1
+        status, answer = call(url, "/v1/completions", {"prompt": "cd", "max_tokens": 2})
+        assert status == 200 and answer["usage"]["completion_tokens"] == 2
         assert health(url)["kv_blocks_used"] == 0
 
 
@@ -248,7 +293,7 @@ def test_clients_that_go_away_free_their_blocks_and_faults_do_not_stop_the_serve
         no_end = {str(t): -100 for t in tiny.tokenizer.eog_ids}  # the requests run until they are cut off
         body = {"prompt": "ab", "max_tokens": 200, "temperature": 0.7, "logit_bias": no_end}
         conn = connect(url, 30)
-        conn.request("POST", "/v1/completions", json.dumps({**body, "stream": True}))
+        conn.request("POST", "/v1/completions", json.dumps({**body, "stream": True}), JSON)
         assert conn.getresponse().readline().startswith(b"data: ")
         conn.close()  # gone after the first chunk
         wait_until(lambda: reasons == ["cancelled"])
@@ -278,8 +323,22 @@ def test_serve_command_refuses_a_missing_model(capsys, tmp_path):
 def test_serve_command_takes_a_backend(tmp_path, monkeypatch):
     from pyggml.cli import main
     seen = {}
-    monkeypatch.setattr("pyggml.server.app.create_app", lambda model, engine, name: seen.update(backend=model.backend))
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: None)
+    monkeypatch.setattr("pyggml.server.app.create_app",
+                        lambda model, engine, name, options: seen.update(backend=model.backend))
+    monkeypatch.setattr("pyggml.server.runner.serve", lambda *args: None)
     path = write_chat_llama(tmp_path / "chat-llama.gguf", n_ctx=64)
     assert main(["serve", str(path), "--backend", "numba-q8", "--port", str(free_port())]) == 0
     assert seen["backend"].name == "numba-q8"
+
+
+@pytest.mark.parametrize("host, key, warned", [("0.0.0.0", None, True), ("0.0.0.0", "k", False),
+                                               ("127.0.0.1", None, False), ("::1", None, False)])
+def test_serve_command_warns_of_an_open_host_without_a_key(tmp_path, monkeypatch, capsys, host, key, warned):
+    from pyggml.cli import main
+    seen = {}
+    monkeypatch.setattr("pyggml.server.runner.serve", lambda app, engine, host, port, grace: seen.update(app=app))
+    monkeypatch.delenv("PYGGML_API_KEY", raising=False)
+    path = write_chat_llama(tmp_path / "chat-llama.gguf", n_ctx=64)
+    assert main(["serve", str(path), "--host", host, *(["--api-key", key] if key else []), "--docs"]) == 0
+    assert ("warning:" in capsys.readouterr().err) == warned
+    assert any(r.path == "/docs" for r in seen["app"].routes)  # served only when asked

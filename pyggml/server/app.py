@@ -6,22 +6,30 @@ import asyncio
 import dataclasses
 import functools
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.exceptions import HTTPException
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from pyggml.graph.errors import PyggmlError
 from pyggml.model.engine import Engine, Event, QueueFull, TokenLogprob
 from pyggml.model.engine import Request as EngineRequest
 from pyggml.model.model import Model
 
+from . import MAX_BODY
 from . import protocol as api
+from .access import allow_origins, key_check
+from .body_limit import BodyLimit
+from .errors import add_error_handlers
+from .metrics import Metrics, Timer
+from .request_models import ChatRequest, CompletionRequest, EmbeddingRequest
 
+DEFAULT_MAX_TOKENS = 16  # of a completion, as OpenAI (a chat's: up to the context)
 POLL_SECONDS = 0.5  # how often a waiting non-streaming handler checks that its client is still there
 
 
@@ -68,86 +76,151 @@ class ChoiceSink:
         self.sink.put((self.index, event))
 
 
-def create_app(model: Model, engine: Engine, model_name: str) -> FastAPI:
+@dataclass
+class Options:
+    """How the app guards itself."""
+    api_key: str | None = None  # required as a Bearer token on every route but /health
+    cors_origins: list[str] = field(default_factory=list)  # origins browsers may call from (none: no CORS)
+    docs: bool = False  # serve /docs, /redoc and /openapi.json
+    max_body: int = MAX_BODY  # bytes of a request body; more gets 413
+    embeddings: bool = False  # serve /v1/embeddings (llama-server's --embeddings)
+    pooling: str | None = None  # how /v1/embeddings pools (default: the model's)
+
+
+@dataclass
+class Served:
+    """What the handlers serve: a model through an engine, under a name, with its metrics."""
+    model: Model
+    engine: Engine
+    name: str
+    metrics: Metrics
+
+
+def create_app(model: Model, engine: Engine, model_name: str, options: Options | None = None) -> FastAPI:
     """The app serving one model through one engine (started and stopped with the app)."""
+    options = options or Options()
+
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         engine.start()
         yield
         engine.shutdown()
 
-    app = FastAPI(title="pyggml", lifespan=lifespan)
+    docs = {} if options.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="pyggml", lifespan=lifespan, **docs)
+    app.add_middleware(BodyLimit, max_body=options.max_body)
     add_error_handlers(app)
-    created = int(time.time())
+    allow_origins(app, options.cors_origins)
+    app.include_router(routes(Served(model, engine, model_name, Metrics(engine)), options))
+    return app
 
-    @app.get("/health")
+
+def routes(served: Served, options: Options) -> APIRouter:
+    """The endpoints: /health open to all, the others behind the API key when there is one."""
+    engine, model, created = served.engine, served.model, int(time.time())
+    router, guarded = APIRouter(), APIRouter(dependencies=[Depends(key_check(options.api_key))])
+
+    @router.get("/health")
     async def health() -> dict:
         return {"status": "ok", "slots": engine.n_parallel, "active": len(engine.active),
                 "waiting": len(engine.waiting), "kv_blocks_used": engine.cache.n_used,
                 "prefix_cache_queried_tokens": engine.prefix_queried, "prefix_cache_hit_tokens": engine.prefix_hits}
 
-    @app.get("/v1/models")
+    @guarded.get("/metrics")
+    async def metrics() -> Response:
+        body, content_type = served.metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    @guarded.get("/v1/models")
     async def models() -> dict:
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
+        return {"object": "list", "data": [{"id": served.name, "object": "model", "created": created,
                                             "owned_by": "pyggml"}]}
 
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        body = await read_body(request)
-        params = api.parse_params(body, api.completion_prompts(body), model.hparams.n_vocab)
-        ids = [prompt_ids(model, engine, p, TEXT) for p in params.prompts]
-        return await answer(request, engine, model_name, ids, params, TEXT)
+    @guarded.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        arrived = time.perf_counter()
+        params = api.params(body, model.hparams.n_vocab, DEFAULT_MAX_TOKENS)
+        ids = await prompt_ids(model, engine, body.prompts, TEXT.param)
+        return await answer(request, served, ids, params, TEXT, arrived)
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request):
-        body = await read_body(request)
-        text = model.apply_chat_template(api.chat_messages(body))
-        params = api.parse_params(body, [text], model.hparams.n_vocab, ("max_tokens", "max_completion_tokens"),
-                                  engine.n_ctx, chat=True)
-        return await answer(request, engine, model_name, [prompt_ids(model, engine, text, CHAT)], params, CHAT)
-    return app
-
-
-def add_error_handlers(app: FastAPI) -> None:
-    """Every error as an OpenAI error body."""
-    @app.exception_handler(api.APIError)
-    async def api_error(_: Request, e: api.APIError) -> JSONResponse:
-        return JSONResponse(e.body(), e.status)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, e: HTTPException) -> JSONResponse:
-        return JSONResponse(api.APIError(e.status_code, str(e.detail), code=str(e.status_code)).body(), e.status_code)
-
-    @app.exception_handler(Exception)
-    async def server_error(_: Request, e: Exception) -> JSONResponse:
-        return JSONResponse(api.APIError(500, f"{type(e).__name__}: {e}", kind="server_error").body(), 500)
+    @guarded.post("/v1/chat/completions")
+    async def chat(body: ChatRequest, request: Request):
+        arrived = time.perf_counter()
+        params = api.params(body, model.hparams.n_vocab, engine.n_ctx)
+        ids = await chat_ids(model, engine, body.chat_messages)
+        return await answer(request, served, [ids], params, CHAT, arrived)
+    if options.embeddings:
+        add_embeddings(guarded, served, options.pooling or model.pooling)
+    router.include_router(guarded)
+    return router
 
 
-async def read_body(request: Request) -> dict:
-    """The request's JSON object, or a 400."""
-    try:
-        return api.need_object(json.loads(await request.body()))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise api.APIError(400, f"the request body is not valid JSON: {e}") from None
+def add_embeddings(router: APIRouter, served: Served, pooling: str) -> None:
+    """/v1/embeddings: one pooled, normalized vector per input (computed one request at a time, beside the
+    engine), as floats or base64 of little-endian float32 (the openai client's default)."""
+    model, lock = served.model, threading.Lock()
+    if pooling == "none":
+        raise PyggmlError("--pooling none gives a vector per token, which /v1/embeddings cannot return "
+                          "(as llama-server); use mean, last or cls")
+
+    def embed(ids: list[list[int]]) -> list:
+        with lock:
+            return model.embed(ids, pooling)
+
+    @router.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest):
+        if body.dimensions not in (None, model.hparams.n_embd):
+            raise api.APIError(400, f"this model's embeddings have {model.hparams.n_embd} dimensions",
+                               "dimensions")
+        ids = await prompt_ids(model, served.engine, body.inputs, "input")
+        vectors = await run_in_threadpool(embed, ids)
+        data = [{"object": "embedding", "index": i, "embedding": api.encode_vector(v, body.encoding_format)}
+                for i, v in enumerate(vectors)]
+        n = sum(map(len, ids))
+        return {"object": "list", "data": data, "model": served.name,
+                "usage": {"prompt_tokens": n, "total_tokens": n}}
 
 
-def prompt_ids(model: Model, engine: Engine, prompt: str | list[int], shape: Shape) -> list[int]:
-    """Token ids of the prompt, checked against the vocabulary and the context."""
-    ids = model.tokenize(prompt, parse_special=True) if isinstance(prompt, str) else prompt
-    if any(not 0 <= t < model.hparams.n_vocab for t in ids):
-        raise api.APIError(400, f"token ids must be in [0, {model.hparams.n_vocab})", shape.param)
-    if len(ids) >= engine.n_ctx:
-        raise api.APIError(400, f"the prompt has {len(ids)} tokens; this server's context holds {engine.n_ctx} "
-                                "(prompt and completion together)", shape.param, "context_length_exceeded")
+async def prompt_ids(model: Model, engine: Engine, prompts: list[str | list[int]], param: str) -> list[list[int]]:
+    """Token ids of the prompts, tokenized off the event loop once their lengths allow them to fit, and checked
+    against the vocabulary and the context."""
+    for p in prompts:
+        fits(engine, -(-len(p.encode()) // model.tokenizer.longest_token) if isinstance(p, str) else len(p), param)
+    ids = await run_in_threadpool(lambda: [model.tokenize(p, parse_special=True) if isinstance(p, str) else p
+                                           for p in prompts])
+    for one in ids:
+        if any(not 0 <= t < model.hparams.n_vocab for t in one):
+            raise api.APIError(400, f"token ids must be in [0, {model.hparams.n_vocab})", param)
+        fits(engine, len(one), param)
     return ids
+
+
+async def chat_ids(model: Model, engine: Engine, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of a conversation (content as text), templated and tokenized off the event loop once the
+    length of its content allows it to fit."""
+    fits(engine, -(-sum(len(m["content"].encode()) for m in messages) // model.tokenizer.longest_token), CHAT.param)
+    try:
+        ids = await run_in_threadpool(model.chat_prompt_ids, messages)
+    except PyggmlError as e:
+        raise api.APIError(400, str(e), "messages") from None
+    fits(engine, len(ids), CHAT.param)
+    return ids
+
+
+def fits(engine: Engine, n_tokens: int, param: str) -> None:
+    """A 400 unless a prompt of (at least) n_tokens leaves room for a token in the context."""
+    if n_tokens >= engine.n_ctx:
+        raise api.APIError(400, f"the prompt has {n_tokens} tokens or more; this server's context holds "
+                                f"{engine.n_ctx} (prompt and completion together)", param,
+                           "context_length_exceeded")
 
 
 def submit(engine: Engine, prompts: list[list[int]], params: api.Params) -> tuple[list[EngineRequest], AsyncSink]:
     """Hand each prompt's n choices to the engine, choice i·n + j being prompt i's j-th (a seed moves by j, so
     that the choices differ): 503 when the queue is full (none is left queued), 400 when one can never fit."""
-    if len(prompts) * params.n > engine.max_queue:
-        raise api.APIError(400, f"the request asks for {len(prompts) * params.n} choices; this server queues at "
-                                f"most {engine.max_queue}", "n")
+    if len(prompts) * params.n > engine.max_queue + engine.n_parallel:
+        raise api.APIError(400, f"the request asks for {len(prompts) * params.n} choices; this server takes at "
+                                f"most {engine.max_queue + engine.n_parallel} at once", "n")
     seed = params.sampling.seed
     samplings = [dataclasses.replace(params.sampling, seed=seed if seed is None else seed + j)
                  for j in range(params.n)]
@@ -160,7 +233,7 @@ def submit(engine: Engine, prompts: list[list[int]], params: api.Params) -> tupl
     except QueueFull as e:
         cancel(reqs)
         raise api.APIError(503, f"the server is busy: {e}; retry later", code="queue_full",
-                           kind="server_error") from None
+                           kind="server_error", retry=True) from None
     except PyggmlError as e:
         cancel(reqs)
         raise api.APIError(400, str(e)) from None
@@ -173,30 +246,47 @@ def cancel(reqs: list[EngineRequest]) -> None:
         req.cancel()
 
 
-async def answer(request: Request, engine: Engine, name: str, prompts: list[list[int]], params: api.Params,
-                 shape: Shape):
+async def answer(request: Request, served: Served, prompts: list[list[int]], params: api.Params, shape: Shape,
+                 arrived: float):
     """The whole completion as one body, or a stream of server-sent events."""
-    reqs, sink = submit(engine, prompts, params)
-    rid, piece, n_prompt = api.new_id(shape.id_prefix), token_bytes(engine), sum(map(len, prompts))
+    reqs, sink = submit(served.engine, prompts, params)
+    n_prompt = sum(map(len, prompts))
+    reply = Reply(served.name, api.new_id(shape.id_prefix), shape, token_bytes(served.engine),
+                  served.metrics.timer(arrived, len(reqs), n_prompt))
     if params.stream:
-        return StreamingResponse(stream(reqs, sink, name, rid, n_prompt, params, shape, piece),
-                                 media_type="text/event-stream")
+        return StreamingResponse(stream(reqs, sink, reply, n_prompt, params), media_type="text/event-stream")
     watcher = asyncio.create_task(cancel_when_gone(request, reqs))
     try:
         reasons, entries = {}, [[] for _ in reqs]
         while len(reasons) < len(reqs):
             index, event = await sink.queue.get()
+            reply.timer.event(index, event)
             entries[index] += [event.logprob] if event.logprob is not None else []
             if event.finish_reason:
                 failed(event)
                 reasons[index] = event.finish_reason
         choices = [shape.choice(i, req.text, reasons[i],
-                                None if params.logprobs is None else shape.logprobs(entries[i], piece, 0))
+                                None if params.logprobs is None else shape.logprobs(entries[i], reply.piece, 0))
                    for i, req in enumerate(reqs)]
-        return api.envelope(rid, shape.obj, name, choices, api.usage(n_prompt, sum(len(r.tokens) for r in reqs)))
+        return api.envelope(reply.rid, shape.obj, served.name, choices,
+                            api.usage(n_prompt, sum(len(r.tokens) for r in reqs)))
     finally:
         watcher.cancel()
         cancel(reqs)  # frees the sequences when the handler was cancelled
+
+
+@dataclass
+class Reply:
+    """How a request's answer is worded and timed."""
+    name: str
+    rid: str
+    shape: Shape
+    piece: api.Piece
+    timer: Timer
+
+    def chunk(self, choices: list[dict], use: dict | None = None) -> str:
+        """A stream chunk as a server-sent event."""
+        return sse(api.envelope(self.rid, self.shape.chunk_obj, self.name, choices, use))
 
 
 async def cancel_when_gone(request: Request, reqs: list[EngineRequest]) -> None:
@@ -211,7 +301,8 @@ def failed(event: Event) -> None:
     if event.finish_reason == "error":
         raise api.APIError(500, f"generation failed: {event.error}", kind="server_error")
     if event.finish_reason == "cancelled":
-        raise api.APIError(503, "the request was cancelled (the server is stopping)", kind="server_error")
+        raise api.APIError(503, "the request was cancelled (the server is stopping)", kind="server_error",
+                           retry=True)
 
 
 def sse(body: dict) -> str:
@@ -223,20 +314,21 @@ def token_bytes(engine: Engine) -> api.Piece:
     return functools.partial(engine.model.tokenizer.token_to_piece, special=True)
 
 
-async def stream(reqs: list[EngineRequest], sink: AsyncSink, name: str, rid: str, n_prompt: int,
-                 params: api.Params, shape: Shape, piece: api.Piece) -> AsyncIterator[str]:
+async def stream(reqs: list[EngineRequest], sink: AsyncSink, reply: Reply, n_prompt: int,
+                 params: api.Params) -> AsyncIterator[str]:
     """Server-sent events, a choice per chunk: (chat) each choice's role, then a chunk per piece of text (and per
     token, with its log-probabilities, when asked) and each choice's finish reason as they come, usage if asked
-    for, then [DONE]."""
+    for, then [DONE]; a failed or cancelled choice ends the stream with an error event."""
+    shape, piece = reply.shape, reply.piece
     offsets = [0] * len(reqs)  # of each choice's next token in its text, for logprobs' text_offset
     open_choices = len(reqs)
     try:
         if shape is CHAT:
             for i in range(len(reqs)):
-                yield sse(api.envelope(rid, shape.chunk_obj, name,
-                                       [api.delta_choice(i, {"role": "assistant", "content": ""}, None)]))
+                yield reply.chunk([api.delta_choice(i, {"role": "assistant", "content": ""}, None)])
         while open_choices:
             index, event = await sink.queue.get()
+            reply.timer.event(index, event)
             if event.finish_reason in ("error", "cancelled"):
                 try:
                     failed(event)
@@ -248,13 +340,11 @@ async def stream(reqs: list[EngineRequest], sink: AsyncSink, name: str, rid: str
                 logprobs = shape.logprobs([event.logprob], piece, offsets[index])
                 offsets[index] += len(api.token_text(piece, event.token))
             if event.text or event.finish_reason or logprobs:
-                yield sse(api.envelope(rid, shape.chunk_obj, name,
-                                       [shape.chunk(index, event.text, event.finish_reason, logprobs)]))
+                yield reply.chunk([shape.chunk(index, event.text, event.finish_reason, logprobs)])
             open_choices -= bool(event.finish_reason)
         else:
             if params.include_usage:
-                use = api.usage(n_prompt, sum(len(r.tokens) for r in reqs))
-                yield sse(api.envelope(rid, shape.chunk_obj, name, [], use))
+                yield reply.chunk([], api.usage(n_prompt, sum(len(r.tokens) for r in reqs)))
         yield "data: [DONE]\n\n"
     finally:
         cancel(reqs)
