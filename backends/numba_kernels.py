@@ -219,15 +219,16 @@ def paged_attn(node: Tensor, out: np.ndarray, q: np.ndarray, k: np.ndarray, v: n
 
 
 def _kernel_reads(node: Tensor, k: np.ndarray, v: np.ndarray) -> bool:
-    """Whether the attention kernel reads these keys and values (sources 1 and 2 of node): both float32, or each
+    """Whether the attention kernel reads these keys and values (sources 1 and 2 of node): each float32, or
     float16 or Q8_0/Q4_0 with contiguous rows (float16 rows a multiple of 16 long)."""
-    if k.dtype == v.dtype == np.float32:
-        return True
     return all(_reads_row(t.dtype, a) for t, a in zip(node.srcs[1:3], (k, v)))
 
 
 def _reads_row(dtype: DType, a: np.ndarray) -> bool:
-    """Whether the attention kernel converts rows of this array: float16 or Q8_0/Q4_0 blocks, contiguous."""
+    """Whether the attention kernel reads rows of this array: float32, or float16 or Q8_0/Q4_0 blocks it converts
+    (contiguous)."""
+    if a.dtype == np.float32:
+        return True
     if a.dtype == np.float16:
         return a.strides[-1] == 2 and a.shape[-1] % 16 == 0
     return a.dtype == np.uint8 and dtype in ROW_QUANT_TYPES and a.strides[-1] == 1

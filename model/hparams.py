@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from gguf import MODEL_TENSOR, TENSOR_NAMES, Keys, RopeScalingType
 
+from pyggml.graph.dtypes import DType, nbytes
 from pyggml.graph.errors import PyggmlError
 
 from .arch import ARCHITECTURES
@@ -93,10 +94,11 @@ class HParams:
             return self.rope_freq_scale_swa
         return self.rope_freq_scale
 
-    def kv_bytes_per_token(self, bytes_per_element: int, n_kv_head: int | None = None) -> int:
-        """Bytes of K and V cache per token over all layers (with the model's KV heads, or n_kv_head of them)."""
+    def kv_bytes_per_token(self, type_k: DType, type_v: DType, n_kv_head: int | None = None) -> int:
+        """Bytes of K and V cache of these types per token over all layers (with the model's KV heads, or n_kv_head
+        of them)."""
         heads = self.n_head_kv if n_kv_head is None else n_kv_head
-        return self.n_layer * heads * (self.head_dim + self.head_dim_v) * bytes_per_element
+        return self.n_layer * heads * (nbytes((self.head_dim,), type_k) + nbytes((self.head_dim_v,), type_v))
 
 
 class _Keys:

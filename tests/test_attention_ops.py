@@ -357,11 +357,11 @@ def test_attention_reads_a_quantized_cache(rng, backend, type_k, type_v):
     over permuted views of their first rows (as KVCache makes them) against the formula on gguf-py's dequantized
     values."""
     device = pg.backends.create(backend)
-    k_rows, v_rows = rand(rng, 12, 2 * 64), rand(rng, 12, 2 * 32)
+    k_rows, v_rows = rand(rng, 12, 2 * 64), rand(rng, 12, 2 * 96)
     (k, k_want), (v, v_want) = quantized_cache(k_rows, type_k, "k"), quantized_cache(v_rows, type_v, "v")
-    k_want, v_want = k_want.reshape(12, 2, 64), v_want.reshape(12, 2, 32)
+    k_want, v_want = k_want.reshape(12, 2, 64), v_want.reshape(12, 2, 96)
     q, rows = rand(rng, 3, 6, 64), np.array([[3, 7, 0, 11], [5, 5, 2, 9], [1, -1, -1, -1]], np.int32)
-    node = pg.paged_attn(pg.from_numpy(q), pg.reshape(k, (12, 2, 64)), pg.reshape(v, (12, 2, 32)),
+    node = pg.paged_attn(pg.from_numpy(q), pg.reshape(k, (12, 2, 64)), pg.reshape(v, (12, 2, 96)),
                          pg.from_numpy(rows), 0.125)
     got = pg.compute(node, backend=device)
     for t, row in enumerate(rows):
@@ -371,7 +371,7 @@ def test_attention_reads_a_quantized_cache(rng, backend, type_k, type_v):
         close(got[t], want[0], tol=1e-5)
     n_kv = 9  # the first rows, seen as (Hkv, KV, D) without a copy
     kt = pg.view(k, (2, n_kv, 64), (nbytes((64,), type_k), k.strides[0], 0))
-    vt = pg.view(v, (2, n_kv, 32), (nbytes((32,), type_v), v.strides[0], 0))
+    vt = pg.view(v, (2, n_kv, 96), (nbytes((96,), type_v), v.strides[0], 0))
     mask = np.triu(np.full((3, n_kv), -np.inf, np.float32), 7)
     fused = pg.compute(pg.flash_attn_ext(pg.from_numpy(np.swapaxes(q, 0, 1).copy()), kt, vt, pg.from_numpy(mask),
                                          0.125), backend=device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from conftest import F32_CACHE
 from pyggml.model.batch import BatchContext, Entry, bucket
 from pyggml.model.model import Model
 
@@ -58,7 +59,7 @@ def test_batched_logits_equal_single_sequence(smollm2):
 def test_sliding_window_layers_give_blocks_back(gemma3_path):
     """Gemma 3 with an 24-token window: logits match the single path (a ring cache) past the window, and the
     windowed layers hold only the blocks the window still sees."""
-    model = Model(gemma3_path, n_ctx=128, kv_overrides={"gemma3.attention.sliding_window": 24})
+    model = Model(gemma3_path, n_ctx=128, kv_overrides={"gemma3.attention.sliding_window": 24}, **F32_CACHE)
     prompts = [model.tokenize(TEXTS[2]), model.tokenize(TEXTS[1])]
     run_batch(model, prompts, n_decode=2)
     bc = model.batch_context(16)
@@ -177,7 +178,14 @@ def test_prefix_cache_hit_equals_a_cold_run_after_lru_eviction(smollm2):
 def test_prefix_cache_with_sliding_window_layers(gemma3_path):
     """Gemma 3 with a 24-token window: a prompt past the window is found in both kinds of blocks (the windowed
     layers' cached blocks only those the next token sees)."""
-    model = Model(gemma3_path, n_ctx=256, kv_overrides={"gemma3.attention.sliding_window": 24})
+    model = Model(gemma3_path, n_ctx=256, kv_overrides={"gemma3.attention.sliding_window": 24}, **F32_CACHE)
     text = " ".join(TEXTS[:3])
     a, b = model.tokenize(text * 2), model.tokenize(TEXTS[2] + text)
     check_prefix_cache(model, [a, b, model.tokenize(text * 8)], n_blocks=len(a) // 16 + len(b) // 16 + 6)
+
+
+def test_quantized_cache_batched_equals_single(smollm2_path):
+    """A q8_0 K / q4_0 V cache: the paged steps (paged_attn, and the masked form over gathered rows) read the same
+    blocks as the single path's flash_attn_ext over views of them."""
+    model = Model(smollm2_path, n_ctx=256, type_k="q8_0", type_v="q4_0")
+    run_batch(model, [model.tokenize(t) for t in TEXTS[:3]], n_decode=2)
