@@ -15,13 +15,14 @@ from numba import float32 as f32, njit, prange, types as nbtypes
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from pyggml.graph.dtypes import ROW_QUANT_TYPES, DType, block_layout
 from pyggml.graph.tensor import Tensor
 
 from .fusion import rms_norm_mul_kernel as numpy_rms_norm_mul
 from .numpy_attention import flash_attn_ext as numpy_flash_attn_ext, paged_attn as numpy_paged_attn
 from .numpy_kernels import GLU_GATES, get_rows as numpy_get_rows, glu_kernel, set_rows as numpy_set_rows
 from .numba_q8 import TILE_LAYOUTS, tiled_rows
-from .numba_quants import BLOCK_TYPES, FAST, INLINE, _prefetch, dequantize_into
+from .numba_quants import BLOCK_TYPES, F16_TABLE, FAST, INLINE, _deq_q4_0, _deq_q8_0, _prefetch, dequantize_into
 from .quants import checked_rows, gather_block_rows
 
 LOG2E, LN2_HI, LN2_LO = f32(1.44269504088896341), f32(0.693359375), f32(-2.12194440e-4)
@@ -82,6 +83,8 @@ def _softmax_in_place(s, n):
         s[j] *= inv
 
 
+ROW_BLOCK, Q8_0_BYTES = block_layout(DType.Q8_0)
+Q4_0_BYTES = block_layout(DType.Q4_0)[1]
 ATTEND_AHEAD = 8  # rows ahead whose key and value lines are fetched: 8 sequences of SmolLM2 at 125 rows, paged_attn
 # 6.7-7.5 -> 5.1-6.2 ms a step (16 ahead: the same); the rows of a block table are scattered over the pool
 
@@ -127,37 +130,49 @@ def _row_pointer(context, builder, ary_type, value):
     return ary.data, cgutils.unpack_tuple(builder, ary.shape, 1)[0]
 
 
-def _f32_row(row, scratch):
-    """row as float32: itself, or (a float16 row held as uint16 bits) its values converted into scratch."""
+def _f32_row(row, scratch, table):
+    """row as float32: itself, or (a float16 row held as uint16 bits, a Q8_0 or Q4_0 row as uint8 blocks) its values
+    converted into scratch."""
 
 
 @overload(_f32_row, inline="always")
-def _f32_row_overload(row, scratch):
+def _f32_row_overload(row, scratch, table):
     if row.dtype == nbtypes.float32:
-        return lambda row, scratch: row
+        return lambda row, scratch, table: row
     if row.dtype == nbtypes.uint16:
-        def convert(row, scratch):
+        def convert(row, scratch, table):
             _halves_into(row, scratch)
             return scratch
         return convert
+    if row.dtype == nbtypes.uint8:
+        def dequantize(row, scratch, table):
+            n_blocks = scratch.shape[0] // ROW_BLOCK
+            q8 = row.shape[0] == n_blocks * Q8_0_BYTES  # the two cache types differ in bytes per block
+            for b in range(n_blocks):
+                if q8:
+                    _deq_q8_0(row, b * Q8_0_BYTES, scratch, b * ROW_BLOCK, table, ROW_BLOCK // 2)
+                else:
+                    _deq_q4_0(row, b * Q4_0_BYTES, scratch, b * ROW_BLOCK, table, ROW_BLOCK // 2)
+            return scratch
+        return dequantize
     return None
 
 
 @njit(**INLINE)
-def _attend(qs, k, v, hk, seen, bias, n, softcap, out):
+def _attend(qs, k, v, hk, seen, bias, n, softcap, table, out):
     """out[g] = softmax(softcap(qs[g] · k[seen[j], hk]) + bias[j]) · v[seen[j], hk] over j < n, for the G query
-    heads qs (already scaled) of K/V head hk: each key and value row (float32, or float16 as uint16 bits) is read
-    once for the group."""
-    group, dk = qs.shape
+    heads qs (already scaled) of K/V head hk: each key and value row (float32, float16 as uint16 bits, Q8_0/Q4_0
+    blocks as uint8) is read once for the group."""
+    (group, dk), dv = qs.shape, out.shape[1]
     scores = np.empty((group, n), np.float32)
-    # room for float16 rows converted (none for float32: this runs once per token and K/V head of a step)
-    k_row = np.empty(dk if k.itemsize == 2 else 0, np.float32)
-    v_row = np.empty(v.shape[2] if v.itemsize == 2 else 0, np.float32)
+    # room for converted rows (none for float32: this runs once per token and K/V head of a step)
+    k_row = np.empty(dk if k.itemsize < 4 else 0, np.float32)
+    v_row = np.empty(dv if v.itemsize < 4 else 0, np.float32)
     for j in range(n):
         if j + ATTEND_AHEAD < n:
             _prefetch_row(k[seen[j + ATTEND_AHEAD], hk])
             _prefetch_row(v[seen[j + ATTEND_AHEAD], hk])
-        kr = _f32_row(k[seen[j], hk], k_row)
+        kr = _f32_row(k[seen[j], hk], k_row, table)
         for g in range(group):
             s = f32(0)
             for d in range(dk):
@@ -165,9 +180,9 @@ def _attend(qs, k, v, hk, seen, bias, n, softcap, out):
             scores[g, j] = (softcap * np.tanh(s / softcap) if softcap > 0 else s) + bias[j]
     for g in range(group):
         _softmax_in_place(scores[g], n)
-    acc = np.zeros((group, v.shape[2]), np.float32)
+    acc = np.zeros((group, dv), np.float32)
     for j in range(n):
-        vr = _f32_row(v[seen[j], hk], v_row)
+        vr = _f32_row(v[seen[j], hk], v_row, table)
         for g in range(group):
             p = scores[g, j]
             for d in range(vr.shape[0]):
@@ -176,7 +191,7 @@ def _attend(qs, k, v, hk, seen, bias, n, softcap, out):
 
 
 @njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
-def _attention(q, k, v, rows, mask, scale, softcap, out):
+def _attention(q, k, v, rows, mask, scale, softcap, table, out):
     """out[t, h] = softmax(softcap(q[t, h] · k[rows[t], h // G] * scale) + mask[t]) v[rows[t], h // G] for q
     (T, H, D), key and value rows k (R, Hkv, D) and v (R, Hkv, Dv), rows and mask (T, L) (a negative row or a
     -inf mask hides an entry; zeros where none is left), a task per (token, K/V head): paged_attn's own rows,
@@ -188,27 +203,35 @@ def _attention(q, k, v, rows, mask, scale, softcap, out):
         seen, bias = np.empty(rows.shape[1], np.int64), np.empty(rows.shape[1], np.float32)
         n = _visible_rows(rows, mask, t, seen, bias)
         heads = slice(hk * group, (hk + 1) * group)
-        _attend(q[t, heads] * scale, k, v, hk, seen, bias, n, softcap, out[t, heads])
+        _attend(q[t, heads] * scale, k, v, hk, seen, bias, n, softcap, table, out[t, heads])
 
 
 def paged_attn(node: Tensor, out: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
                rows: np.ndarray) -> Callable[[], None]:
-    """paged_attn through the numba kernel for an F32 or F16 cache (its rows a length that 16 divides); anything
-    else through the NumPy kernel."""
-    if not (_kernel_reads(k, v) and all(a.dtype == np.float32 for a in (q, out))):
+    """paged_attn through the numba kernel for an F32, F16, Q8_0 or Q4_0 cache (its rows a length that 16
+    divides); anything else through the NumPy kernel."""
+    if not (_kernel_reads(node, k, v) and all(a.dtype == np.float32 for a in (q, out))):
         return numpy_paged_attn(node, out, q, k, v, rows)
     scale, softcap = np.float32(node.params["scale"]), np.float32(node.params["logit_softcap"])
     no_mask = np.broadcast_to(np.float32(0), rows.shape)
     k, v = _as_bits(k), _as_bits(v)
-    return lambda: _attention(q, k, v, rows, no_mask, scale, softcap, out)
+    return lambda: _attention(q, k, v, rows, no_mask, scale, softcap, F16_TABLE, out)
 
 
-def _kernel_reads(k: np.ndarray, v: np.ndarray) -> bool:
-    """Whether the attention kernel reads these keys and values: float32, or float16 rows whose elements are
-    contiguous and a multiple of 16."""
-    if k.dtype == v.dtype == np.float32:
+def _kernel_reads(node: Tensor, k: np.ndarray, v: np.ndarray) -> bool:
+    """Whether the attention kernel reads these keys and values (sources 1 and 2 of node): each float32, or
+    float16 or Q8_0/Q4_0 with contiguous rows (float16 rows a multiple of 16 long)."""
+    return all(_reads_row(t.dtype, a) for t, a in zip(node.srcs[1:3], (k, v)))
+
+
+def _reads_row(dtype: DType, a: np.ndarray) -> bool:
+    """Whether the attention kernel reads rows of this array: float32, or float16 or Q8_0/Q4_0 blocks it converts
+    (contiguous)."""
+    if a.dtype == np.float32:
         return True
-    return k.dtype == v.dtype == np.float16 and all(a.strides[-1] == 2 and a.shape[-1] % 16 == 0 for a in (k, v))
+    if a.dtype == np.float16:
+        return a.strides[-1] == 2 and a.shape[-1] % 16 == 0
+    return a.dtype == np.uint8 and dtype in ROW_QUANT_TYPES and a.strides[-1] == 1
 
 
 def _as_bits(a: np.ndarray) -> np.ndarray:
@@ -222,7 +245,7 @@ def flash_attn_ext(node: Tensor, out: np.ndarray, q: np.ndarray, k: np.ndarray, 
     ALiBi; anything else through the NumPy kernel."""
     p = node.params
     arrays = (q, out) if mask is None else (q, out, mask)
-    if q.ndim != 3 or p["max_bias"] or not (_kernel_reads(k, v) and all(a.dtype == np.float32 for a in arrays)):
+    if q.ndim != 3 or p["max_bias"] or not (_kernel_reads(node, k, v) and all(a.dtype == np.float32 for a in arrays)):
         return numpy_flash_attn_ext(node, out, q, k, v, mask)
     k, v = _as_bits(k), _as_bits(v)
     shape = (q.shape[1], k.shape[1])  # (T, KV): every key row, under the mask
@@ -230,7 +253,7 @@ def flash_attn_ext(node: Tensor, out: np.ndarray, q: np.ndarray, k: np.ndarray, 
     mask_rows = np.broadcast_to(np.float32(0), shape) if mask is None else mask[:shape[0]]
     rows_q, rows_k, rows_v = (np.swapaxes(a, 0, 1) for a in (q, k, v))  # (T, H, D), (KV, Hkv, D), (KV, Hkv, Dv)
     scale, softcap = np.float32(p["scale"]), np.float32(p["logit_softcap"])
-    return lambda: _attention(rows_q, rows_k, rows_v, rows, mask_rows, scale, softcap, out)
+    return lambda: _attention(rows_q, rows_k, rows_v, rows, mask_rows, scale, softcap, F16_TABLE, out)
 
 
 @njit(cache=True, fastmath=FAST)
@@ -285,10 +308,10 @@ def get_rows(node: Tensor, out: np.ndarray, a: np.ndarray, idx: np.ndarray) -> C
 
 
 def tiled_get_rows(node: Tensor, out: np.ndarray, a: np.ndarray, idx: np.ndarray) -> Callable[[], None]:
-    """get_rows of a table of a TILE_LAYOUTS type held repacked (numba_q8.py): its rows taken back to ggml's layout
-    and dequantized; any other table as get_rows."""
+    """get_rows of a table of a TILE_LAYOUTS type held repacked (numba_q8.py, a weight): its rows taken back to
+    ggml's layout and dequantized; any other table (a quantized KV cache too) as get_rows."""
     a_type = node.srcs[0].dtype
-    if a_type not in TILE_LAYOUTS or a.dtype != np.uint8:
+    if a_type not in TILE_LAYOUTS or a.dtype != np.uint8 or not node.srcs[0].is_leaf:
         return get_rows(node, out, a, idx)
     rows = out.reshape(-1, node.shape[-1])
     if not (rows.dtype == np.float32 and np.shares_memory(rows, out)):
@@ -297,8 +320,63 @@ def tiled_get_rows(node: Tensor, out: np.ndarray, a: np.ndarray, idx: np.ndarray
     return lambda: dequantize_into(a_type, tiled_rows(a_type, a, checked_rows(idx, len(a))), rows)
 
 
+@intrinsic
+def _half_bits(typingctx, x):
+    """The float16 bits (uint16) of a float32 rounded to nearest even, as F16C's conversion (GGML_FP32_TO_FP16)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+    return nbtypes.uint16(nbtypes.float32), codegen
+
+
+@njit(inline="always")
+def _roundf(x):
+    """C's roundf (halves away from zero), exactly: floor(|x| + 0.5) in float32 rounds 0.49999997 up."""
+    a = abs(x)
+    floored = np.floor(a)
+    return np.sign(x) * (floored + np.floor(f32(2) * (a - floored)))
+
+
+@njit(inline="always")
+def _put_half(out, o, x):
+    bits = _half_bits(x)
+    out[o], out[o + 1] = np.uint8(bits & 255), np.uint8(bits >> 8)
+
+
+@njit(inline="always")
+def _quantize_q8_0(row, out):
+    """out = row as Q8_0 blocks, as ggml's quantize_row_q8_0_ref: d = amax / 127, q = roundf(x / d)."""
+    for b in range(row.shape[0] // ROW_BLOCK):
+        x, o = row[b * ROW_BLOCK:(b + 1) * ROW_BLOCK], b * Q8_0_BYTES
+        d = np.max(np.abs(x)) / f32(127)
+        inv = f32(1) / d if d != 0 else f32(0)
+        _put_half(out, o, d)
+        for j in range(ROW_BLOCK):
+            out[o + 2 + j] = np.uint8(np.int64(_roundf(x[j] * inv)) & 255)
+
+
+@njit(inline="always")
+def _quantize_q4_0(row, out):
+    """out = row as Q4_0 blocks, as ggml's quantize_row_q4_0_ref: d = (the value of largest magnitude) / -8,
+    q = min(15, trunc(x / d + 8.5)), element j in the low nibble of byte j and element j + 16 in its high one."""
+    half = ROW_BLOCK // 2
+    for b in range(row.shape[0] // ROW_BLOCK):
+        x, o = row[b * ROW_BLOCK:(b + 1) * ROW_BLOCK], b * Q4_0_BYTES
+        top = x[0]
+        for j in range(1, ROW_BLOCK):
+            if abs(x[j]) > abs(top):
+                top = x[j]
+        d = top / f32(-8)
+        inv = f32(1) / d if d != 0 else f32(0)
+        _put_half(out, o, d)
+        for j in range(half):
+            lo = min(15, np.int64(x[j] * inv + f32(8.5)))
+            hi = min(15, np.int64(x[j + half] * inv + f32(8.5)))
+            out[o + 2 + j] = np.uint8(lo | (hi << 4))
+
+
 def _store_row(table, r, row):
-    """table[r] = row: float32 as it is, or into float16 bits (a uint16 table) rounded to nearest."""
+    """table[r] = row: float32 as it is, into float16 bits (a uint16 table) rounded to nearest, or into Q8_0 or
+    Q4_0 blocks (a uint8 table; the bytes per row tell which)."""
 
 
 @overload(_store_row, inline="always")
@@ -309,6 +387,13 @@ def _store_row_overload(table, r, row):
         return store
     if table.dtype == nbtypes.uint16:
         return lambda table, r, row: _floats_into_halves(row, table[r])
+    if table.dtype == nbtypes.uint8:
+        def quantize(table, r, row):
+            if table.shape[1] * ROW_BLOCK == row.shape[0] * Q8_0_BYTES:
+                _quantize_q8_0(row, table[r])
+            else:
+                _quantize_q4_0(row, table[r])
+        return quantize
     return None
 
 
@@ -324,12 +409,16 @@ def _set_rows(table, rows, idx):
 
 def set_rows(node: Tensor, out: np.ndarray, dst: np.ndarray, src: np.ndarray, idx: np.ndarray) -> Callable[[], None]:
     """set_rows of several float32 rows into a float32 or float16 table (a batch's K/V rows into the cache) in one
-    numba call: NumPy's scatter took 7-10 us for SmolLM2's 8 rows, its float16 conversion more; anything else
-    through NumPy's kernel."""
+    numba call: NumPy's scatter took 7-10 us for SmolLM2's 8 rows, its float16 conversion more; of any number of
+    rows into a Q8_0 or Q4_0 table; anything else through NumPy's kernel."""
     table = out.reshape(len(out), -1) if out.ndim >= 2 and out.flags.c_contiguous else None
     rows = src.reshape(len(idx), -1) if idx.ndim == 1 and src.flags.c_contiguous else None
-    if (table is None or rows is None or len(idx) < 2 or src.dtype != np.float32 or rows.shape[1] != table.shape[1]
-            or not (out.dtype == np.float32 or (out.dtype == np.float16 and table.shape[1] % 16 == 0))):
+    if table is None or rows is None or src.dtype != np.float32:
+        return numpy_set_rows(node, out, dst, src, idx)
+    blocks = out.dtype == np.uint8 and node.dtype in ROW_QUANT_TYPES
+    floats = len(idx) >= 2 and rows.shape[1] == table.shape[1] and (
+        out.dtype == np.float32 or (out.dtype == np.float16 and table.shape[1] % 16 == 0))
+    if not (blocks or floats):
         return numpy_set_rows(node, out, dst, src, idx)
     table = _as_bits(table)
     return lambda: _set_rows(table, rows, idx)

@@ -217,16 +217,18 @@ PAGED_GATHER = 1 << 22  # K (and V) values gathered at a time by paged_attn: tok
 @f32_compute
 def paged_attn(node: Tensor, out, q, k, v, rows):
     scale, softcap = F32(node.params["scale"]), node.params["logit_softcap"]
+    k_type, v_type = node.srcs[1].dtype, node.srcs[2].dtype
     n_tok, n_kv_head = q.shape[0], k.shape[1]
     q_g = q.reshape(n_tok, n_kv_head, q.shape[1] // n_kv_head, 1, q.shape[2])  # (T, Hkv, G, 1, D)
     out_g = out.reshape(n_tok, n_kv_head, q_g.shape[2], 1, out.shape[2])
-    chunk = max(1, PAGED_GATHER // max(1, rows.shape[1] * k.shape[1] * max(k.shape[2], v.shape[2])))
+    dims = max(node.srcs[1].shape[2], node.srcs[2].shape[2])
+    chunk = max(1, PAGED_GATHER // max(1, rows.shape[1] * k.shape[1] * dims))
 
     def attend(lo: int, hi: int) -> None:
         seen = rows[lo:hi] >= 0
         picked = np.where(seen, rows[lo:hi], 0)
-        kr = np.swapaxes(k[picked], 1, 2)[:, :, None]  # (t, Hkv, 1, L, D)
-        vr = np.swapaxes(v[picked], 1, 2)[:, :, None]
+        kr = np.swapaxes(as_f32(k[picked], k_type), 1, 2)[:, :, None]  # (t, Hkv, 1, L, D)
+        vr = np.swapaxes(as_f32(v[picked], v_type), 1, 2)[:, :, None]
         s = np.matmul(q_g[lo:hi], np.swapaxes(kr, -1, -2))  # (t, Hkv, G, 1, L)
         s *= scale
         softcap_into(s, softcap)

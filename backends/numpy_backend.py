@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pyggml.graph.dtypes import DType, is_quantized, numpy_dtype
+from pyggml.graph.dtypes import DType, is_quantized, nbytes, numpy_dtype
 from pyggml.graph.tensor import Tensor
 
 from . import fusion, numpy_attention  # noqa: F401  (register the attention and fused kernels)
@@ -27,6 +27,8 @@ class NumpyBackend(Backend):
         self.weight_dtype = weight_dtype
 
     def make_placed(self, leaf: Tensor, dense: bool) -> np.ndarray:
+        if leaf.data is None and is_quantized(leaf.dtype):  # a quantized KV cache: zero blocks, (rows, row bytes)
+            return np.zeros((leaf.nelements // leaf.shape[-1], nbytes(leaf.shape[-1:], leaf.dtype)), np.uint8)
         if leaf.data is None:
             return np.zeros(leaf.shape, numpy_dtype(leaf.dtype))
         if not is_quantized(leaf.dtype):

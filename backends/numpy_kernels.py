@@ -11,10 +11,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from pyggml.graph.dtypes import FLOAT_TYPES, DType, is_quantized
+from pyggml.graph.dtypes import FLOAT_TYPES, DType, block_layout, is_quantized
 from pyggml.graph.tensor import Tensor
 
-from .quants import dequantize_rows
+from .quants import dequantize, dequantize_rows, quantize_rows
 
 F32 = np.float32
 GELU_COEF_A = 0.044715
@@ -33,7 +33,11 @@ def kernel(*names: str):
 
 
 def as_f32(x: np.ndarray, dtype: DType) -> np.ndarray:
-    """Float32 values of an array; BF16 values are held as uint16 (a placed BF16 weight may already be F32)."""
+    """Float32 values of an array; BF16 values are held as uint16 (a placed BF16 weight may already be F32), a
+    quantized one's as uint8 rows of blocks (..., bytes per row)."""
+    if x.dtype == np.uint8 and is_quantized(dtype):
+        block, size = block_layout(dtype)
+        return dequantize(x, dtype, x.shape[:-1] + (x.shape[-1] // size * block,))
     if x.dtype == np.uint16 and dtype == DType.BF16:
         return (x.astype(np.uint32) << 16).view(F32)
     return x if x.dtype == F32 else x.astype(F32)
@@ -312,6 +316,10 @@ def get_rows(node: Tensor, out, a, idx):
 @kernel("set_rows")
 def set_rows(node: Tensor, out, dst, src, idx):
     src_dtype = node.srcs[1].dtype
+    if is_quantized(node.dtype):
+        def run_blocks():
+            out[idx] = quantize_rows(as_f32(src, src_dtype), node.dtype)
+        return run_blocks
     if node.dtype == DType.BF16:
         def run_bf16():
             out[idx] = to_bf16(as_f32(src, src_dtype))

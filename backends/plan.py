@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from pyggml.graph.dtypes import numpy_dtype
+from pyggml.graph.dtypes import is_quantized, nbytes, numpy_dtype
 from pyggml.graph.errors import PyggmlError
 from pyggml.graph.graph import Graph
 from pyggml.graph.tensor import Flag, Tensor
@@ -30,8 +30,12 @@ def needs_dense(graph: Graph, where: Mapping[Tensor, Backend]) -> set[tuple[Back
 
 
 def view_array(backend: Backend, base: Any, node: Tensor) -> Any:
-    """The array of a view (or write) node over its storage owner's array `base`."""
+    """The array of a view (or write) node over its storage owner's array `base`; a view of blocks is a uint8
+    array whose last dim is the bytes of each row of whole blocks."""
     offset, strides = node.view_offset, node.strides
+    if is_quantized(storage_owner(node).dtype):
+        shape = node.shape[:-1] + (nbytes(node.shape[-1:], node.dtype),)
+        return backend.strided_view(base, offset, shape, strides[:-1] + (1,))
     held, declared = np.dtype(base.dtype).itemsize, numpy_dtype(storage_owner(node).dtype).itemsize
     if held != declared:  # a leaf placed in another dtype (an F16 weight held as F32): rescale byte steps
         offset, strides = offset // declared * held, tuple(s // declared * held for s in strides)

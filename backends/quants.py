@@ -257,6 +257,11 @@ def dequantize(raw: np.ndarray, dtype: DType | int, shape: tuple[int, ...]) -> n
         raise PyggmlError(f"dequantization of {dtype.name} is not supported") from None
 
 
+def quantize_rows(values: np.ndarray, dtype: DType) -> np.ndarray:
+    """(N, bytes per row) blocks of float rows (N, C), as ggml's reference quantizers make them (gguf-py's)."""
+    return gguf.quants.quantize(np.ascontiguousarray(values, np.float32), dtype)
+
+
 def dequantize_rows(raw2d: np.ndarray, dtype: DType | int, rows: np.ndarray, row_len: int) -> np.ndarray:
     """Float32 (len(rows), row_len) of only the given rows of a (n_rows, bytes_per_row) tensor."""
     return dequantize(gather_block_rows(raw2d, rows), as_dtype(dtype), (np.size(rows), int(row_len)))

@@ -3,8 +3,8 @@ with --weights, a decode step's weight products alone at each batch size (how fa
 
     python examples/bench_batch.py [--model smollm2-135m] [--batches 1 2 4 8 16] [--tokens 128] [--repeats 4]
     python examples/bench_batch.py --weights [--batches 1 2 4 8 16]
-    python examples/bench_batch.py --backend numba-q8 [--cache-type f16]   (llama.cpp's 8-bit activations and
-        its default KV cache type)
+    python examples/bench_batch.py --backend numba-q8 [-ctk q8_0 -ctv q8_0]   (llama.cpp's 8-bit activations;
+        with a quantized KV cache; f16 by default, as llama.cpp)
     python examples/bench_batch.py --ops [--batches 8]   (where a step's time goes, op by op)
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 import pyggml
 from pyggml import DType, compile as compile_plan, input_tensor, mul_mat, view
 from pyggml.backends.registry import create
+from pyggml.cli.options import add_cache_type_options, cache_types
 from pyggml.model.batch import BatchContext, Entry
 from pyggml.model.profile import placed_weights, step_plan
 
@@ -42,9 +43,9 @@ def decode_rate(bc: BatchContext, prompts: list[list[int]], n_tokens: int) -> tu
     return len(prompts) * timed / wall, len(prompts) * timed / cpu
 
 
-def op_times(model, n_seqs: int, n_tokens: int, kv_type: str) -> dict[str, float]:
+def op_times(model, n_seqs: int, n_tokens: int) -> dict[str, float]:
     """ms a step per op (weight products apart) over n_tokens profiled greedy steps of n_seqs sequences."""
-    bc = context(model, n_seqs, n_tokens, kv_type)
+    bc = context(model, n_seqs, n_tokens)
     seqs = [bc.cache.new_sequence() for _ in range(n_seqs)]
     logits = bc.step([Entry(s, p) for s, p in zip(seqs, prompts(model, n_seqs))])
     totals: dict[str, float] = {}
@@ -58,9 +59,9 @@ def op_times(model, n_seqs: int, n_tokens: int, kv_type: str) -> dict[str, float
     return totals
 
 
-def print_op_times(model, batches: list[int], n_tokens: int, kv_type: str) -> None:
+def print_op_times(model, batches: list[int], n_tokens: int) -> None:
     """Where a step's time goes at each batch size, next to one sequence (time per node, as profiled)."""
-    runs = {b: op_times(model, b, n_tokens, kv_type) for b in sorted({1, *batches})}
+    runs = {b: op_times(model, b, n_tokens) for b in sorted({1, *batches})}
     ops = sorted(runs[max(runs)], key=lambda op: -runs[max(runs)][op])
     print("| op | " + " | ".join(f"{b} sequence{'s' * (b > 1)} (ms a step)" for b in runs) + " |\n|---|"
           + "---|" * len(runs))
@@ -69,18 +70,18 @@ def print_op_times(model, batches: list[int], n_tokens: int, kv_type: str) -> No
         print(f"| {op} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
 
 
-def paired_rates(model, b: int, n_tokens: int, second_first: bool, kv_type: str) -> list[tuple[float, float]]:
+def paired_rates(model, b: int, n_tokens: int, second_first: bool) -> list[tuple[float, float]]:
     """[1-sequence rates, b-sequence rates], run in this order or (second_first) the other: pairs alternate the
     order, so that a drift of the machine's speed within a pair favours neither side (two runs in a row of the
     same thing differ by up to 20% on a shared machine)."""
     order = (b, 1) if second_first else (1, b)
-    runs = [decode_rate(context(model, n, n_tokens, kv_type), prompts(model, n), n_tokens) for n in order]
+    runs = [decode_rate(context(model, n, n_tokens), prompts(model, n), n_tokens) for n in order]
     return runs[::-1] if second_first else runs
 
 
-def context(model, n_seqs: int, n_tokens: int, kv_type: str = "f32") -> BatchContext:
+def context(model, n_seqs: int, n_tokens: int) -> BatchContext:
     """A batch context with room for n_seqs sequences of a short prompt and n_tokens more."""
-    return model.batch_context(n_seqs * -(-(n_tokens + 32) // 16), kv_type=kv_type)
+    return model.batch_context(n_seqs * -(-(n_tokens + 32) // 16))
 
 
 def prompts(model, n_seqs: int) -> list[list[int]]:
@@ -135,24 +136,24 @@ def main() -> None:
                     help="pairs of runs per batch size, alternating which runs first (medians reported)")
     ap.add_argument("--weights", action="store_true", help="time the weight products alone instead")
     ap.add_argument("--ops", action="store_true", help="where a step's time goes, op by op, instead")
-    ap.add_argument("--cache-type", choices=("f32", "f16"), default="f32", help="KV cache element type")
+    add_cache_type_options(ap)
     ap.add_argument("--backend", default="numba", help="backend name (see `pyggml backends`), e.g. numba-q8")
     args = ap.parse_args()
-    model = pyggml.load(args.model, n_ctx=args.ctx, backend=create(args.backend))
+    model = pyggml.load(args.model, n_ctx=args.ctx, backend=create(args.backend), **cache_types(args))
     if args.weights:
         return print_weight_products(model, args.batches, 10 * args.repeats)
     if args.ops:
-        return print_op_times(model, args.batches, args.tokens, args.cache_type)
+        return print_op_times(model, args.batches, args.tokens)
     print("| sequences | aggregate decode tok/s (wall) | per sequence | 1 sequence next to it | ratio | "
           "ratio by CPU time |\n|---|---|---|---|---|---|")
-    decode_rate(context(model, 1, 8, args.cache_type), prompts(model, 1), 8)  # warm-up: numba loads its kernels
+    decode_rate(context(model, 1, 8), prompts(model, 1), 8)  # warm-up: numba loads its kernels
     for b in args.batches:  # each run is paired with a 1-sequence run made next to it, under the same load
-        pairs = [paired_rates(model, b, args.tokens, r % 2 == 1, args.cache_type) for r in range(args.repeats)]
+        pairs = [paired_rates(model, b, args.tokens, r % 2 == 1) for r in range(args.repeats)]
         one, rate = (float(np.median([p[i][0] for p in pairs])) for i in (0, 1))
         ratio, cpu_ratio = (float(np.median([p[1][i] / p[0][i] for p in pairs])) for i in (0, 1))
         print(f"| {b} | {rate:.1f} | {rate / b:.1f} | {one:.1f} | {ratio:.2f}x | {cpu_ratio:.2f}x |", flush=True)
     lengths = np.random.default_rng(0).integers(16, args.ctx, 16).tolist()
-    bc = model.batch_context(sum(-(-n // 16) for n in lengths), kv_type=args.cache_type)
+    bc = model.batch_context(sum(-(-n // 16) for n in lengths))
     paged, full = kv_memory(model, bc, lengths)
     print(f"\nKV memory of 16 sequences of {sum(lengths)} tokens in all (lengths {min(lengths)}..{max(lengths)}), "
           f"n_ctx {model.n_ctx}: paged {paged / 2**20:.1f} MiB, preallocated {full / 2**20:.1f} MiB "

@@ -17,6 +17,9 @@ NUMPY_DTYPES: dict[DType, np.dtype] = {
 }
 FLOAT_TYPES = frozenset({DType.F32, DType.F16, DType.BF16})
 INDEX_TYPES = frozenset({DType.I32, DType.I64})
+# Block types whose rows set_rows writes (quantized as ggml's reference quantizers do) and the attention ops read:
+# the quantized KV cache types (llama.cpp's --cache-type-k/-v q8_0, q4_0)
+ROW_QUANT_TYPES = frozenset({DType.Q8_0, DType.Q4_0})
 
 
 def as_dtype(value: DType | int | str | np.dtype | type) -> DType:

@@ -12,6 +12,7 @@ from pyggml.graph.tensor import Tensor
 from .hparams import HParams
 from .kv_cache import KVCache, causal_mask
 from .layers import StepInputs
+from .paged_cache import common_prefix
 from .weights import Weights
 
 MAX_BATCH_PLANS = 2
@@ -25,6 +26,7 @@ class Context:
         self.weights, self.hp, self.build, self.cache, self.backend = weights, hp, build, cache, backend
         self._plans: dict[tuple, tuple[Plan, StepInputs]] = {}
         self.tokens: list[int] = []  # the sequence held in the cache
+        self.prefix_queried = self.prefix_hits = 0  # prompt tokens eval_prompt was given, and found in the cache
         self.last_plan: Plan | None = None  # the plan of the latest step (for profiling and benchmarks)
 
     @property
@@ -49,13 +51,12 @@ class Context:
         self.truncate(0)
 
     def eval_prompt(self, tokens: Sequence[int]) -> np.ndarray:
-        """Logits of the last prompt token, evaluating only what the cache does not already hold."""
-        keep = 0
-        for cached, new in zip(self.tokens, tokens[:-1]):
-            if cached != new:
-                break
-            keep += 1
+        """Logits of the last prompt token, evaluating only what the cache does not already hold (the longest common
+        prefix with the cached sequence, as llama-cpp-python)."""
+        keep = common_prefix(self.tokens, tokens[:-1])
         self.truncate(keep)
+        self.prefix_queried += len(tokens)
+        self.prefix_hits += keep
         return self.eval(tokens[keep:])
 
     def eval(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:

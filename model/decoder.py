@@ -45,10 +45,16 @@ def build_decoder(w: Weights, hp: HParams, inp: StepInputs, cache: KVCache | Non
     return build_layers(w, hp, inp, cache, range(hp.n_layer))
 
 
-def build_layers(w: Weights, hp: HParams, inp: StepInputs, cache: KVCache | None, layers: range) -> Tensor:
+def build_hidden(w: Weights, hp: HParams, inp: StepInputs, cache: KVCache | None) -> Tensor:
+    """The output-normed hidden states (n_out, n_embd) of the step's wanted rows (what embeddings pool)."""
+    return output_norm(w, hp, build_layers(w, hp, inp, cache, range(hp.n_layer), logits=False))
+
+
+def build_layers(w: Weights, hp: HParams, inp: StepInputs, cache: KVCache | None, layers: range,
+                 logits: bool = True) -> Tensor:
     """A contiguous range of the decoder's layers (a pipeline stage): from the token embedding when the range
-    starts at layer 0, else from inp.hidden (T, n_embd); to the logits when it ends at the last layer, else to
-    the hidden states (T, n_embd) after its last layer."""
+    starts at layer 0, else from inp.hidden (T, n_embd); to the logits when it ends at the last layer (and
+    logits is set), else to the hidden states (T, n_embd) after its last layer."""
     arch = ARCHITECTURES[hp.arch]
     x = embed(w, hp, arch, inp) if layers.start == 0 else inp.hidden
     for il in layers:
@@ -59,7 +65,7 @@ def build_layers(w: Weights, hp: HParams, inp: StepInputs, cache: KVCache | None
         cur = named(rms_norm_w(x, w.get(T.FFN_NORM, il), hp.rms_eps), "ffn_norm", il)
         cur = ffn_glu(w, cur, il, arch.glu, arch.fused_gate_up)
         x = named(ops.add(x, _post_norm(w, hp, arch, cur, T.FFN_POST_NORM, il)), "l_out", il)
-    return head(w, hp, x) if layers.stop == hp.n_layer else x
+    return head(w, hp, x) if logits and layers.stop == hp.n_layer else x
 
 
 def embed(w: Weights, hp: HParams, arch: Arch, inp: StepInputs) -> Tensor:
@@ -68,9 +74,14 @@ def embed(w: Weights, hp: HParams, arch: Arch, inp: StepInputs) -> Tensor:
     return named(ops.scale(x, hp.embedding_scale), "inp_scaled") if arch.scale_embeddings else x
 
 
+def output_norm(w: Weights, hp: HParams, x: Tensor) -> Tensor:
+    """The hidden states after the last layer, RMS-normed by the output norm."""
+    return named(rms_norm_w(x, w.get(T.OUTPUT_NORM), hp.rms_eps), "result_norm")
+
+
 def head(w: Weights, hp: HParams, x: Tensor) -> Tensor:
     """The output norm and head (+soft-cap): logits of the rows of x."""
-    x = named(rms_norm_w(x, w.get(T.OUTPUT_NORM), hp.rms_eps), "result_norm")
+    x = output_norm(w, hp, x)
     logits = linear(w, T.OUTPUT, x) if w.has(T.OUTPUT) else ops.mul_mat(w.get(T.TOKEN_EMBD), x)
     if hp.final_logit_softcap:
         logits = softcap(logits, hp.final_logit_softcap)

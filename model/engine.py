@@ -98,13 +98,14 @@ class Engine:
     """Steps many requests together over one paged KV cache; `submit` is thread-safe, `step` runs one round."""
 
     def __init__(self, model: Model, n_parallel: int = 4, n_ctx: int | None = None, n_blocks: int | None = None,
-                 block_size: int = BLOCK_SIZE, max_queue: int = 64, kv_type: str = "f32"):
+                 block_size: int = BLOCK_SIZE, max_queue: int = 64):
         """An engine of n_parallel slots; max_queue requests may wait beyond the free slots (0: none)."""
         self.model, self.n_parallel, self.max_queue = model, n_parallel, max_queue
         self.n_ctx = n_ctx or model.n_ctx
         n_blocks = n_blocks or n_parallel * -(-self.n_ctx // block_size)
-        self.batch = model.batch_context(n_blocks, block_size, kv_type)
+        self.batch = model.batch_context(n_blocks, block_size)
         self.cache = self.batch.cache
+        self.prefix_queried = self.prefix_hits = 0  # prompt tokens looked up in the prefix cache, and found there
         self.waiting: collections.deque[Request] = collections.deque()
         self.active: list[Request] = []
         self._wake = threading.Condition()
@@ -195,10 +196,18 @@ class Engine:
         return False
 
     def _share_prefix(self, req: Request) -> None:
-        best = max(((self.cache.shareable(r.seq, req.prompt_ids), r) for r in self.active), default=(0, None),
-                   key=lambda pair: pair[0])
-        if best[0] > 0:
-            self.cache.share_prefix(req.seq, best[1].seq, best[0])
+        """Take over the longest evaluated prefix of req's prompt: full blocks cached by any sequence, finished or
+        running (automatic prefix caching), or a running sequence's blocks up to a partial one."""
+        n, source = max(((self.cache.shareable(r.seq, req.prompt_ids), r) for r in self.active), default=(0, None),
+                        key=lambda pair: pair[0])
+        keys = self.cache.prefix_keys(req.prompt_ids)
+        n_cached = self.cache.cached_blocks(keys)
+        if n > n_cached * self.cache.block_size:
+            self.cache.share_prefix(req.seq, source.seq, n)
+        elif n_cached:
+            self.cache.reuse_cached(req.seq, req.prompt_ids, keys, n_cached)
+        self.prefix_queried += len(req.prompt_ids)
+        self.prefix_hits += req.seq.n_past
 
     def _prefill_entries(self) -> list[tuple[Request, Entry]]:
         """Chunks of the prompts not yet evaluated, PREFILL_CHUNK tokens at most in all."""

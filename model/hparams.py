@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from gguf import MODEL_TENSOR, TENSOR_NAMES, Keys, RopeScalingType
 
+from pyggml.graph.dtypes import DType, nbytes
 from pyggml.graph.errors import PyggmlError
 
 from .arch import ARCHITECTURES
@@ -75,6 +76,7 @@ class HParams:
     yarn: YarnParams | None = None  # YaRN rope scaling (with rope_freq_scale)
     attn_logit_softcap: float | None = None
     final_logit_softcap: float | None = None
+    pooling_type: int | None = None  # the GGUF's {arch}.pooling_type (llama.cpp's enum), None without one
 
     def is_swa(self, layer: int) -> bool:
         """Whether a layer uses sliding-window attention (llama.cpp: il % pattern < pattern - 1)."""
@@ -92,10 +94,11 @@ class HParams:
             return self.rope_freq_scale_swa
         return self.rope_freq_scale
 
-    def kv_bytes_per_token(self, bytes_per_element: int, n_kv_head: int | None = None) -> int:
-        """Bytes of K and V cache per token over all layers (with the model's KV heads, or n_kv_head of them)."""
+    def kv_bytes_per_token(self, type_k: DType, type_v: DType, n_kv_head: int | None = None) -> int:
+        """Bytes of K and V cache of these types per token over all layers (with the model's KV heads, or n_kv_head
+        of them)."""
         heads = self.n_head_kv if n_kv_head is None else n_kv_head
-        return self.n_layer * heads * (self.head_dim + self.head_dim_v) * bytes_per_element
+        return self.n_layer * heads * (nbytes((self.head_dim,), type_k) + nbytes((self.head_dim_v,), type_v))
 
 
 class _Keys:
@@ -187,6 +190,7 @@ def load_hparams(metadata: Mapping[str, Any], tensor_names: Collection[str] | No
         yarn=_yarn(keys, n_ctx_train) if keys.get(Keys.Rope.SCALING_TYPE) == RopeScalingType.YARN.value else None,
         attn_logit_softcap=keys.number(Keys.LLM.ATTN_LOGIT_SOFTCAPPING, row.attn_softcap) or None,
         final_logit_softcap=keys.number(Keys.LLM.FINAL_LOGIT_SOFTCAPPING, row.final_softcap) or None,
+        pooling_type=keys.get(Keys.LLM.POOLING_TYPE),
     )
 
 

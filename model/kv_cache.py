@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pyggml import ops
-from pyggml.graph.dtypes import DType
+from pyggml.graph.dtypes import DType, block_layout, nbytes
 from pyggml.graph.errors import PyggmlError
 from pyggml.graph.tensor import Flag, Tensor, new_tensor
 
@@ -16,7 +16,21 @@ if TYPE_CHECKING:
     from .layers import StepInputs
 
 KV_PAD = 256  # the attended KV length is padded to a multiple of this, so decode plans are reused
-KV_TYPES = (DType.F32, DType.F16)
+KV_TYPES = (DType.F32, DType.F16, DType.Q8_0, DType.Q4_0)  # llama.cpp's --cache-type-k/-v choices people use
+DEFAULT_KV_TYPE = DType.F16  # as llama.cpp
+
+
+def check_kv_types(type_k: DType, type_v: DType, head_dim: int, head_dim_v: int) -> tuple[DType, DType]:
+    """The K and V cache types, refused unless each is one of KV_TYPES whose blocks split its head dim."""
+    for name, dtype, dim in (("K", type_k, head_dim), ("V", type_v, head_dim_v)):
+        if dtype not in KV_TYPES:
+            raise PyggmlError(f"{name} cache type must be one of {[t.name.lower() for t in KV_TYPES]}, "
+                              f"not {dtype.name.lower()}")
+        block = block_layout(dtype)[0]
+        if dim % block:
+            raise PyggmlError(f"{name} cache type {dtype.name.lower()} needs a head dim that is a multiple of "
+                              f"{block}, not {dim}")
+    return type_k, type_v
 
 
 def layer_rows(window: int | None, n_ctx: int, n_batch: int, swa_full: bool = False) -> int:
@@ -58,26 +72,26 @@ class KVCache:
     """K and V tensors of (rows, n_kv_head * head_dim) per layer; full layers hold n_ctx rows, sliding
     layers a ring of window + n_batch rows (as llama.cpp sizes its SWA cache)."""
 
-    def __init__(self, n_layer: int, n_ctx: int, n_kv_head: int, head_dim: int, dtype: DType = DType.F32,
+    def __init__(self, n_layer: int, n_ctx: int, n_kv_head: int, head_dim: int, dtype: DType = DEFAULT_KV_TYPE,
                  windows: list[int | None] | None = None, n_batch: int = 512, head_dim_v: int | None = None,
-                 swa_full: bool = False):
-        if dtype not in KV_TYPES:
-            raise PyggmlError(f"KV cache type must be one of {[t.name for t in KV_TYPES]}, not {dtype.name}")
-        self.n_ctx, self.dtype, self.n_batch = n_ctx, dtype, n_batch
+                 swa_full: bool = False, dtype_v: DType | None = None):
+        self.n_ctx, self.n_batch = n_ctx, n_batch
         self.n_kv_head, self.head_dim, self.head_dim_v = n_kv_head, head_dim, head_dim_v or head_dim
+        self.dtype, self.dtype_v = check_kv_types(dtype, dtype_v or dtype, self.head_dim, self.head_dim_v)
         windows = windows or [None] * n_layer
         self.kinds: dict[int | None, CacheKind] = {}
         for w in dict.fromkeys(windows):
             rows = layer_rows(w, n_ctx, n_batch, swa_full)
             self.kinds[w] = CacheKind(rows, w, rows < n_ctx, np.full(rows, -1, np.int64))
         self.layer_kind = [self.kinds[w] for w in windows]
-        self.k = [self._tensor(f"cache_k_l{il}", kind.rows, self.head_dim) for il, kind in enumerate(self.layer_kind)]
-        self.v = [self._tensor(f"cache_v_l{il}", kind.rows, self.head_dim_v)
+        self.k = [self._tensor(f"cache_k_l{il}", kind.rows, self.head_dim, self.dtype)
+                  for il, kind in enumerate(self.layer_kind)]
+        self.v = [self._tensor(f"cache_v_l{il}", kind.rows, self.head_dim_v, self.dtype_v)
                   for il, kind in enumerate(self.layer_kind)]
         self.n_past = 0
 
-    def _tensor(self, name: str, rows: int, dim: int) -> Tensor:
-        return new_tensor((rows, self.n_kv_head * dim), self.dtype, name=name, flags=Flag.PERSISTENT)
+    def _tensor(self, name: str, rows: int, dim: int, dtype: DType) -> Tensor:
+        return new_tensor((rows, self.n_kv_head * dim), dtype, name=name, flags=Flag.PERSISTENT)
 
     @property
     def nbytes(self) -> int:
@@ -109,16 +123,15 @@ class KVCache:
 
     def kv_views(self, k: Tensor, v: Tensor, inp: StepInputs, il: int, window: int | None) -> tuple[Tensor, Tensor]:
         """Write this step's k, v rows (T, Hkv, D) into layer il's cache; return (Hkv, n_kv, D) views of its
-        first n_kv rows."""
+        first n_kv rows (of a quantized cache: rows of whole blocks per head)."""
         n_tokens, n_kv_head = k.shape[0], k.shape[1]
         idx, n_kv = inp.kv_idx[window], inp.kq_mask[window].shape[-1]
         views = []
         for cur, store, name in ((k, self.k[il], "k_cache"), (v, self.v[il], "v_cache")):
             dim = cur.shape[-1]
             written = ops.set_rows(store, ops.reshape(cur, (n_tokens, n_kv_head * dim)), idx)
-            elem = store.strides[-1]
-            views.append(ops.view(written, (n_kv_head, n_kv, dim), (dim * elem, n_kv_head * dim * elem, elem))
-                         .set_name(f"{name}-{il}"))
+            strides = (nbytes((dim,), store.dtype), store.strides[0], store.strides[-1])
+            views.append(ops.view(written, (n_kv_head, n_kv, dim), strides).set_name(f"{name}-{il}"))
         return views[0], views[1]
 
     def step_inputs(self, positions: np.ndarray) -> dict[int | None, tuple[np.ndarray, np.ndarray]]:

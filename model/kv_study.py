@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.polynomial import polynomial
 
+from pyggml.graph.dtypes import DType
 from pyggml.graph.errors import PyggmlError
 
 from .hparams import HParams
@@ -129,11 +130,11 @@ def kv_study(model: Model, prompt: Sequence[int], n: int, progress: Progress | N
     return KVStudy(len(prompt), tokens, seconds)
 
 
-def kv_bytes_per_token(hp: HParams, itemsize: int) -> dict[str, tuple[int, int]]:
-    """KV-cache bytes per token, 2 x n_layer x n_kv_head x head_dim x bytes, under MHA, GQA (the model's) and
-    MQA: name -> (n_kv_head, bytes)."""
+def kv_bytes_per_token(hp: HParams, type_k: DType, type_v: DType) -> dict[str, tuple[int, int]]:
+    """KV-cache bytes per token, n_layer x n_kv_head x (a K row + a V row of a head), under MHA, GQA (the model's)
+    and MQA: name -> (n_kv_head, bytes)."""
     heads = {"MHA": hp.n_head, "GQA": hp.n_head_kv, "MQA": 1}
-    return {name: (h, hp.kv_bytes_per_token(itemsize, h)) for name, h in heads.items()}
+    return {name: (h, hp.kv_bytes_per_token(type_k, type_v, h)) for name, h in heads.items()}
 
 
 def plot(study: KVStudy, path: str, title: str) -> bool:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from gguf import MODEL_TENSOR
 
 from pyggml import ops
-from pyggml.graph.dtypes import DType
+from pyggml.graph.dtypes import DType, is_quantized
 from pyggml.graph.tensor import Tensor, input_tensor
 
 from .hparams import HParams, YarnParams
@@ -86,6 +86,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, inp: StepInp
     else:
         keys, values = cache.kv_views(k, v, inp, il, spec.window)
     mask = inp.kq_mask[spec.window]
+    if is_quantized(keys.dtype) or is_quantized(values.dtype):  # quantized K/V: fused attention only, as llama.cpp
+        kqv = ops.flash_attn_ext(ops.permute(q, 1, 0, 2), keys, values, mask, scale, 0.0, spec.softcap or 0.0)
+        return named(ops.reshape(kqv, (n_tokens, n_head * values.shape[-1])), "kqv_out", il)
     if spec.softcap:  # in llama.cpp's order: Q scaled, Q·K soft-capped, then a softmax without further scale
         q, scale = named(ops.scale(q, scale), "Qcur_scaled", il), 1.0
     kq = named(ops.mul_mat(keys, ops.permute(q, 1, 0, 2)), "kq", il)  # (H, T, n_kv)

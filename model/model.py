@@ -17,13 +17,14 @@ from pyggml.graph.errors import PyggmlError
 from .chat_template import render_chat_segments, template_source
 from .batch import BatchContext
 from .context import Context
-from .decoder import build_decoder
+from .decoder import build_decoder, build_hidden
+from .embedding import model_pooling, normalize as normalize_rows, pool
 from .engine import Engine
 from .generation import TextStream
 from .gguf_file import GGUFFile
 from .grammar import Constraint, GrammarSpec, Grammars, apply_mask, grammar_spec
 from .hparams import HParams, load_hparams
-from .kv_cache import KVCache
+from .kv_cache import DEFAULT_KV_TYPE, KVCache
 from .paged_cache import BLOCK_SIZE, PagedKVCache
 from .pull import resolve_model
 from .sampling import Sampler, SamplingParams, log_softmax
@@ -50,7 +51,8 @@ class Model:
     """A loaded GGUF model with its tokenizer, KV cache and a context to evaluate tokens."""
 
     def __init__(self, path_or_name: str | Path, n_ctx: int | None = None, n_batch: int = 512,
-                 kv_type: DType | str = DType.F32, backend: BackendSpec | None = None, swa_full: bool = False,
+                 type_k: DType | str = DEFAULT_KV_TYPE, type_v: DType | str = DEFAULT_KV_TYPE,
+                 backend: BackendSpec | None = None, swa_full: bool = False,
                  kv_overrides: Mapping[str, object] | None = None, ray: str | None = None, stages: int = 1):
         t0 = time.perf_counter()
         self.path = resolve_model(str(path_or_name))
@@ -63,32 +65,41 @@ class Model:
         self.tokenizer = load_tokenizer(self.gguf.metadata)
         self.weights = Weights(self.gguf)
         self.backend = backend or default_backend()
+        self.type_k, self.type_v = as_dtype(type_k), as_dtype(type_v)  # the KV cache types (llama.cpp's -ctk/-ctv)
         self.pipeline = self._pipeline(ray, stages) if ray is not None or stages != 1 else None
-        self.context = self.make_context(n_ctx, n_batch, kv_type, swa_full)
+        self.context = self.make_context(n_ctx, n_batch, swa_full=swa_full)
         self.n_ctx, self.cache = self.context.n_ctx, self.context.cache
+        self.pooling = model_pooling(self.hparams)  # Model.embed's default: the GGUF's pooling_type, else last
         self._grammars, self._grammars_lock = None, threading.Lock()
         self.load_seconds = time.perf_counter() - t0
 
-    def make_context(self, n_ctx: int | None = None, n_batch: int = 512, kv_type: DType | str = DType.F32,
+    def make_context(self, n_ctx: int | None = None, n_batch: int = 512,
                      swa_full: bool = False) -> Context | SequenceContext:
-        """A new context (its own KV cache) over this model's weights, as llama_new_context_with_model."""
+        """A new context (its own KV cache of the model's K/V types) over this model's weights, as
+        llama_new_context_with_model."""
         hp = self.hparams
         n_ctx = min(n_ctx or DEFAULT_N_CTX, hp.n_ctx_train or DEFAULT_N_CTX)
         if self.pipeline is not None:  # one sequence over the stages' paged K/V
-            return SequenceContext(self.batch_context(-(-n_ctx // BLOCK_SIZE), kv_type=kv_type), n_ctx,
-                                   min(n_batch, n_ctx))
-        cache = KVCache(hp.n_layer, n_ctx, hp.n_head_kv, hp.head_dim, as_dtype(kv_type), layer_windows(hp),
-                        min(n_batch, n_ctx), hp.head_dim_v, swa_full)
+            return SequenceContext(self.batch_context(-(-n_ctx // BLOCK_SIZE)), n_ctx, min(n_batch, n_ctx))
+        cache = KVCache(hp.n_layer, n_ctx, hp.n_head_kv, hp.head_dim, self.type_k, layer_windows(hp),
+                        min(n_batch, n_ctx), hp.head_dim_v, swa_full, self.type_v)
         return Context(self.weights, hp, build_decoder, cache, self.backend)
 
-    def batch_context(self, n_blocks: int, block_size: int = BLOCK_SIZE,
-                      kv_type: DType | str = DType.F32) -> BatchContext:
-        """A context stepping many sequences over a paged KV cache of n_blocks blocks per layer."""
+    @cached_property
+    def _hidden(self) -> Context:
+        """A context computing output-normed hidden states (embeddings) over the one-sequence cache's layout."""
+        if self.pipeline is not None:
+            raise PyggmlError("embeddings are not computed over pipeline stages; load the model in one process")
+        return Context(self.weights, self.hparams, build_hidden, self.cache, self.backend)
+
+    def batch_context(self, n_blocks: int, block_size: int = BLOCK_SIZE) -> BatchContext:
+        """A context stepping many sequences over a paged KV cache (the model's K/V types) of n_blocks blocks per
+        layer."""
         hp = self.hparams
-        cache = PagedKVCache(hp.n_layer, n_blocks, hp.n_head_kv, hp.head_dim, as_dtype(kv_type), layer_windows(hp),
-                             block_size, hp.head_dim_v)
+        cache = PagedKVCache(hp.n_layer, n_blocks, hp.n_head_kv, hp.head_dim, self.type_k, layer_windows(hp),
+                             block_size, hp.head_dim_v, self.type_v)
         if self.pipeline is not None:  # the stages hold the K/V; this cache keeps the block tables
-            return PipelineContext(self.pipeline, hp, cache, as_dtype(kv_type).name.lower())
+            return PipelineContext(self.pipeline, hp, cache)
         return BatchContext(self.weights, hp, build_decoder, cache, self.backend)
 
     def _pipeline(self, address: str | None, n_stages: int) -> Pipeline:
@@ -209,6 +220,25 @@ class Model:
         requests = [engine.submit(self.prompt_ids(p), max_tokens, params, stop, grammar=spec) for p in prompts]
         engine.run_until_idle()
         return [Completion(r.text, r.tokens, r.finish_reason, None, r.timings) for r in requests]
+
+    def embed(self, inputs: str | Sequence[int] | Sequence[str | Sequence[int]], pooling: str | None = None,
+              normalize: int = 2) -> list[np.ndarray]:
+        """Embeddings of one input or a batch (text or token ids): per input, its tokens' output-normed hidden
+        states pooled (`pooling` mean|last|cls|none, default the model's) and normalized as llama-server
+        (2: Euclidean; -1: not at all): an (n_embd,) vector, or (n_tokens, n_embd) unnormalized for none."""
+        batch = [inputs] if isinstance(inputs, str) or (inputs and isinstance(inputs[0], (int, np.integer))) \
+            else list(inputs)
+        if not batch:
+            raise PyggmlError("embed needs at least one input")
+        out = []
+        for item in batch:
+            ids = self.tokenize(item) if isinstance(item, str) else [int(t) for t in item]
+            if not ids or len(ids) > self.n_ctx:
+                raise PyggmlError(f"an input to embed has {len(ids)} tokens; it must have 1 to {self.n_ctx}")
+            hidden = self._hidden.eval_uncached(ids, all_logits=True)
+            pooled = pool(hidden, pooling or self.pooling)
+            out.append(pooled if (pooling or self.pooling) == "none" else normalize_rows(pooled, normalize))
+        return out
 
     def chat(self, messages: Sequence[Mapping[str, str]], **options) -> Completion | TextStream:
         """Reply to a conversation rendered through the chat template."""

@@ -1,8 +1,13 @@
 """Paged KV cache: per layer a pool of fixed-size blocks, a block table per sequence, ref-counted blocks shared
 between sequences with a common prefix and copied on write; sliding-window layers give back blocks that leave
-the window. Attention reads it through graph inputs: physical rows to write, rows to gather, a mask."""
+the window. Full blocks are indexed by a hash of the tokens up to their end and stay cached once no sequence holds
+them, evicted least recently used only when blocks are needed (vLLM's automatic prefix caching), so a later
+prompt with the same prefix takes them over. Attention reads it through graph inputs: physical rows to write, rows
+to gather, a mask."""
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -14,7 +19,7 @@ from pyggml.graph.dtypes import DType
 from pyggml.graph.errors import PyggmlError
 from pyggml.graph.tensor import Flag, Tensor, new_tensor
 
-from .kv_cache import KV_TYPES
+from .kv_cache import DEFAULT_KV_TYPE, check_kv_types
 
 if TYPE_CHECKING:
     from .layers import StepInputs
@@ -32,39 +37,63 @@ class PoolFull(PyggmlError):
     """No free block is left in a pool."""
 
 
+def block_key(parent: bytes, tokens: Sequence[int]) -> bytes:
+    """The hash of a full block: of its tokens and, through the parent block's key, of every token before them."""
+    return hashlib.sha256(parent + np.asarray(tokens, np.int64).tobytes()).digest()
+
+
 class BlockPool:
-    """Block ids handed out and taken back, each with a reference count (shared prefix blocks count > 1)."""
+    """Block ids handed out and taken back, each with a reference count (shared prefix blocks count > 1); full
+    blocks indexed by key stay cached at zero references, least recently used first out when blocks are needed."""
 
     def __init__(self, n_blocks: int):
         self.refs = np.zeros(n_blocks, np.int64)
         self.refs[SCRATCH] = 1
         self.free = list(range(n_blocks - 1, SCRATCH, -1))
+        self.index: dict[bytes, int] = {}  # key -> the full block that holds its tokens' K/V
+        self.keys: dict[int, bytes] = {}   # indexed block -> its key
+        self.cached: OrderedDict[int, None] = OrderedDict()  # indexed blocks no sequence holds, oldest first
 
     @property
     def n_used(self) -> int:
-        """Blocks held by sequences (the scratch block not counted)."""
-        return len(self.refs) - 1 - len(self.free)
+        """Blocks held by sequences (the scratch block and cached blocks not counted)."""
+        return len(self.refs) - 1 - self.n_free
 
     @property
     def n_free(self) -> int:
-        return len(self.free)
+        """Blocks that can be taken: free ones and cached ones (evicted when taken)."""
+        return len(self.free) + len(self.cached)
 
     def take(self) -> int:
-        """A free block, now referenced once."""
-        if not self.free:
+        """A free block, else the least recently used cached one (forgotten), now referenced once."""
+        if self.free:
+            block = self.free.pop()
+        elif self.cached:
+            block, _ = self.cached.popitem(last=False)
+            del self.index[self.keys.pop(block)]
+        else:
             raise PoolFull(f"all {len(self.refs) - 1} KV blocks are in use")
-        block = self.free.pop()
         self.refs[block] = 1
         return block
 
     def share(self, block: int) -> None:
+        """One reference more (a cached block is held again)."""
+        self.cached.pop(block, None)
         self.refs[block] += 1
 
     def drop(self, block: int) -> None:
-        """One reference fewer; the block is free again at zero."""
+        """One reference fewer; at zero the block is cached if indexed, else free."""
         self.refs[block] -= 1
         if self.refs[block] == 0:
-            self.free.append(block)
+            if block in self.keys:
+                self.cached[block] = None
+            else:
+                self.free.append(block)
+
+    def register(self, key: bytes, block: int) -> None:
+        """Index a full block under key (a key already held by another block keeps that one)."""
+        if key not in self.index and block not in self.keys:
+            self.index[key], self.keys[block] = block, key
 
 
 @dataclass
@@ -72,6 +101,7 @@ class SeqBlocks:
     """One sequence in the paged cache: its block table per cache kind (None: a block that left the window)."""
     tables: dict[int | None, list[int | None]]
     tokens: list[int] = field(default_factory=list)  # the tokens whose K/V the blocks hold, in order
+    keys: list[bytes] = field(default_factory=list)  # block_key of each full block, in order
 
     @property
     def n_past(self) -> int:
@@ -82,19 +112,18 @@ class SeqBlocks:
 class PagedKVCache:
     """K and V of (n_blocks * block_size, n_kv_head * head_dim) per layer, handed out in blocks to sequences."""
 
-    def __init__(self, n_layer: int, n_blocks: int, n_kv_head: int, head_dim: int, dtype: DType = DType.F32,
+    def __init__(self, n_layer: int, n_blocks: int, n_kv_head: int, head_dim: int, dtype: DType = DEFAULT_KV_TYPE,
                  windows: list[int | None] | None = None, block_size: int = BLOCK_SIZE,
-                 head_dim_v: int | None = None):
-        if dtype not in KV_TYPES:
-            raise PyggmlError(f"KV cache type must be one of {[t.name for t in KV_TYPES]}, not {dtype.name}")
-        self.block_size, self.n_blocks, self.dtype = block_size, n_blocks + 1, dtype  # + the scratch block
+                 head_dim_v: int | None = None, dtype_v: DType | None = None):
+        self.dtype, self.dtype_v = check_kv_types(dtype, dtype_v or dtype, head_dim, head_dim_v or head_dim)
+        self.block_size, self.n_blocks = block_size, n_blocks + 1  # + the scratch block
         windows = windows or [None] * n_layer
         self.pools = {w: BlockPool(self.n_blocks) for w in dict.fromkeys(windows)}  # one per window (cache kind)
         rows = self.n_blocks * block_size
-        self.k = [new_tensor((rows, n_kv_head * head_dim), dtype, f"paged_k_l{il}", Flag.PERSISTENT)
+        self.k = [new_tensor((rows, n_kv_head * head_dim), self.dtype, f"paged_k_l{il}", Flag.PERSISTENT)
                   for il in range(len(windows))]
-        self.v = [new_tensor((rows, n_kv_head * (head_dim_v or head_dim)), dtype, f"paged_v_l{il}", Flag.PERSISTENT)
-                  for il in range(len(windows))]
+        self.v = [new_tensor((rows, n_kv_head * (head_dim_v or head_dim)), self.dtype_v, f"paged_v_l{il}",
+                             Flag.PERSISTENT) for il in range(len(windows))]
         self.layer_window = windows
 
     @property
@@ -133,7 +162,38 @@ class PagedKVCache:
             for block in seq.tables[w]:
                 if block is not None:
                     self.pools[w].share(block)
-        seq.tokens = source.tokens[:n]
+        seq.tokens, seq.keys = source.tokens[:n], source.keys[:n // self.block_size]
+
+    def prefix_keys(self, tokens: Sequence[int]) -> list[bytes]:
+        """The keys of the full blocks of tokens but the last (the last token is always left to evaluate)."""
+        keys, parent, bs = [], b"", self.block_size
+        for j in range((len(tokens) - 1) // bs):
+            parent = block_key(parent, tokens[j * bs:(j + 1) * bs])
+            keys.append(parent)
+        return keys
+
+    def cached_blocks(self, keys: list[bytes]) -> int:
+        """How many leading blocks of these keys every kind holds indexed (a windowed kind: those the next token
+        still sees)."""
+        for n in range(len(keys), 0, -1):
+            if all(key in self.pools[w].index for w in self.pools
+                   for key in keys[self._window_start(w, n * self.block_size) // self.block_size:n]):
+                return n
+        return 0
+
+    def _window_start(self, w: int | None, n_tokens: int) -> int:
+        """The first position the token at n_tokens sees in kind w."""
+        return 0 if w is None else max(0, n_tokens - w + 1)
+
+    def reuse_cached(self, seq: SeqBlocks, tokens: Sequence[int], keys: list[bytes], n: int) -> None:
+        """Make an empty seq hold the first n full blocks of tokens, cached under these keys (prefix_keys; n from
+        cached_blocks) by finished or running sequences."""
+        for w, pool in self.pools.items():
+            first = self._window_start(w, n * self.block_size) // self.block_size
+            seq.tables[w] = [None] * first + [pool.index[key] for key in keys[first:n]]
+            for block in seq.tables[w][first:]:
+                pool.share(block)
+        seq.tokens, seq.keys = list(tokens[:n * self.block_size]), keys[:n]
 
     def _n_blocks(self, n_tokens: int) -> int:
         return -(-n_tokens // self.block_size)
@@ -165,8 +225,15 @@ class PagedKVCache:
         return copies
 
     def commit(self, seq: SeqBlocks, tokens: list[int]) -> None:
-        """Record tokens written after the step; windowed kinds give back blocks no later token can see."""
+        """Record tokens written after the step and index the blocks they fill; windowed kinds give back blocks no
+        later token can see."""
         seq.tokens += tokens
+        bs = self.block_size
+        for j in range(len(seq.keys), seq.n_past // bs):
+            seq.keys.append(block_key(seq.keys[-1] if seq.keys else b"", seq.tokens[j * bs:(j + 1) * bs]))
+            for w, table in seq.tables.items():
+                if table[j] is not None:
+                    self.pools[w].register(seq.keys[j], table[j])
         for w, table in seq.tables.items():
             if w is None:
                 continue
@@ -182,7 +249,7 @@ class PagedKVCache:
                 if block is not None:
                     self.pools[w].drop(block)
             table.clear()
-        seq.tokens = []
+        seq.tokens, seq.keys = [], []
 
     def rows(self, seq: SeqBlocks, w: int | None, positions: np.ndarray) -> np.ndarray:
         """Physical rows of these positions in kind w."""

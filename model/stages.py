@@ -137,7 +137,8 @@ class CacheSpec:
     """How a context's paged K/V is laid out: the same blocks in every stage."""
     n_blocks: int
     block_size: int
-    kv_type: str
+    type_k: str  # the K and V element types, by name (f16, q8_0, ...)
+    type_v: str
 
 
 class StageWorker:
@@ -151,8 +152,8 @@ class StageWorker:
     def open(self, key: int, spec: CacheSpec) -> None:
         """Make the K/V of context `key` for this stage's layers."""
         hp, windows = self.hp, layer_windows(self.hp)[self.layers.start:self.layers.stop]
-        cache = PagedKVCache(len(self.layers), spec.n_blocks, hp.n_head_kv, hp.head_dim, as_dtype(spec.kv_type),
-                             windows, spec.block_size, hp.head_dim_v)
+        cache = PagedKVCache(len(self.layers), spec.n_blocks, hp.n_head_kv, hp.head_dim, as_dtype(spec.type_k),
+                             windows, spec.block_size, hp.head_dim_v, as_dtype(spec.type_v))
         self.contexts[key] = BatchContext(self.weights, hp, stage_builder(self.layers),
                                           StageCache(cache, self.layers.start), self.backend)
 
@@ -235,10 +236,11 @@ class PipelineContext(BatchContext):
     """A BatchContext whose steps run through pipeline stages: the stages hold the K/V, its cache here keeps
     only the block tables (its tensors are never placed), so batched decode and the engine work unchanged."""
 
-    def __init__(self, pipeline: Pipeline, hp: HParams, cache: PagedKVCache, kv_type: str):
+    def __init__(self, pipeline: Pipeline, hp: HParams, cache: PagedKVCache):
         super().__init__(None, hp, None, cache, None)
         self.pipeline = pipeline
-        self.key = pipeline.open(CacheSpec(cache.n_blocks - 1, cache.block_size, kv_type))
+        self.key = pipeline.open(CacheSpec(cache.n_blocks - 1, cache.block_size, cache.dtype.name.lower(),
+                                           cache.dtype_v.name.lower()))
         self.epoch = pipeline.epoch
         weakref.finalize(self, pipeline.close, self.key)
 

@@ -1,10 +1,12 @@
 """Attention ops: masked softmax, rotary position embedding, causal masking, fused attention."""
 from __future__ import annotations
 
-from pyggml.graph.dtypes import DType, FLOAT_TYPES
+from pyggml.graph.dtypes import DType, FLOAT_TYPES, ROW_QUANT_TYPES
 from pyggml.graph.tensor import Tensor
 
 from .core import can_repeat, fail, make, need_float, need_index
+
+KV_READ_TYPES = FLOAT_TYPES | ROW_QUANT_TYPES  # what the fused attention ops read keys and values in
 
 ROPE_NORMAL, ROPE_NEOX = 0, 2
 ROPE_MODES = (ROPE_NORMAL, ROPE_NEOX)
@@ -18,6 +20,13 @@ def _check_mask(op: str, scores_shape: tuple[int, ...], mask: Tensor, *operands:
         raise fail(op, "mask must have the scores' columns and at least their rows", *operands, mask)
     if not can_repeat(mask.shape[:-2], scores_shape[:-2]):
         raise fail(op, "mask's leading dims must tile the scores'", *operands, mask)
+
+
+def _need_kv(op: str, q: Tensor, k: Tensor, v: Tensor) -> None:
+    """q float, k and v float or of a quantized KV cache type."""
+    need_float(op, q)
+    if k.dtype not in KV_READ_TYPES or v.dtype not in KV_READ_TYPES:
+        raise fail(op, "keys and values must be float, Q8_0 or Q4_0", q, k, v)
 
 
 # soft_max_ext: a (..., H, N, KV), mask (>=N, KV) optional -> softmax(a * scale + mask * alibi_slope[H])
@@ -65,8 +74,9 @@ def rope(a: Tensor, pos: Tensor, n_dims: int, mode: int = ROPE_NORMAL, freq_base
 # flash_attn_ext: q ([B,] H, N, D), k ([B,] Hkv, KV, D), v ([B,] Hkv, KV, Dv), mask (>=N, KV) -> ([B,] N, H, Dv)
 def flash_attn_ext(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, scale: float = 1.0,
                    max_bias: float = 0.0, logit_softcap: float = 0.0) -> Tensor:
-    """softmax(softcap(q k^T * scale) + mask) v per head, K/V heads shared by groups of Q heads (GQA)."""
-    need_float("flash_attn_ext", q, k, v)
+    """softmax(softcap(q k^T * scale) + mask) v per head, K/V heads shared by groups of Q heads (GQA); k and v
+    float or Q8_0/Q4_0 (a quantized KV cache)."""
+    _need_kv("flash_attn_ext", q, k, v)
     ok = q.ndim in (3, 4) and k.ndim == v.ndim == q.ndim and k.shape[-1] == q.shape[-1]
     ok = ok and k.shape[:-1] == v.shape[:-1] and k.shape[-3] > 0 and q.shape[-3] % k.shape[-3] == 0
     if not ok or q.shape[:-3] != k.shape[:-3]:
@@ -86,8 +96,9 @@ def paged_attn(q: Tensor, k: Tensor, v: Tensor, rows: Tensor, scale: float = 1.0
                logit_softcap: float = 0.0) -> Tensor:
     """Attention of each query row t over the key/value rows rows[t] of k and v (a negative index is no key; a
     row that sees none gives zeros): softmax(softcap(q k^T * scale)) v per head, GQA as flash_attn_ext. The
-    rows are a paged cache's block tables spelled out per query row (vLLM's PagedAttention)."""
-    need_float("paged_attn", q, k, v)
+    rows are a paged cache's block tables spelled out per query row (vLLM's PagedAttention); k and v float or
+    Q8_0/Q4_0."""
+    _need_kv("paged_attn", q, k, v)
     need_index("paged_attn", rows, ndim=2)
     ok = q.ndim == k.ndim == v.ndim == 3 and k.shape[-1] == q.shape[-1] and k.shape[:-1] == v.shape[:-1]
     if not ok or k.shape[1] == 0 or q.shape[1] % k.shape[1] or rows.shape[:1] != q.shape[:1] or rows.ndim != 2:

@@ -50,13 +50,13 @@ OPS: dict[str, OpSpec] = _specs(
     OpSpec("swiglu", (1, 2), GLU), OpSpec("geglu", (1, 2), GLU),
     OpSpec("rms_norm", (1, 1), inplace=True), OpSpec("norm", (1, 1), inplace=True),
     OpSpec("soft_max_ext", (1, 2), inplace=True), OpSpec("rope", (2, 3), inplace=True),
-    OpSpec("get_rows", (2, 2), MOVE, block_srcs=(0,)), OpSpec("set_rows", (3, 3), WRITE),
+    OpSpec("get_rows", (2, 2), MOVE, block_srcs=(0,)), OpSpec("set_rows", (3, 3), WRITE, block_srcs=(0,)),
     OpSpec("cpy", (2, 2), WRITE), OpSpec("cont", (1, 1), MOVE),
-    *(OpSpec(op, (1, 1), VIEW) for op in ("view", "reshape", "permute", "transpose")),
+    *(OpSpec(op, (1, 1), VIEW, block_srcs=(0,)) for op in ("view", "reshape", "permute", "transpose")),
     OpSpec("concat", (2, 2), MOVE),
     OpSpec("sum_rows", (1, 1)), OpSpec("mean", (1, 1)), OpSpec("argmax", (1, 1)),
     OpSpec("clamp", (1, 1), inplace=True), OpSpec("diag_mask_inf", (1, 1), inplace=True),
-    OpSpec("flash_attn_ext", (3, 4)), OpSpec("paged_attn", (4, 4)),
+    OpSpec("flash_attn_ext", (3, 4), block_srcs=(1, 2)), OpSpec("paged_attn", (4, 4), block_srcs=(1, 2)),
 )
 
 

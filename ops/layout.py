@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pyggml.graph.dtypes import is_quantized, numpy_dtype
+from pyggml.graph.dtypes import block_layout, is_quantized, nbytes
 from pyggml.graph.tensor import Tensor, contiguous_strides
 
 from .core import fail, norm_axis
@@ -16,14 +16,20 @@ def _storage_bytes(a: Tensor) -> int:
 
 
 def _view_node(op: str, a: Tensor, shape: Shape, strides: Shape, offset: int, **params) -> Tensor:
-    if is_quantized(a.dtype):
-        raise fail(op, "views of block-quantized tensors are not supported", a)
     shape, strides = tuple(int(d) for d in shape), tuple(int(s) for s in strides)
-    end = a.view_offset + offset + sum((d - 1) * abs(s) for d, s in zip(shape, strides)) + numpy_dtype(a.dtype).itemsize
+    if is_quantized(a.dtype) and (not shape or strides[-1] != 0 or shape[-1] % block_layout(a.dtype)[0]):
+        # a view of blocks keeps each innermost row whole, contiguous blocks (the last stride is 0, as stored)
+        raise fail(op, "a view of a block-quantized tensor must keep its rows of whole blocks contiguous", a)
+    end = a.view_offset + offset + sum((d - 1) * abs(s) for d, s in zip(shape, strides)) + _last_bytes(a, shape)
     if min(shape, default=1) > 0 and (offset < 0 or end > _storage_bytes(a)):
         raise fail(op, f"view of {list(shape)} at offset {offset} runs past the storage", a)
     return Tensor(shape, a.dtype, op=op, srcs=(a,), params=dict(params, shape=list(shape), strides=list(strides),
                   offset=offset), view_src=a, view_offset=offset, strides=strides)
+
+
+def _last_bytes(a: Tensor, shape: tuple[int, ...]) -> int:
+    """Bytes past the last element's start that a view reaches: one element, or a whole row of blocks."""
+    return nbytes(shape[-1:], a.dtype) if is_quantized(a.dtype) else nbytes((1,), a.dtype)
 
 
 # view: a (...) -> shape, sharing a's storage at byte offset with byte strides (default contiguous)

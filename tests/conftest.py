@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"  # the reference fixtures, kept in the repository
+F32_CACHE = {"type_k": "f32", "type_v": "f32"}  # a float32 KV cache: what matches the float32 references tightly
 
 
 def _pulled(name: str) -> Path:
@@ -29,16 +30,16 @@ def gemma3_path() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2(smollm2_path):
-    """SmolLM2 loaded once (tests reset its cache before use)."""
+    """SmolLM2 loaded once with a float32 KV cache (tests reset its cache before use)."""
     from pyggml.model.model import Model
-    return Model(smollm2_path, n_ctx=2048)
+    return Model(smollm2_path, n_ctx=2048, **F32_CACHE)
 
 
 @pytest.fixture(scope="session")
 def gemma3(gemma3_path):
-    """Gemma 3 loaded once (tests reset its cache before use)."""
+    """Gemma 3 loaded once with a float32 KV cache (tests reset its cache before use)."""
     from pyggml.model.model import Model
-    return Model(gemma3_path, n_ctx=2048)
+    return Model(gemma3_path, n_ctx=2048, **F32_CACHE)
 
 
 def load_reference(name: str) -> dict:

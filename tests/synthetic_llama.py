@@ -194,6 +194,13 @@ def _ffn(cfg: TinyLlama, g, h: np.ndarray) -> np.ndarray:
 def reference_logits(cfg: TinyLlama, w: dict[str, np.ndarray], tokens: np.ndarray) -> np.ndarray:
     """All-position logits by a direct float64 NumPy transcription of the architecture's forward pass."""
     t = {k: v.astype(np.float64) for k, v in w.items()}
+    logits = reference_hidden(cfg, w, tokens) @ t.get("output.weight", t["token_embd.weight"]).T
+    return cfg.final_softcap * np.tanh(logits / cfg.final_softcap) if cfg.final_softcap else logits
+
+
+def reference_hidden(cfg: TinyLlama, w: dict[str, np.ndarray], tokens: np.ndarray) -> np.ndarray:
+    """All-position output-normed hidden states (before the output head), float64."""
+    t = {k: v.astype(np.float64) for k, v in w.items()}
     pos, gemma2 = np.arange(len(tokens)), cfg.arch == "gemma2"
     x = t["token_embd.weight"][tokens] * (np.sqrt(cfg.n_embd) if gemma2 else 1.0)
     for il in range(cfg.n_layer):
@@ -203,5 +210,4 @@ def reference_logits(cfg: TinyLlama, w: dict[str, np.ndarray], tokens: np.ndarra
         x = x + (_rms(a, g("post_attention_norm"), cfg.eps) if gemma2 else a)
         f = _ffn(cfg, g, _rms(x, g("ffn_norm"), cfg.eps))
         x = x + (_rms(f, g("post_ffw_norm"), cfg.eps) if gemma2 else f)
-    logits = _rms(x, t["output_norm.weight"], cfg.eps) @ t.get("output.weight", t["token_embd.weight"]).T
-    return cfg.final_softcap * np.tanh(logits / cfg.final_softcap) if cfg.final_softcap else logits
+    return _rms(x, t["output_norm.weight"], cfg.eps)

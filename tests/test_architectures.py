@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import F32_CACHE
 from pyggml.graph.errors import PyggmlError
 from pyggml.model.batch import Entry
 from pyggml.model.model import Model
@@ -70,13 +71,13 @@ def tokens(case):
 @pytest.mark.parametrize("n_batch", [512, 4])
 def test_prefill_matches_numpy_forward(case, tokens, n_batch):
     cfg, weights, path, _ = case
-    got = Model(path, n_ctx=64, n_batch=n_batch).eval(tokens.tolist(), all_logits=True)
+    got = Model(path, n_ctx=64, n_batch=n_batch, **F32_CACHE).eval(tokens.tolist(), all_logits=True)
     np.testing.assert_allclose(got, reference_logits(cfg, weights, tokens), **TOL)
 
 
 def test_decode_token_by_token_matches_numpy_forward(case, tokens):
     cfg, weights, path, _ = case
-    model = Model(path, n_ctx=64)
+    model = Model(path, n_ctx=64, **F32_CACHE)
     model.eval(tokens[:3].tolist())
     got = np.concatenate([model.eval([int(t)]) for t in tokens[3:]])
     np.testing.assert_allclose(got, reference_logits(cfg, weights, tokens)[3:], **TOL)
@@ -84,7 +85,7 @@ def test_decode_token_by_token_matches_numpy_forward(case, tokens):
 
 def test_uncached_matches_numpy_forward(case, tokens):
     cfg, weights, path, _ = case
-    got = Model(path, n_ctx=64).context.eval_uncached(tokens.tolist(), all_logits=True)
+    got = Model(path, n_ctx=64, **F32_CACHE).context.eval_uncached(tokens.tolist(), all_logits=True)
     np.testing.assert_allclose(got, reference_logits(cfg, weights, tokens), **TOL)
 
 
@@ -92,7 +93,7 @@ def test_batched_steps_match_numpy_forward(case, tokens):
     """Two sequences of different lengths prefilled in one step, then decoded together (paged_attn reading each
     one's own cache rows), against the transcription of each."""
     cfg, weights, path, _ = case
-    bc = Model(path, n_ctx=64).batch_context(8)
+    bc = Model(path, n_ctx=64, **F32_CACHE).batch_context(8)
     texts, starts = (tokens.tolist(), tokens[::-1].tolist()), (5, 2)
     seqs = [bc.cache.new_sequence() for _ in texts]
     got = [[row] for row in bc.step([Entry(s, t[:n]) for s, t, n in zip(seqs, texts, starts)])]

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import math
 
+import gguf
 import numpy as np
 import pytest
 
 import pyggml as pg
 from pyggml import DType
+from pyggml.graph.dtypes import nbytes
 
 
 @pytest.fixture
@@ -337,6 +339,74 @@ def test_attention_reads_a_float16_cache(rng, backend):
                        backend=device)
     close(fused, reference_attention(np.swapaxes(q, 0, 1), *(np.swapaxes(x, 0, 1).astype(np.float32)
                                                               for x in (k, v)), None, 0.125), tol=1e-5)
+
+
+def quantized_cache(values: np.ndarray, dtype: DType, name: str) -> tuple[pg.Tensor, np.ndarray]:
+    """A persistent (R, C) cache of dtype with values (R, C) written by set_rows, and gguf-py's round trip of
+    them (its reference quantizer, then its dequantizer): the values the attention should see."""
+    cache = pg.new_tensor(values.shape, dtype, name, pg.Flag.PERSISTENT)
+    written = pg.set_rows(cache, pg.from_numpy(values), pg.from_numpy(np.arange(len(values), dtype=np.int64)))
+    return written, gguf.quants.dequantize(gguf.quants.quantize(values, dtype), dtype).reshape(values.shape)
+
+
+@pytest.mark.parametrize("backend", ["numba", "numba-q8", "numpy"])
+@pytest.mark.parametrize("type_k,type_v", [(DType.Q8_0, DType.Q8_0), (DType.Q4_0, DType.Q4_0),
+                                           (DType.Q8_0, DType.Q4_0)])
+def test_attention_reads_a_quantized_cache(rng, backend, type_k, type_v):
+    """Q8_0/Q4_0 keys and values written by set_rows: paged_attn over the (R, Hkv, D) stores and flash_attn_ext
+    over permuted views of their first rows (as KVCache makes them) against the formula on gguf-py's dequantized
+    values."""
+    device = pg.backends.create(backend)
+    k_rows, v_rows = rand(rng, 12, 2 * 64), rand(rng, 12, 2 * 96)
+    (k, k_want), (v, v_want) = quantized_cache(k_rows, type_k, "k"), quantized_cache(v_rows, type_v, "v")
+    k_want, v_want = k_want.reshape(12, 2, 64), v_want.reshape(12, 2, 96)
+    q, rows = rand(rng, 3, 6, 64), np.array([[3, 7, 0, 11], [5, 5, 2, 9], [1, -1, -1, -1]], np.int32)
+    node = pg.paged_attn(pg.from_numpy(q), pg.reshape(k, (12, 2, 64)), pg.reshape(v, (12, 2, 96)),
+                         pg.from_numpy(rows), 0.125)
+    got = pg.compute(node, backend=device)
+    for t, row in enumerate(rows):
+        seen = row[row >= 0]
+        want = reference_attention(q[t][:, None], np.swapaxes(k_want[seen], 0, 1), np.swapaxes(v_want[seen], 0, 1),
+                                   None, 0.125)
+        close(got[t], want[0], tol=1e-5)
+    n_kv = 9  # the first rows, seen as (Hkv, KV, D) without a copy
+    kt = pg.view(k, (2, n_kv, 64), (nbytes((64,), type_k), k.strides[0], 0))
+    vt = pg.view(v, (2, n_kv, 96), (nbytes((96,), type_v), v.strides[0], 0))
+    mask = np.triu(np.full((3, n_kv), -np.inf, np.float32), 7)
+    fused = pg.compute(pg.flash_attn_ext(pg.from_numpy(np.swapaxes(q, 0, 1).copy()), kt, vt, pg.from_numpy(mask),
+                                         0.125), backend=device)
+    close(fused, reference_attention(np.swapaxes(q, 0, 1), np.swapaxes(k_want[:n_kv], 0, 1),
+                                     np.swapaxes(v_want[:n_kv], 0, 1), mask, 0.125), tol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("dtype", [DType.Q8_0, DType.Q4_0])
+@pytest.mark.parametrize("n_rows", [1, 5])
+def test_set_rows_quantizes_as_ggml_reference(rng, backend, dtype, n_rows):
+    """The blocks set_rows writes are gguf-py's (ggml's reference quantizers), byte for byte, rows with ties
+    and zeros included; rows not written stay as they were."""
+    values = rand(rng, n_rows, 96) * 3
+    values[0, :32] = 0  # a zero block: d = 0
+    values[-1, 32:64] = np.round(values[-1, 32:64])  # halves and equal magnitudes
+    cache = pg.new_tensor((8, 96), dtype, "c", pg.Flag.PERSISTENT)
+    idx = np.array([6, 1, 3, 0, 4][:n_rows], np.int64)
+    written = pg.set_rows(cache, pg.from_numpy(values), pg.from_numpy(idx))
+    device = pg.backends.create(backend)
+    pg.compute(pg.view(written, (1, 96)), backend=device)
+    held = device.place(cache, False)
+    np.testing.assert_array_equal(held[idx], gguf.quants.quantize(values, dtype))
+    np.testing.assert_array_equal(held[np.setdiff1d(np.arange(8), idx)], 0)
+
+
+def test_quantized_views_keep_whole_blocks(rng):
+    cache = pg.new_tensor((8, 64), DType.Q8_0, "c", pg.Flag.PERSISTENT)
+    with pytest.raises(pg.ShapeError, match="rows of whole blocks"):
+        pg.view(cache, (8, 16), (cache.strides[0], 0))
+    with pytest.raises(pg.ShapeError, match="rows of whole blocks"):
+        pg.transpose(cache)
+    with pytest.raises(pg.ShapeError, match="flash_attn_ext: keys and values must be float, Q8_0 or Q4_0"):
+        pg.flash_attn_ext(pg.from_numpy(rand(rng, 2, 3, 32)), pg.new_tensor((2, 4, 32), DType.Q4_1),
+                          pg.new_tensor((2, 4, 32), DType.Q4_1))
 
 
 def test_paged_attn_takes_tokens_in_chunks_on_the_numpy_backend(rng, monkeypatch):

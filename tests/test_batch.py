@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from conftest import F32_CACHE
+from pyggml.backends.numba_backend import NumbaBackend
 from pyggml.model.batch import BatchContext, Entry, bucket
 from pyggml.model.model import Model
 
@@ -58,7 +60,7 @@ def test_batched_logits_equal_single_sequence(smollm2):
 def test_sliding_window_layers_give_blocks_back(gemma3_path):
     """Gemma 3 with an 24-token window: logits match the single path (a ring cache) past the window, and the
     windowed layers hold only the blocks the window still sees."""
-    model = Model(gemma3_path, n_ctx=128, kv_overrides={"gemma3.attention.sliding_window": 24})
+    model = Model(gemma3_path, n_ctx=128, kv_overrides={"gemma3.attention.sliding_window": 24}, **F32_CACHE)
     prompts = [model.tokenize(TEXTS[2]), model.tokenize(TEXTS[1])]
     run_batch(model, prompts, n_decode=2)
     bc = model.batch_context(16)
@@ -118,3 +120,78 @@ def test_generate_batch_equals_generate(smollm2):
         smollm2.reset()
         want = smollm2.generate(prompt, max_tokens=6, temperature=0)
         assert (got.tokens, got.text, got.finish_reason) == (want.tokens, want.text, want.finish_reason)
+
+
+def cold_logits(bc: BatchContext, prompt: list[int]) -> np.ndarray:
+    """The last token's logits of a prompt evaluated whole in a fresh sequence, then released (its full blocks
+    stay cached)."""
+    seq = bc.cache.new_sequence()
+    row = bc.step([Entry(seq, prompt)])[0]
+    bc.cache.release(seq)
+    return row
+
+
+def warm_logits(bc: BatchContext, prompt: list[int]) -> tuple[np.ndarray, int]:
+    """(the last token's logits, tokens taken from the prefix cache) of a prompt that evaluates only what the
+    cache does not hold."""
+    seq = bc.cache.new_sequence()
+    keys = bc.cache.prefix_keys(prompt)
+    n = bc.cache.cached_blocks(keys)
+    bc.cache.reuse_cached(seq, prompt, keys, n)
+    row = bc.step([Entry(seq, prompt[seq.n_past:])])[0]
+    bc.cache.release(seq)
+    return row, n * bc.cache.block_size
+
+
+def check_prefix_cache(model: Model, prompts: list[list[int]], n_blocks: int, rtol: float = 0.0) -> None:
+    """Prompt a (then b) evaluated cold; a again reads its cached blocks (logits equal to the cold run's); blocks
+    taken for other sequences evict the least recently used cached blocks first (b's), after which b reads what
+    is left of its prefix and still gets the cold logits."""
+    a, b, filler = prompts
+    bc = model.batch_context(n_blocks)
+    bs = bc.cache.block_size
+    cold_a, cold_b = cold_logits(bc, a), cold_logits(bc, b)
+    warm, hit = warm_logits(bc, a)  # a is now the most recently used
+    assert hit == (len(a) - 1) // bs * bs > 0
+    np.testing.assert_allclose(warm, cold_a, atol=TOL, rtol=rtol)
+    pool = bc.cache.pools[None]
+    need = pool.n_free - len(pool.cached) + 2  # every free block and two cached ones: the oldest, b's first
+    seq = bc.cache.new_sequence()
+    bc.step([Entry(seq, filler[:need * bs])])
+    assert bc.cache.cached_blocks(bc.cache.prefix_keys(a)) == (len(a) - 1) // bs
+    assert bc.cache.cached_blocks(bc.cache.prefix_keys(b)) == 0  # b's first block is gone, so is its prefix
+    bc.cache.release(seq)
+    warm, hit = warm_logits(bc, b)
+    assert hit == 0
+    np.testing.assert_allclose(warm, cold_b, atol=TOL, rtol=rtol)
+    warm, hit = warm_logits(bc, a + [11, 12])
+    assert hit == len(a) // bs * bs  # every full block of a (a + 2 tokens leaves its last token to evaluate)
+    np.testing.assert_allclose(warm, cold_logits(model.batch_context(n_blocks), a + [11, 12]), atol=TOL, rtol=rtol)
+    assert bc.cache.n_used == 0
+
+
+def test_prefix_cache_hit_equals_a_cold_run_after_lru_eviction(smollm2):
+    text = " ".join(TEXTS[:3])
+    a, b = smollm2.tokenize(text * 2), smollm2.tokenize(TEXTS[2] + text)
+    check_prefix_cache(smollm2, [a, b, smollm2.tokenize(text * 8)], n_blocks=len(a) // 16 + len(b) // 16 + 6)
+
+
+def test_prefix_cache_with_sliding_window_layers(gemma3_path):
+    """Gemma 3 with a 24-token window: a prompt past the window is found in both kinds of blocks (the windowed
+    layers' cached blocks only those the next token sees)."""
+    model = Model(gemma3_path, n_ctx=256, kv_overrides={"gemma3.attention.sliding_window": 24}, **F32_CACHE)
+    text = " ".join(TEXTS[:3])
+    a, b = model.tokenize(text * 2), model.tokenize(TEXTS[2] + text)
+    # its logits reach 60 in magnitude: float32 sums in another order differ by up to 1.5e-4 there
+    check_prefix_cache(model, [a, b, model.tokenize(text * 8)], n_blocks=len(a) // 16 + len(b) // 16 + 6,
+                       rtol=1e-5)
+
+
+def test_quantized_cache_batched_equals_single(smollm2_path):
+    """A q8_0 K / q4_0 V cache: the paged steps (a prompt through the masked form over gathered rows, decode
+    through paged_attn) read the same blocks as the single path's flash_attn_ext over views of them. One sequence
+    a step: next to other sequences a step's products take other row counts, whose last-bit differences round
+    some values to the neighbouring 4-bit level (0.2 in the logits; an F16 cache: 4e-4), as in llama.cpp."""
+    model = Model(smollm2_path, n_ctx=256, type_k="q8_0", type_v="q4_0", backend=NumbaBackend())
+    for text in TEXTS[:3]:
+        run_batch(model, [model.tokenize(text)], n_decode=2)

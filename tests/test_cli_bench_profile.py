@@ -111,10 +111,10 @@ def test_bench_markdown_and_csv(tiny, capsys):
 def test_kv_study_tokens_identical_with_and_without_cache(tiny, capsys, tmp_path):
     plot = tmp_path / "kv.png"
     doc = cli_json(capsys, STUDY_SCHEMA, "bench", tiny, "--kv-study", "12", "--prompt", "abc", "-o", "json",
-                   "--plot", str(plot))
+                   "--plot", str(plot), "-ctk", "f32", "-ctv", "f32")  # an F32 cache: the same as no cache
     assert doc["tokens"]["cached"] == doc["tokens"]["uncached"] and len(doc["tokens"]["cached"]) == 12
     assert doc["identical"] and doc["n_prompt"] == 3 and doc["positions"] == list(range(3, 14))
-    assert [s["tokens"] for s in doc["speedups"]] == [12]
+    assert [s["tokens"] for s in doc["speedups"]] == [12] and doc["kv_type"] == "F32/F32"
     head_dim, itemsize = CFG.head_dim, 4
     assert doc["kv_bytes_per_token"]["GQA"] == {"n_kv_head": CFG.n_head_kv,
                                                 "bytes": 2 * CFG.n_layer * CFG.n_head_kv * head_dim * itemsize}

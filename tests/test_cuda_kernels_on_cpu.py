@@ -10,6 +10,7 @@ import pytest
 import cuda_emulation
 import fake_cupy
 import pyggml as pg
+from conftest import F32_CACHE
 from op_cases import all_cases, nmse
 from pyggml.backends.cupy_backend import CupyBackend
 from pyggml.backends.cupy_quants import DEVICE_FORMATS
@@ -48,8 +49,8 @@ def test_case_matches_numpy(emulated, name):
 @pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graph-replay"])
 def test_generation_matches_numpy(emulated, tiny_q8, graphs):  # noqa: F811  (a fixture)
     emulated.cuda_graphs = graphs
-    ref = Model(tiny_q8, n_ctx=64).generate([1, 2, 3], max_tokens=4, temperature=0.0, logprobs=True)
-    out = Model(tiny_q8, n_ctx=64, backend=emulated).generate([1, 2, 3], max_tokens=4, temperature=0.0,
+    ref = Model(tiny_q8, n_ctx=64, **F32_CACHE).generate([1, 2, 3], max_tokens=4, temperature=0.0, logprobs=True)
+    out = Model(tiny_q8, n_ctx=64, **F32_CACHE, backend=emulated).generate([1, 2, 3], max_tokens=4, temperature=0.0,
                                                                logprobs=True)
     assert out.tokens == ref.tokens
     np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-4)

@@ -9,6 +9,7 @@ import pytest
 
 import fake_cupy
 import pyggml as pg
+from conftest import F32_CACHE
 from op_cases import (CASE_IDS, CASES, HALF_CASES, HALF_IDS, MAX_NMSE, RAW_CASES, blocks_leaf, nmse, quant_cases,
                       r, random_blocks)
 from pyggml import DType
@@ -127,8 +128,8 @@ def tiny_q8(tmp_path_factory):
 @pytest.mark.parametrize("model", ["tiny", "tiny_q8"])
 def test_generation_matches_numpy(model, graphs, request):
     path = request.getfixturevalue(model)
-    ref = Model(path, n_ctx=64).generate([1, 2, 3], max_tokens=8, temperature=0.0, logprobs=True)
-    out = Model(path, n_ctx=64, backend=device(cuda_graphs=graphs)).generate(
+    ref = Model(path, n_ctx=64, **F32_CACHE).generate([1, 2, 3], max_tokens=8, temperature=0.0, logprobs=True)
+    out = Model(path, n_ctx=64, **F32_CACHE, backend=device(cuda_graphs=graphs)).generate(
         [1, 2, 3], max_tokens=8, temperature=0.0, logprobs=True)
     assert out.tokens == ref.tokens
     np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-5)
@@ -140,7 +141,7 @@ def test_batched_steps_match_numpy(tiny_q8, graphs):
     from pyggml.model.batch import Entry
     logits = []
     for backend in (NumpyBackend(), device(cuda_graphs=graphs)):
-        bc = Model(tiny_q8, n_ctx=64, backend=backend).batch_context(8)
+        bc = Model(tiny_q8, n_ctx=64, **F32_CACHE, backend=backend).batch_context(8)
         seqs = [bc.cache.new_sequence() for _ in range(2)]
         steps = [bc.step([Entry(seqs[0], [1, 2, 3]), Entry(seqs[1], [4, 5])])]
         for token in (6, 7, 8):
@@ -154,7 +155,7 @@ def decode_plan(model: Model):
 
 
 def test_decode_step_is_one_graph_launch_without_host_sync(tiny_q8):
-    model = Model(tiny_q8, n_ctx=64, backend=device())
+    model = Model(tiny_q8, n_ctx=64, **F32_CACHE, backend=device())
     model.eval([1, 2, 3])
     for token in (4, 5, 6):  # warm-up, capture, replay
         model.eval([token])
@@ -170,7 +171,7 @@ def test_decode_step_is_one_graph_launch_without_host_sync(tiny_q8):
 
 
 def test_eager_decode_step_makes_no_host_sync(tiny_q8):
-    model = Model(tiny_q8, n_ctx=64, backend=device(cuda_graphs=False))
+    model = Model(tiny_q8, n_ctx=64, **F32_CACHE, backend=device(cuda_graphs=False))
     model.eval([1, 2, 3])
     model.eval([4])
     plan = decode_plan(model)
@@ -197,7 +198,7 @@ def test_raw_launches_match_signatures(raw_device, kernel):
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the checked launches compute nothing: values are garbage
 def test_raw_decode_step_launches_only_kernels(raw_device, tiny_q8):
-    model = Model(tiny_q8, n_ctx=64, backend=raw_device)
+    model = Model(tiny_q8, n_ctx=64, **F32_CACHE, backend=raw_device)
     model.eval([1, 2, 3])
     for token in (4, 5, 6):
         model.eval([token])
@@ -214,7 +215,7 @@ def test_raw_decode_attention_and_norms_are_fused(raw_device, tiny_q8):
     """The graph passes of backends/fusion.py: a norm with its weight is one rms_norm_mul, the decode attention one
     flash_attn_ext launching attn_decode, so no separate norm, scores or softmax step is left."""
     raw_device.cuda_graphs = False
-    model = Model(tiny_q8, n_ctx=64, backend=raw_device)
+    model = Model(tiny_q8, n_ctx=64, **F32_CACHE, backend=raw_device)
     model.eval([1, 2, 3])
     model.eval([4])
     ops = [n.op for n in decode_plan(model).graph.nodes]
@@ -258,7 +259,7 @@ def test_rms_norm_with_its_weight_is_one_node(read_again):
 
 
 def test_llama_norms_are_fused(tiny_q8):
-    model = Model(tiny_q8, n_ctx=64, backend=device(cuda_graphs=False))
+    model = Model(tiny_q8, n_ctx=64, **F32_CACHE, backend=device(cuda_graphs=False))
     model.eval([1, 2])
     ops = [n.op for n in model.context.last_plan.graph.nodes]
     assert ops.count("rms_norm_mul") == 2 * CFG_Q.n_layer + 1 and "rms_norm" not in ops

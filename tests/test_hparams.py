@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pyggml.graph.dtypes import DType
 from pyggml.graph.errors import PyggmlError
 from pyggml.model.gguf_file import GGUFFile
 from pyggml.model.hparams import YarnParams, load_hparams
@@ -104,7 +105,8 @@ def test_explicit_keys_override_defaults() -> None:
                                         "llama.attention.value_length": 96, "llama.rope.dimension_count": 32,
                                         "llama.vocab_size": 7, "llama.feed_forward_length": np.array([9, 9, 9, 9])}))
     assert (hp.n_head_kv, hp.head_dim, hp.head_dim_v, hp.rope_dim, hp.n_vocab, hp.n_ff) == (2, 128, 96, 32, 7, 9)
-    assert hp.kv_bytes_per_token(2) == 4 * 2 * (128 + 96) * 2
+    assert hp.kv_bytes_per_token(DType.F16, DType.F16) == 4 * 2 * (128 + 96) * 2
+    assert hp.kv_bytes_per_token(DType.Q8_0, DType.Q4_0, 1) == 4 * 1 * (128 // 32 * 34 + 96 // 32 * 18)
 
 
 def test_errors() -> None:

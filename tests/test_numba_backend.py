@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import pyggml as pg
+from conftest import F32_CACHE
 from op_cases import random_blocks
 from pyggml.backends import NumpyBackend, default_backend
 from pyggml.backends.numba_backend import NumbaBackend
@@ -56,7 +57,7 @@ def test_reference_models_match_the_numpy_backend(name, request):
     prompt = list(range(2, 40))
     logits = []
     for backend in (NumbaBackend(), NumpyBackend()):
-        model = Model(path, n_ctx=256, backend=backend)
+        model = Model(path, n_ctx=256, **F32_CACHE, backend=backend)
         steps = [model.eval(prompt)] + [model.eval([t]) for t in (100, 200, 300)]
         logits.append(np.concatenate(steps))
     np.testing.assert_allclose(logits[0], logits[1], atol=1e-3, rtol=0)

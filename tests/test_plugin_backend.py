@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import pyggml as pg
+from conftest import F32_CACHE
 from pyggml.backends import NumpyBackend, registry
 from pyggml.cli import main
 from pyggml.model.model import Model
@@ -49,8 +50,8 @@ def test_plugin_kernels_run_a_model_with_the_numpy_fallback(plugin, tmp_path):
     path = write_gguf(tmp_path / "tiny.gguf", cfg, make_weights(cfg))
     tokens = list(range(1, 9))
     dev = registry.create(plugin)
-    got = Model(path, n_ctx=32, backend=[dev, NumpyBackend()]).eval(tokens, all_logits=True)
-    want = Model(path, n_ctx=32, backend=NumpyBackend()).eval(tokens, all_logits=True)
+    got = Model(path, n_ctx=32, backend=[dev, NumpyBackend()], **F32_CACHE).eval(tokens, all_logits=True)
+    want = Model(path, n_ctx=32, backend=NumpyBackend(), **F32_CACHE).eval(tokens, all_logits=True)
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
     assert {"mul_mat", "rms_norm", "mul", "add"} <= set(dev.counts) and "rope" not in dev.counts
 

@@ -18,7 +18,7 @@ import uvicorn
 from chat_llama import write_chat_llama
 from pyggml.model.engine import Engine
 from pyggml.model.model import Model
-from pyggml.server.app import create_app
+from pyggml.server.app import Options, create_app
 
 JSON = {"Content-Type": "application/json"}
 WAIT_STEPS = 2400  # bounded polling: at most 60 s (a machine shared with other jobs can be slow)
@@ -31,10 +31,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(model: Model, **engine_options):
+def serving(model: Model, options: Options | None = None, **engine_options):
     """The app on a free loopback port in a thread; yields (base URL, engine)."""
     engine = Engine(model, **engine_options)
-    server = uvicorn.Server(uvicorn.Config(create_app(model, engine, "test-model"), host="127.0.0.1",
+    server = uvicorn.Server(uvicorn.Config(create_app(model, engine, "test-model", options), host="127.0.0.1",
                                            port=free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -103,6 +103,52 @@ def test_openai_client_gets_what_generate_gives(smollm2):
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want_chat.text
         assert chunks[-1].usage.completion_tokens == len(want_chat.tokens)
         assert health(url)["kv_blocks_used"] == 0
+
+
+def test_a_repeated_prompt_hits_the_prefix_cache(tiny):
+    """A request after a finished one with the same long prompt takes over its cached blocks (reported by /health)
+    and gets the same greedy text."""
+    body = {"prompt": "A long shared system prompt, the same in both requests: " * 2, "max_tokens": 6,
+            "temperature": 0}
+    with serving(tiny, n_parallel=2, n_ctx=256) as (url, _):
+        first = call(url, "/v1/completions", body)[1]
+        before = health(url)
+        second = call(url, "/v1/completions", body)[1]
+        after = health(url)
+        conn = connect(url, 30)
+        conn.request("GET", "/metrics")
+        scraped = dict(line.rsplit(" ", 1) for line in conn.getresponse().read().decode().splitlines()
+                       if line.startswith("pyggml:prefix_cache"))
+        conn.close()
+    n_prompt = first["usage"]["prompt_tokens"]
+    assert second["choices"][0]["text"] == first["choices"][0]["text"]
+    assert before["prefix_cache_hit_tokens"] == 0 and before["prefix_cache_queried_tokens"] == n_prompt
+    assert after["prefix_cache_hit_tokens"] == (n_prompt - 1) // 16 * 16 > 0
+    assert after["prefix_cache_queried_tokens"] == 2 * n_prompt
+    assert float(scraped["pyggml:prefix_cache_hits_total"]) == after["prefix_cache_hit_tokens"]
+    assert float(scraped["pyggml:prefix_cache_queries_total"]) == 2 * n_prompt
+
+
+def test_openai_client_embeddings_equal_model_embed(tiny):
+    """embeddings.create (base64, the client's default, and floats) for a text, a batch and token ids gives what
+    Model.embed gives; a server without --embeddings has no such endpoint, and bad input gets a 400."""
+    texts = ["A long shared system prompt.", "Another one"]
+    want = tiny.embed(texts, pooling="mean")
+    with serving(tiny, Options(embeddings=True, pooling="mean"), n_parallel=2, n_ctx=256) as (url, _):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
+        done = client.embeddings.create(model="test-model", input=texts)
+        assert [d.index for d in done.data] == [0, 1] and done.usage.prompt_tokens == sum(
+            len(tiny.tokenize(t)) for t in texts)
+        for d, w in zip(done.data, want):
+            np.testing.assert_allclose(d.embedding, w, atol=1e-6)
+        floats = client.embeddings.create(model="test-model", input=tiny.tokenize(texts[1]), encoding_format="float")
+        np.testing.assert_allclose(floats.data[0].embedding, want[1], atol=1e-6)
+        status, error = call(url, "/v1/embeddings", {"input": "x", "dimensions": 3})
+        assert status == 400 and error["error"]["param"] == "dimensions"
+        status, error = call(url, "/v1/embeddings", {"input": []})
+        assert status == 400
+    with serving(tiny, n_parallel=1, n_ctx=256) as (url, _):
+        assert call(url, "/v1/embeddings", {"input": "x"})[0] == 404
 
 
 def test_logprobs_are_the_models_and_come_in_both_shapes(smollm2):

@@ -7,7 +7,6 @@ import io
 import json
 import sys
 
-from pyggml.graph.dtypes import numpy_dtype
 
 from .options import add_model_options, load_model
 
@@ -147,10 +146,10 @@ def progress(curve: str, k: int, n: int) -> None:
 def run_study(args: argparse.Namespace, model) -> tuple[str, bool]:
     from pyggml.model.kv_study import kv_bytes_per_token, kv_study, plot
     study = kv_study(model, model.prompt_ids(args.prompt), args.kv_study, progress)
-    itemsize = numpy_dtype(model.cache.dtype).itemsize
-    doc = {"model": args.model, **study.to_dict(), "kv_type": model.cache.dtype.name,
+    types = model.cache.dtype, model.cache.dtype_v
+    doc = {"model": args.model, **study.to_dict(), "kv_type": "/".join(t.name for t in types),
            "kv_bytes_per_token": {k: {"n_kv_head": h, "bytes": b}
-                                  for k, (h, b) in kv_bytes_per_token(model.hparams, itemsize).items()},
+                                  for k, (h, b) in kv_bytes_per_token(model.hparams, *types).items()},
            "plot": args.plot if plot(study, args.plot, f"{args.model}: KV-cache study") else None}
     if not doc["plot"]:
         sys.stderr.write(PLOT_HINT + "\n")

@@ -11,7 +11,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a GGUF path or a known model name (see `pyggml pull`)")
     p.add_argument("-c", "--ctx-size", type=int, default=None, help="context length (default: min(4096, trained))")
     p.add_argument("-b", "--batch-size", type=int, default=512, help="prefill chunk size")
-    p.add_argument("--cache-type", choices=("f32", "f16"), default="f32", help="KV cache element type")
+    add_cache_type_options(p)
     p.add_argument("--swa-full", action="store_true", help="full-size caches for sliding-window layers too")
     add_backend_option(p)
     add_stage_options(p)
@@ -36,6 +36,21 @@ def stage_count(text: str) -> int:
 def stage_kwargs(args: argparse.Namespace) -> dict:
     """Model keyword arguments of --ray and --stages."""
     return dict(ray=args.ray, stages=args.stages or (2 if args.ray else 1))
+
+
+KV_TYPE_NAMES = ("f32", "f16", "q8_0", "q4_0")
+
+
+def add_cache_type_options(p: argparse.ArgumentParser) -> None:
+    """llama.cpp's -ctk/--cache-type-k and -ctv/--cache-type-v (f16 by default, as llama.cpp)."""
+    for short, part in (("-ctk", "k"), ("-ctv", "v")):
+        p.add_argument(short, f"--cache-type-{part}", choices=KV_TYPE_NAMES, default="f16",
+                       help=f"KV cache type for {part.upper()} (default f16; q8_0 halves it, q4_0 quarters it)")
+
+
+def cache_types(args: argparse.Namespace) -> dict[str, str]:
+    """Model's type_k and type_v keyword arguments from the cache type options."""
+    return {"type_k": args.cache_type_k, "type_v": args.cache_type_v}
 
 
 def add_backend_option(p: argparse.ArgumentParser) -> None:
@@ -93,7 +108,7 @@ def chosen_backend(args: argparse.Namespace):
 def load_model(args: argparse.Namespace):
     """The model the options name."""
     from pyggml.model.model import Model
-    return Model(args.model, n_ctx=args.ctx_size, n_batch=args.batch_size, kv_type=args.cache_type,
+    return Model(args.model, n_ctx=args.ctx_size, n_batch=args.batch_size, **cache_types(args),
                  swa_full=args.swa_full, backend=chosen_backend(args), **stage_kwargs(args))
 
 

@@ -10,7 +10,8 @@ from pyggml.graph.errors import PyggmlError
 
 from pyggml.server import MAX_BODY
 
-from .options import add_backend_option, add_stage_options, chosen_backend, stage_count, stage_kwargs
+from .options import (add_backend_option, add_cache_type_options, add_stage_options, cache_types, chosen_backend,
+                      stage_count, stage_kwargs)
 
 HELP = "serve a model over an OpenAI-compatible HTTP API, many requests batched together"
 
@@ -26,7 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="KV blocks in the pool (default: enough for --parallel full contexts)")
     p.add_argument("--queue", type=int, default=64,
                    help="requests that may wait when every slot is busy (0: none wait); more get 503")
-    p.add_argument("--cache-type", choices=("f32", "f16"), default="f32", help="KV cache element type")
+    add_cache_type_options(p)
+    p.add_argument("--embeddings", action="store_true", help="serve /v1/embeddings (llama-server's --embeddings)")
+    p.add_argument("--pooling", choices=("mean", "last", "cls"), default=None,
+                   help="how /v1/embeddings pools token states (default: the GGUF's pooling_type, else last)")
     p.add_argument("--alias", default=None, help="the model name the API reports (default: the file name)")
     p.add_argument("--api-key", default=os.environ.get("PYGGML_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on every endpoint but /health "
@@ -58,16 +62,16 @@ def run(args: argparse.Namespace) -> int:
         raise PyggmlError("--parallel and --max-body must be at least 1, --queue and --shutdown-timeout at least 0")
     if args.replicas is not None:
         return serve_replicas(args)
-    model = Model(args.model, n_ctx=args.ctx_size, kv_type=args.cache_type, backend=chosen_backend(args),
+    model = Model(args.model, n_ctx=args.ctx_size, **cache_types(args), backend=chosen_backend(args),
                   **stage_kwargs(args))
-    engine = Engine(model, args.parallel, model.n_ctx, args.kv_blocks, max_queue=args.queue, kv_type=args.cache_type)
+    engine = Engine(model, args.parallel, model.n_ctx, args.kv_blocks, max_queue=args.queue)
     name = args.alias or model.path.stem
     if not args.api_key and not is_loopback(args.host):
         sys.stderr.write(f"warning: {args.host} is reachable from other machines and no --api-key is set: "
                          "anyone who can reach it can use this server\n")
     sys.stderr.write(f"serving {name} on http://{args.host}:{args.port}/v1 ({args.parallel} parallel, "
                      f"context {model.n_ctx}, {engine.cache.n_blocks - 1} KV blocks)\n")
-    options = Options(args.api_key, args.cors_origin, args.docs, args.max_body)
+    options = Options(args.api_key, args.cors_origin, args.docs, args.max_body, args.embeddings, args.pooling)
     serve(create_app(model, engine, name, options), engine, args.host, args.port, args.shutdown_timeout)
     return 0
 
@@ -85,7 +89,7 @@ def serve_replicas(args: argparse.Namespace) -> int:
     from pyggml.model.pull import resolve_model
     path = resolve_model(args.model)
     connect(args.ray)
-    options = {"backend": args.backend, "n_ctx": args.ctx_size, "cache_type": args.cache_type,
+    options = {"backend": args.backend, "n_ctx": args.ctx_size, **cache_types(args),
                "parallel": args.parallel, "kv_blocks": args.kv_blocks, "queue": args.queue,
                "access": {"api_key": args.api_key, "cors_origins": args.cors_origin, "docs": args.docs,
                           "max_body": args.max_body}}  # each replica's app guards itself as one server would

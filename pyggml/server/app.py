@@ -30,7 +30,7 @@ from .body_limit import BodyLimit
 from .errors import add_error_handlers
 from .metrics import Metrics, Timer
 from .relay import AsyncSink, ChoiceSink, Relay
-from .request_models import ChatRequest, CompletionRequest
+from .request_models import ChatRequest, CompletionRequest, EmbeddingRequest
 
 DEFAULT_MAX_TOKENS = 16  # of a completion, as OpenAI (a chat's: up to the context)
 POLL_SECONDS = 0.5  # how often a waiting non-streaming handler checks that its client is still there
@@ -62,6 +62,8 @@ class Options:
     cors_origins: list[str] = field(default_factory=list)  # origins browsers may call from (none: no CORS)
     docs: bool = False  # serve /docs, /redoc and /openapi.json
     max_body: int = MAX_BODY  # bytes of a request body; more gets 413
+    embeddings: bool = False  # serve /v1/embeddings (llama-server's --embeddings)
+    pooling: str | None = None  # how /v1/embeddings pools (default: the model's)
 
 
 @dataclass
@@ -91,19 +93,20 @@ def create_app(model: Model, engine: Engine, model_name: str, options: Options |
     app.add_middleware(BodyLimit, max_body=options.max_body)
     add_error_handlers(app)
     allow_origins(app, options.cors_origins)
-    app.include_router(routes(Served(model, engine, model_name, Metrics(engine)), options.api_key))
+    app.include_router(routes(Served(model, engine, model_name, Metrics(engine)), options))
     return app
 
 
-def routes(served: Served, api_key: str | None) -> APIRouter:
+def routes(served: Served, options: Options) -> APIRouter:
     """The endpoints: /health open to all, the others behind the API key when there is one."""
     engine, model, created = served.engine, served.model, int(time.time())
-    router, guarded = APIRouter(), APIRouter(dependencies=[Depends(key_check(api_key))])
+    router, guarded = APIRouter(), APIRouter(dependencies=[Depends(key_check(options.api_key))])
 
     @router.get("/health")
     async def health() -> dict:
         return {"status": "ok", "slots": engine.n_parallel, "active": len(engine.active),
-                "waiting": len(engine.waiting), "kv_blocks_used": engine.cache.n_used}
+                "waiting": len(engine.waiting), "kv_blocks_used": engine.cache.n_used,
+                "prefix_cache_queried_tokens": engine.prefix_queried, "prefix_cache_hit_tokens": engine.prefix_hits}
 
     @guarded.get("/metrics")
     async def metrics() -> Response:
@@ -119,7 +122,7 @@ def routes(served: Served, api_key: str | None) -> APIRouter:
     async def completions(body: CompletionRequest, request: Request):
         arrived = time.perf_counter()
         params = api.params(body, model.hparams.n_vocab, DEFAULT_MAX_TOKENS)
-        ids = await prompt_ids(model, engine, body.prompts, TEXT)
+        ids = await prompt_ids(model, engine, body.prompts, TEXT.param)
         await compile_grammar(model, params)
         return await answer(request, served, ids, params, TEXT, arrived)
 
@@ -130,41 +133,69 @@ def routes(served: Served, api_key: str | None) -> APIRouter:
         ids = await chat_ids(model, engine, body.chat_messages, api.tool_list(body))
         await compile_grammar(model, params)
         return await answer(request, served, [ids], params, CHAT, arrived)
+    if options.embeddings:
+        add_embeddings(guarded, served, options.pooling or model.pooling)
     router.include_router(guarded)
     return router
 
 
-async def prompt_ids(model: Model, engine: Engine, prompts: list[str | list[int]], shape: Shape) -> list[list[int]]:
+def add_embeddings(router: APIRouter, served: Served, pooling: str) -> None:
+    """/v1/embeddings: one pooled, normalized vector per input (computed one request at a time, beside the
+    engine), as floats or base64 of little-endian float32 (the openai client's default)."""
+    model, lock = served.model, threading.Lock()
+    if pooling == "none":
+        raise PyggmlError("--pooling none gives a vector per token, which /v1/embeddings cannot return "
+                          "(as llama-server); use mean, last or cls")
+
+    def embed(ids: list[list[int]]) -> list:
+        with lock:
+            return model.embed(ids, pooling)
+
+    @router.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest):
+        if body.dimensions not in (None, model.hparams.n_embd):
+            raise api.APIError(400, f"this model's embeddings have {model.hparams.n_embd} dimensions",
+                               "dimensions")
+        ids = await prompt_ids(model, served.engine, body.inputs, "input")
+        vectors = await run_in_threadpool(embed, ids)
+        data = [{"object": "embedding", "index": i, "embedding": api.encode_vector(v, body.encoding_format)}
+                for i, v in enumerate(vectors)]
+        n = sum(map(len, ids))
+        return {"object": "list", "data": data, "model": served.name,
+                "usage": {"prompt_tokens": n, "total_tokens": n}}
+
+
+async def prompt_ids(model: Model, engine: Engine, prompts: list[str | list[int]], param: str) -> list[list[int]]:
     """Token ids of the prompts, tokenized off the event loop once their lengths allow them to fit, and checked
     against the vocabulary and the context."""
     for p in prompts:
-        fits(engine, -(-len(p.encode()) // model.tokenizer.longest_token) if isinstance(p, str) else len(p), shape)
+        fits(engine, -(-len(p.encode()) // model.tokenizer.longest_token) if isinstance(p, str) else len(p), param)
     ids = await run_in_threadpool(lambda: [model.tokenize(p, parse_special=True) if isinstance(p, str) else p
                                            for p in prompts])
     for one in ids:
         if any(not 0 <= t < model.hparams.n_vocab for t in one):
-            raise api.APIError(400, f"token ids must be in [0, {model.hparams.n_vocab})", shape.param)
-        fits(engine, len(one), shape)
+            raise api.APIError(400, f"token ids must be in [0, {model.hparams.n_vocab})", param)
+        fits(engine, len(one), param)
     return ids
 
 
 async def chat_ids(model: Model, engine: Engine, messages: list[dict], tools: list[dict] | None) -> list[int]:
     """Token ids of a conversation (content as text) and its tools, templated and tokenized off the event loop
     once the length of its content allows it to fit."""
-    fits(engine, -(-sum(len(m["content"].encode()) for m in messages) // model.tokenizer.longest_token), CHAT)
+    fits(engine, -(-sum(len(m["content"].encode()) for m in messages) // model.tokenizer.longest_token), CHAT.param)
     try:
         ids = await run_in_threadpool(model.chat_prompt_ids, messages, True, tools)
     except PyggmlError as e:
         raise api.APIError(400, str(e), "messages") from None
-    fits(engine, len(ids), CHAT)
+    fits(engine, len(ids), CHAT.param)
     return ids
 
 
-def fits(engine: Engine, n_tokens: int, shape: Shape) -> None:
+def fits(engine: Engine, n_tokens: int, param: str) -> None:
     """A 400 unless a prompt of (at least) n_tokens leaves room for a token in the context."""
     if n_tokens >= engine.n_ctx:
         raise api.APIError(400, f"the prompt has {n_tokens} tokens or more; this server's context holds "
-                                f"{engine.n_ctx} (prompt and completion together)", shape.param,
+                                f"{engine.n_ctx} (prompt and completion together)", param,
                            "context_length_exceeded")
 
 

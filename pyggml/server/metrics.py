@@ -1,16 +1,31 @@
 """The server's Prometheus metrics, in a registry of their own: llama-server's counters and gauges (prompt and
 generated tokens, requests processing and deferred, KV-cache usage) and vLLM's latency histograms (time to
-first token, inter-token latency, request latency), as the handlers see them."""
+first token, inter-token latency, request latency) and prefix cache counters, as the handlers see them."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 from pyggml.model.engine import Engine, Event
 
 PREFIX = "pyggml:"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class PrefixCacheCounters:
+    """The engine's prefix cache counters, read when scraped (vLLM's prefix_cache_queries and _hits, in tokens)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(PREFIX + "prefix_cache_queries", "Prompt tokens looked up in the prefix cache",
+                                  value=self.engine.prefix_queried)
+        yield CounterMetricFamily(PREFIX + "prefix_cache_hits", "Prompt tokens found in the prefix cache",
+                                  value=self.engine.prefix_hits)
 
 
 class Metrics:
@@ -28,6 +43,7 @@ class Metrics:
             lambda: len(engine.waiting))
         Gauge(PREFIX + "kv_cache_usage_ratio", "Share of the KV blocks in use", registry=r).set_function(
             lambda: engine.cache.n_used / max(engine.cache.n_blocks - 1, 1))
+        r.register(PrefixCacheCounters(engine))
         self.ttft = Histogram(PREFIX + "time_to_first_token_seconds", "From a request's arrival to a choice's "
                               "first token", buckets=LATENCY_BUCKETS, registry=r)
         self.itl = Histogram(PREFIX + "inter_token_latency_seconds", "Between a choice's successive tokens",

@@ -1,11 +1,14 @@
 """What an OpenAI API request asks for, and its response and error bodies (no HTTP here)."""
 from __future__ import annotations
 
+import base64
 import itertools
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from pyggml.model.engine import TokenLogprob
 from pyggml.model.grammar import GrammarSpec
@@ -109,6 +112,13 @@ def new_id(prefix: str) -> str:
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
+
+
+def encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+    """An embedding as OpenAI sends it: a list of floats, or base64 of its little-endian float32 bytes."""
+    if encoding_format == "base64":
+        return base64.b64encode(np.asarray(vector, "<f4").tobytes()).decode("ascii")
+    return [float(x) for x in vector]
 
 
 def envelope(rid: str, obj: str, model: str, choices: list[dict], use: dict | None = None) -> dict:

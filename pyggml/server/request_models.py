@@ -4,7 +4,6 @@ and infinities refused, types strict (no "8" for 8)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -34,6 +33,12 @@ def refuse_unsupported(value: Any, info: ValidationInfo) -> Any:
     if UNSUPPORTED[info.field_name](value):
         raise ValueError(f"'{info.field_name}' with value {value!r} is not supported by this server")
     return value
+
+
+def as_batch(value: str | list) -> list[str | list[int]]:
+    """A prompt field as a batch: a string or a list of token ids is a batch of one."""
+    batch = isinstance(value, list) and isinstance(value[0], (str, list))
+    return value if batch else [value]
 
 
 class Body(BaseModel):
@@ -166,8 +171,7 @@ class CompletionRequest(Sampling):
     @property
     def prompts(self) -> list[str | list[int]]:
         """The batch of prompts (one for a string or a list of token ids)."""
-        batch = isinstance(self.prompt, list) and isinstance(self.prompt[0], (str, list))
-        return self.prompt if batch else [self.prompt]
+        return as_batch(self.prompt)
 
 
 class TextPart(Body):
@@ -229,3 +233,17 @@ class ChatRequest(Sampling):
         """The messages as the chat template takes them (tool calls and the ids of tool results kept)."""
         return [{"role": m.role, "content": m.text, **m.model_dump(include={"name", "tool_calls", "tool_call_id"},
                                                                   exclude_none=True)} for m in self.messages]
+
+
+class EmbeddingRequest(Body):
+    """/v1/embeddings: an input (a string, token ids, or a batch of either)."""
+    input: Union[Text, TokenIds, Annotated[list[Union[Text, TokenIds]], Field(min_length=1)]]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, Field(ge=1)] | None = None
+    user: str | None = None
+
+    @property
+    def inputs(self) -> list[str | list[int]]:
+        """The batch of inputs (one for a string or a list of token ids)."""
+        return as_batch(self.input)
