@@ -90,6 +90,13 @@ class BlockPool:
             else:
                 self.free.append(block)
 
+    def forget(self) -> None:
+        """Unindex every block (their K/V is gone): cached blocks become free, held ones stay held."""
+        self.free.extend(self.cached)
+        self.cached.clear()
+        self.index.clear()
+        self.keys.clear()
+
     def register(self, key: bytes, block: int) -> None:
         """Index a full block under key (a key already held by another block keeps that one)."""
         if key not in self.index and block not in self.keys:
@@ -125,6 +132,11 @@ class PagedKVCache:
         self.v = [new_tensor((rows, n_kv_head * (head_dim_v or head_dim)), self.dtype_v, f"paged_v_l{il}",
                              Flag.PERSISTENT) for il in range(len(windows))]
         self.layer_window = windows
+
+    def forget_prefixes(self) -> None:
+        """Drop the prefix cache's index (the K/V it points to was lost, as when a pipeline stage restarts)."""
+        for pool in self.pools.values():
+            pool.forget()
 
     @property
     def n_used(self) -> int:

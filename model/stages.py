@@ -247,15 +247,21 @@ class PipelineContext(BatchContext):
     def prepare(self, entries: Sequence[Entry]) -> tuple[StepArrays, dict[int, int]]:
         """As BatchContext's, but first CacheLost when a stage was rebuilt since this context's sequences
         were written."""
-        if self.epoch != self.pipeline.epoch:
-            self.epoch = self.pipeline.epoch
-            if self.cache.n_used:
-                raise CacheLost("a pipeline stage was rebuilt since these sequences were evaluated; their K/V is "
-                                "gone")
+        if self._rebuilt() and self.cache.n_used:
+            raise CacheLost("a pipeline stage was rebuilt since these sequences were evaluated; their K/V is gone")
         return super().prepare(entries)
 
     def execute(self, step: StepArrays, hidden: np.ndarray | None = None, profile: bool = False) -> np.ndarray:
         try:
             return self.pipeline.run(self.key, step)
         finally:
-            self.epoch = self.pipeline.epoch  # a failure this step met is reported by the step itself
+            self._rebuilt()  # a failure this step met is reported by the step itself
+
+    def _rebuilt(self) -> bool:
+        """Whether a stage was rebuilt since the last look; if so the prefix cache's blocks are forgotten (the new
+        stage holds none of their K/V)."""
+        if self.epoch == self.pipeline.epoch:
+            return False
+        self.epoch = self.pipeline.epoch
+        self.cache.forget_prefixes()
+        return True

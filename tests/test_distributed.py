@@ -10,6 +10,7 @@ import socket
 import numpy as np
 import pytest
 
+from conftest import F32_CACHE
 from pyggml.backends.registry import create
 from pyggml.model.engine import Engine
 from pyggml.model.model import Model
@@ -45,7 +46,7 @@ def test_balance_cuts_contiguous_ranges_near_the_best(seed):
 
 def test_head_and_embedding_go_to_the_end_stages(tmp_path):
     cfg = TinyLlama(n_layer=4)
-    model = Model(write_gguf(tmp_path / "t.gguf", cfg, make_weights(cfg)), backend=create("numpy"))
+    model = Model(write_gguf(tmp_path / "t.gguf", cfg, make_weights(cfg)), backend=create("numpy"), **F32_CACHE)
     names, info = list(model.gguf.tensors), model.gguf.tensors
     first, last = stage_tensor_names(names, range(0, 2), 4), stage_tensor_names(names, range(2, 4), 4)
     assert "token_embd.weight" in first and "output_norm.weight" not in first
@@ -75,11 +76,11 @@ def tiny_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def local(tiny_path):
     """The model in one process (the reference of every staged run)."""
-    return Model(tiny_path[0], backend=create("numpy"))
+    return Model(tiny_path[0], backend=create("numpy"), **F32_CACHE)
 
 
 def test_stages_in_process_match_one_process(tiny_path, local):
-    staged = Model(tiny_path[0], backend=create("numpy"), stages=3)
+    staged = Model(tiny_path[0], backend=create("numpy"), **F32_CACHE, stages=3)
     costs = step_bytes(staged.gguf.tensors, 4)
     assert max(sum(costs[i] for i in r) for r in staged.pipeline.ranges) == best_max(costs, 3)
     tokens, logits = greedy_steps(staged, PROMPT, 12)
@@ -94,7 +95,7 @@ def test_sliding_window_stages_in_process(tmp_path):
     """gemma2's windowed and full layers in different stages, past the window."""
     cfg = TinyLlama(n_layer=4, arch="gemma2", sliding_window=6, attn_softcap=50.0, final_softcap=30.0)
     path = write_gguf(tmp_path / "g2.gguf", cfg, make_weights(cfg))
-    staged, one = (Model(path, backend=create("numpy"), stages=s) for s in (2, 1))
+    staged, one = (Model(path, backend=create("numpy"), **F32_CACHE, stages=s) for s in (2, 1))
     tokens, logits = greedy_steps(staged, PROMPT, 10)
     ref_tokens, _ = greedy_steps(one, PROMPT, 10)
     assert tokens == ref_tokens
@@ -103,7 +104,7 @@ def test_sliding_window_stages_in_process(tmp_path):
 
 
 def test_stages_refuse_what_they_cannot_do(tiny_path):
-    staged = Model(tiny_path[0], backend=create("numpy"), stages=2)
+    staged = Model(tiny_path[0], backend=create("numpy"), **F32_CACHE, stages=2)
     with pytest.raises(Exception, match="all_logits is not available"):
         staged.eval(PROMPT, all_logits=True)
     with pytest.raises(Exception, match="kv_cache=False is not available"):
@@ -129,7 +130,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def on_ray(cluster, tiny_path):
     """The tiny model as two stages on the cluster (NumPy backend: F32 products, nothing to compile)."""
-    model = Model(tiny_path[0], backend=create("numpy"), stages=2, ray=cluster.address)
+    model = Model(tiny_path[0], backend=create("numpy"), **F32_CACHE, stages=2, ray=cluster.address)
     yield model
     model.close()
 
@@ -174,7 +175,7 @@ def test_a_killed_stage_fails_its_requests_and_is_rebuilt(on_ray, local):
 
 def test_tensors_shipped_where_a_node_does_not_see_the_file(cluster, tiny_path, local):
     from pyggml.model.ray_stages import RayPipeline
-    model = Model(tiny_path[0], backend=create("numpy"))
+    model = Model(tiny_path[0], backend=create("numpy"), **F32_CACHE)
     model.pipeline = RayPipeline(cluster.address, model.gguf, model.hparams, [range(0, 3), range(3, 4)],
                                  model.backend, force_ship=True)
     try:
@@ -206,7 +207,7 @@ def test_replicas_answer_the_openai_client(cluster, tiny_path, local):
 
     from pyggml.server.replicas import PREFIX_CHARS, REPLICA_HEADER, deploy
     port = free_port()
-    deploy(str(tiny_path[0]), "tiny", 2, "127.0.0.1", port, {"backend": ["numpy"], "n_ctx": 512})
+    deploy(str(tiny_path[0]), "tiny", 2, "127.0.0.1", port, {"backend": ["numpy"], "n_ctx": 512, **F32_CACHE})
     try:
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
         expected = local.generate("abc", max_tokens=6, temperature=0).text

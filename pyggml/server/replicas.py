@@ -50,8 +50,9 @@ class Replica:
 
         from .app import Options, create_app
         backends = [create(b) for b in options.get("backend") or ()]
-        self.model = Model(model, n_ctx=options.get("n_ctx"), type_k=options["type_k"], type_v=options["type_v"],
-                           backend=backends[0] if len(backends) == 1 else backends or None)
+        kv_types = {k: options[k] for k in ("type_k", "type_v") if k in options}  # else the model's default
+        self.model = Model(model, n_ctx=options.get("n_ctx"), backend=backends[0] if len(backends) == 1 else
+                           backends or None, **kv_types)
         self.engine = Engine(self.model, options.get("parallel", 4), self.model.n_ctx, options.get("kv_blocks"),
                              max_queue=options.get("queue", 64))
         self.engine.start()  # the app's lifespan is not run here
