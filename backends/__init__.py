@@ -10,7 +10,7 @@ from pyggml.graph.graph import Graph
 from pyggml.graph.tensor import Tensor
 
 from .base import Backend
-from .numpy_backend import NumpyBackend
+from .numpy.backend import NumpyBackend
 from .plan import Plan
 from .registry import available, create
 from .scheduler import Scheduler
@@ -27,7 +27,7 @@ def default_backend() -> Backend:
     global _default
     if _default is None:
         try:
-            from .numba_backend import NumbaBackend
+            from .numba.backend import NumbaBackend
             _default = NumbaBackend()
         except ImportError as e:
             print(f"pyggml: numba is not available ({e}); using the NumPy backend (dense F32 weights)",

@@ -17,7 +17,7 @@ from pyggml.graph.graph import Graph
 from pyggml.graph.tensor import Tensor
 from pyggml.ops import flash_attn_ext, reshape
 
-from .numpy_kernels import f32_compute, kernel, mul_mat, rms_norm
+from .numpy.kernels import f32_compute, kernel, mul_mat, rms_norm
 
 Rewrite = Callable[[Tensor], "Tensor | None"]
 

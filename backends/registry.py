@@ -11,10 +11,10 @@ from .base import Backend
 ENTRY_POINT_GROUP = "pyggml.backends"
 # name -> "module:factory"; imported only when asked for, so optional backends cost nothing to list
 BUILTIN: dict[str, str] = {
-    "numba": "pyggml.backends.numba_backend:NumbaBackend",
-    "numba-q8": "pyggml.backends.numba_backend:NumbaQ8Backend",
-    "numpy": "pyggml.backends.numpy_backend:NumpyBackend",
-    "cupy": "pyggml.backends.cupy_backend:CupyBackend",
+    "numba": "pyggml.backends.numba.backend:NumbaBackend",
+    "numba-q8": "pyggml.backends.numba.backend:NumbaQ8Backend",
+    "numpy": "pyggml.backends.numpy.backend:NumpyBackend",
+    "cupy": "pyggml.backends.cupy.backend:CupyBackend",
 }
 
 

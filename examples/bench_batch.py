@@ -18,8 +18,8 @@ import pyggml
 from pyggml import DType, compile as compile_plan, input_tensor, mul_mat, view
 from pyggml.backends.registry import create
 from pyggml.cli.options import add_cache_type_options, cache_types
-from pyggml.model.batch import BatchContext, Entry
-from pyggml.model.profile import placed_weights, step_plan
+from pyggml.model.runtime.batch import BatchContext, Entry
+from pyggml.model.tooling.profile import placed_weights, step_plan
 
 PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "The best way to learn is",
            "In 1492, Columbus", "Water boils at", "My favourite food is", "The theory of relativity"]

@@ -13,7 +13,7 @@ from pyggml.backends import quants
 from pyggml.graph.block_layouts import BLOCKS
 from pyggml.graph.dtypes import DType
 from pyggml.model.gguf_file import GGUFFile
-from pyggml.model.pull import pull
+from pyggml.model.tooling.pull import pull
 
 RANDOM_TYPES = (DType.F16, DType.BF16, DType.Q4_0, DType.Q4_1, DType.Q5_0, DType.Q5_1, DType.Q8_0,
                 DType.Q2_K, DType.Q3_K, DType.Q4_K, DType.Q5_K, DType.Q6_K)

@@ -12,10 +12,10 @@ import time
 from concurrent.futures import Future
 
 import pyggml
-from pyggml.model import engine as engine_module
-from pyggml.model.engine import Engine
-from pyggml.model.grammar import GrammarSpec
-from pyggml.model.sampling import SamplingParams
+from pyggml.model.runtime import engine as engine_module
+from pyggml.model.runtime.engine import Engine
+from pyggml.model.runtime.grammar import GrammarSpec
+from pyggml.model.runtime.sampling import SamplingParams
 
 PROMPTS = ["List some people as JSON.", "People and their ages, as JSON:", "Write JSON about a family.",
            "Give a JSON list of users.", "JSON of the team:", "Characters of a story in JSON:",

@@ -18,9 +18,9 @@ import openai
 from load_test import start_server
 
 from pyggml.backends.registry import create
-from pyggml.model.engine import Engine
+from pyggml.model.runtime.engine import Engine
 from pyggml.model.model import Model
-from pyggml.model.sampling import SamplingParams
+from pyggml.model.runtime.sampling import SamplingParams
 
 PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "The best way to learn is",
            "In 1492, Columbus", "Water boils at", "My favourite food is", "The theory of relativity"]

@@ -15,8 +15,8 @@ import numpy as np
 from bench_dequant import random_tensor
 from compare_backends import cpu_name
 
-from pyggml.backends import numba_q8, numba_quants, numba_tiles
-from pyggml.backends.numba_backend import panel_product, q8_step
+from pyggml.backends.numba import q8 as numba_q8, quants as numba_quants, tiles as numba_tiles
+from pyggml.backends.numba.backend import panel_product, q8_step
 from pyggml.backends.quants import dequantize
 from pyggml.graph.dtypes import DType
 

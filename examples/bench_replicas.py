@@ -15,7 +15,7 @@ from ray import serve
 from ray.cluster_utils import Cluster
 
 from load_test import free_port, one_request
-from pyggml.model.pull import resolve_model
+from pyggml.model.tooling.pull import resolve_model
 from pyggml.server.replicas import deploy
 
 

@@ -19,9 +19,9 @@ from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from pyggml.backends.registry import create
-from pyggml.model.batch import Entry
+from pyggml.model.runtime.batch import Entry
 from pyggml.model.model import Model
-from pyggml.model.sequence import SequenceContext
+from pyggml.model.runtime.sequence import SequenceContext
 
 PROMPT = "The history of the printing press begins"
 

@@ -12,7 +12,7 @@ import numpy as np
 
 import pyggml
 from pyggml.backends import registry
-from pyggml.model.bench import decode_tps, measure_bounds, prefill_tps
+from pyggml.model.tooling.bench import decode_tps, measure_bounds, prefill_tps
 
 
 def cpu_name() -> str:

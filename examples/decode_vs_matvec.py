@@ -11,8 +11,8 @@ import time
 import numpy as np
 
 import pyggml
-from pyggml.model.bench import f32_weights
-from pyggml.model.profile import placed_weights, step_plan
+from pyggml.model.tooling.bench import f32_weights
+from pyggml.model.tooling.profile import placed_weights, step_plan
 
 
 def main() -> None:

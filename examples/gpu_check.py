@@ -27,16 +27,16 @@ sys.path.insert(0, str(REPO / "tests"))  # the op cases shared with the test sui
 import op_cases  # noqa: E402
 import pyggml as pg  # noqa: E402
 from pyggml import DType  # noqa: E402
-from pyggml.backends.cupy_backend import CupyBackend  # noqa: E402
-from pyggml.backends.cupy_quants import DEVICE_FORMATS  # noqa: E402
-from pyggml.backends.numpy_backend import NumpyBackend  # noqa: E402
-from pyggml.backends.numpy_kernels import as_f32  # noqa: E402
+from pyggml.backends.cupy.backend import CupyBackend  # noqa: E402
+from pyggml.backends.cupy.quants import DEVICE_FORMATS  # noqa: E402
+from pyggml.backends.numpy.backend import NumpyBackend  # noqa: E402
+from pyggml.backends.numpy.kernels import as_f32  # noqa: E402
 from pyggml.graph.dtypes import block_layout, is_quantized  # noqa: E402
 from pyggml.graph.tensor import Flag, Tensor  # noqa: E402
 from pyggml.model.decoder import build_decoder  # noqa: E402
-from pyggml.model.context import Context  # noqa: E402
+from pyggml.model.runtime.context import Context  # noqa: E402
 from pyggml.model.hparams import HParams  # noqa: E402
-from pyggml.model.kv_cache import KVCache  # noqa: E402
+from pyggml.model.runtime.kv_cache import KVCache  # noqa: E402
 from pyggml.model.model import Model  # noqa: E402
 
 TOP_K, MAX_LOGIT_DIFF = 50, 0.02

@@ -9,8 +9,8 @@ import argparse
 
 import pyggml
 from pyggml.backends.registry import create
-from pyggml.model.engine import Engine
-from pyggml.model.sampling import SamplingParams
+from pyggml.model.runtime.engine import Engine
+from pyggml.model.runtime.sampling import SamplingParams
 
 TEXT = ("You are a helpful assistant. Answer briefly and cite the relevant rule by its number. Rule {i}: requests "
         "about topic {i} are answered with the facts of section {i}, never with guesses. ")

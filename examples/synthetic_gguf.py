@@ -18,7 +18,7 @@ import gguf
 import numpy as np
 
 from pyggml.graph.block_layouts import BLOCKS
-from pyggml.model.tokenizer_bpe import BYTE_TO_CHAR
+from pyggml.model.tokenizers.bpe import BYTE_TO_CHAR
 
 Q = gguf.GGMLQuantizationType
 

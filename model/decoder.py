@@ -10,7 +10,7 @@ from pyggml.graph.tensor import Tensor
 
 from .arch import ARCHITECTURES, Arch
 from .hparams import HParams
-from .kv_cache import KVCache
+from .runtime.kv_cache import KVCache
 from .layers import AttentionSpec, StepInputs, attention, ffn_glu, linear, named, qkv, rms_norm_w, softcap
 from .weights import Weights
 

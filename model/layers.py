@@ -11,7 +11,7 @@ from pyggml.graph.dtypes import DType, is_quantized
 from pyggml.graph.tensor import Tensor, input_tensor
 
 from .hparams import HParams, YarnParams
-from .kv_cache import KVCache
+from .runtime.kv_cache import KVCache
 from .weights import Weights
 
 

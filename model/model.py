@@ -14,24 +14,24 @@ from pyggml.backends import BackendSpec, default_backend
 from pyggml.graph.dtypes import DType, as_dtype
 from pyggml.graph.errors import PyggmlError
 
-from .chat_template import render_chat_segments, template_source
-from .batch import BatchContext
-from .context import Context
+from .runtime.chat_template import render_chat_segments, template_source
+from .runtime.batch import BatchContext
+from .runtime.context import Context
 from .decoder import build_decoder, build_hidden
-from .embedding import model_pooling, normalize as normalize_rows, pool
-from .engine import Engine
-from .generation import TextStream
+from .runtime.embedding import model_pooling, normalize as normalize_rows, pool
+from .runtime.engine import Engine
+from .runtime.generation import TextStream
 from .gguf_file import GGUFFile
-from .grammar import Constraint, GrammarSpec, Grammars, apply_mask, grammar_spec
+from .runtime.grammar import Constraint, GrammarSpec, Grammars, apply_mask, grammar_spec
 from .hparams import HParams, load_hparams
-from .kv_cache import DEFAULT_KV_TYPE, KVCache
-from .paged_cache import BLOCK_SIZE, PagedKVCache
-from .pull import resolve_model
-from .sampling import Sampler, SamplingParams, log_softmax
-from .sequence import SequenceContext
-from .stages import LocalPipeline, Pipeline, PipelineContext, balance, layer_windows, step_bytes
-from .tokenizer import load_tokenizer
-from .tool_calls import ToolCall, ToolFormat, parse_tool_calls, template_messages, tool_format, tool_grammar
+from .runtime.kv_cache import DEFAULT_KV_TYPE, KVCache
+from .runtime.paged_cache import BLOCK_SIZE, PagedKVCache
+from .tooling.pull import resolve_model
+from .runtime.sampling import Sampler, SamplingParams, log_softmax
+from .runtime.sequence import SequenceContext
+from .runtime.stages import LocalPipeline, Pipeline, PipelineContext, balance, layer_windows, step_bytes
+from .tokenizers.tokenizer import load_tokenizer
+from .runtime.tool_calls import ToolCall, ToolFormat, parse_tool_calls, template_messages, tool_format, tool_grammar
 from .weights import Weights
 
 DEFAULT_N_CTX = 4096
@@ -109,7 +109,7 @@ class Model:
         if address is None:
             return LocalPipeline(self.gguf, self.hparams, ranges, self.backend)
         try:
-            from .ray_stages import RayPipeline
+            from .runtime.ray_stages import RayPipeline
         except ImportError as e:
             raise PyggmlError(f"stages on Ray need the ray extra ({e}): pip install 'pyggml[ray]'") from None
         return RayPipeline(address, self.gguf, self.hparams, ranges, self.backend)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import gguf
 
-from pyggml.model.tokenizer_bpe import BYTE_TO_CHAR
+from pyggml.model.tokenizers.bpe import BYTE_TO_CHAR
 from synthetic_llama import TinyLlama, make_weights, write_gguf
 
 SPECIAL = ("<|im_start|>", "<|im_end|>")

@@ -12,7 +12,7 @@ F32_CACHE = {"type_k": "f32", "type_v": "f32"}  # a float32 KV cache: what match
 
 def _pulled(name: str) -> Path:
     """The cached GGUF file of a known model; a failure to fetch it fails the test (CI can fetch it)."""
-    from pyggml.model.pull import pull
+    from pyggml.model.tooling.pull import pull
     return pull(name, progress=False)
 
 

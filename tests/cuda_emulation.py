@@ -1,4 +1,4 @@
-"""The CUDA kernels of backends/cuda_sources.py compiled for the CPU with g++ and run there: a RawModule for the
+"""The CUDA kernels of backends/cupy/cuda_sources.py compiled for the CPU with g++ and run there: a RawModule for the
 stand-in for cupy whose kernels compute, so that the raw-kernel path's arithmetic is checked without a GPU.
 
 Each block runs as blockDim OS threads (one block after the other; kernels whose threads never exchange values

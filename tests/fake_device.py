@@ -10,7 +10,7 @@ import numpy as np
 from pyggml.graph.tensor import Tensor
 
 from pyggml.backends.base import Step
-from pyggml.backends.numpy_backend import NumpyBackend
+from pyggml.backends.numpy.backend import NumpyBackend
 
 
 class DeviceArray:

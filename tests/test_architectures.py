@@ -7,7 +7,7 @@ import pytest
 
 from conftest import F32_CACHE
 from pyggml.graph.errors import PyggmlError
-from pyggml.model.batch import Entry
+from pyggml.model.runtime.batch import Entry
 from pyggml.model.model import Model
 from synthetic_llama import TinyLlama, make_weights, reference_logits, write_gguf
 

@@ -410,7 +410,7 @@ def test_quantized_views_keep_whole_blocks(rng):
 
 
 def test_paged_attn_takes_tokens_in_chunks_on_the_numpy_backend(rng, monkeypatch):
-    from pyggml.backends import numpy_attention
+    from pyggml.backends.numpy import attention as numpy_attention
     q, k, v = rand(rng, 5, 4, 8), rand(rng, 12, 2, 8), rand(rng, 12, 2, 8)
     rows = np.where(rng.random((5, 7)) < 0.3, -1, rng.integers(0, 12, (5, 7))).astype(np.int32)
     node = pg.paged_attn(*(pg.from_numpy(x) for x in (q, k, v, rows)), 0.35)

@@ -10,7 +10,7 @@ import pyggml as pg
 from fake_device import TestDevice
 from op_cases import CASE_IDS, CASES, HALF_CASES, HALF_IDS, MAX_NMSE, Q8_ACTIVATIONS_NMSE, nmse
 from pyggml.backends import registry
-from pyggml.backends.numpy_backend import NumpyBackend
+from pyggml.backends.numpy.backend import NumpyBackend
 from pyggml.graph.errors import PyggmlError
 from pyggml.ops import OPS
 

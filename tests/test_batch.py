@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from conftest import F32_CACHE
-from pyggml.backends.numba_backend import NumbaBackend
-from pyggml.model.batch import BatchContext, Entry, bucket
+from pyggml.backends.numba.backend import NumbaBackend
+from pyggml.model.runtime.batch import BatchContext, Entry, bucket
 from pyggml.model.model import Model
 
 TOL = 1e-4

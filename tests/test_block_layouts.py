@@ -5,7 +5,9 @@ import gguf
 import numpy as np
 import pytest
 
-from pyggml.backends import cuda_sources, cupy_quants, numba_q8, numba_quants, numba_tiles, quants
+from pyggml.backends import quants
+from pyggml.backends.cupy import cuda_sources, quants as cupy_quants
+from pyggml.backends.numba import q8 as numba_q8, quants as numba_quants, tiles as numba_tiles
 from pyggml.graph.block_layouts import BLOCKS
 from pyggml.graph.dtypes import DType, block_layout
 

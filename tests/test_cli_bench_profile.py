@@ -12,13 +12,13 @@ import pytest
 
 from chat_llama import CFG, write_chat_llama
 from pyggml.cli import main
-from pyggml.model.kv_study import Fit
+from pyggml.model.tooling.kv_study import Fit
 from pyggml.backends import NumpyBackend, Scheduler, default_backend, registry
-from pyggml.backends.numba_backend import NumbaBackend
+from pyggml.backends.numba.backend import NumbaBackend
 from pyggml.graph.dtypes import nbytes as tensor_nbytes
 from fake_device import TestDevice
 from pyggml.model.model import Model
-from pyggml.model.profile import chrome_trace, memory_plan, profile_model
+from pyggml.model.tooling.profile import chrome_trace, memory_plan, profile_model
 from synthetic_llama import make_weights
 
 NUM, INT, STR, BOOL = {"type": "number"}, {"type": "integer", "minimum": 0}, {"type": "string"}, {"type": "boolean"}

@@ -8,7 +8,7 @@ import pytest
 import pyggml
 from chat_llama import write_chat_llama
 from pyggml.cli import main
-from pyggml.model.context import Context
+from pyggml.model.runtime.context import Context
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ import fake_cupy
 import pyggml as pg
 from conftest import F32_CACHE
 from op_cases import all_cases, nmse
-from pyggml.backends.cupy_backend import CupyBackend
-from pyggml.backends.cupy_quants import DEVICE_FORMATS
-from pyggml.backends.numpy_backend import NumpyBackend
-from pyggml.backends.numpy_kernels import as_f32
+from pyggml.backends.cupy.backend import CupyBackend
+from pyggml.backends.cupy.quants import DEVICE_FORMATS
+from pyggml.backends.numpy.backend import NumpyBackend
+from pyggml.backends.numpy.kernels import as_f32
 from pyggml.model.model import Model
 from test_cupy_backend import tiny_q8  # noqa: F401  (a fixture)
 

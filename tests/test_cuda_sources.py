@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from pyggml.backends import cuda_sources
+from pyggml.backends.cupy import cuda_sources
 
 ARCHS = ("compute_80", "compute_90")
 
@@ -65,7 +65,7 @@ def test_a_compile_error_fails(nvrtc):
 
 def test_every_kernel_is_defined_once(nvrtc):
     """The kernels cupy_raw.py looks up exist in the source, under one name each."""
-    from pyggml.backends.cupy_raw import KERNEL_NAMES
+    from pyggml.backends.cupy.raw import KERNEL_NAMES
     text = cuda_sources.source()
     for name in KERNEL_NAMES:
         assert text.count(f" void {name}(") == 1, name

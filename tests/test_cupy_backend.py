@@ -14,10 +14,10 @@ from op_cases import (CASE_IDS, CASES, HALF_CASES, HALF_IDS, MAX_NMSE, RAW_CASES
                       r, random_blocks)
 from pyggml import DType
 from pyggml.backends import compile as compile_plan
-from pyggml.backends.cupy_backend import CupyBackend, GraphReplay
-from pyggml.backends.cupy_quants import DEVICE_FORMATS, Dequantizer, dequantize_rows
-from pyggml.backends.numpy_backend import NumpyBackend
-from pyggml.backends.numpy_kernels import as_f32
+from pyggml.backends.cupy.backend import CupyBackend, GraphReplay
+from pyggml.backends.cupy.quants import DEVICE_FORMATS, Dequantizer, dequantize_rows
+from pyggml.backends.numpy.backend import NumpyBackend
+from pyggml.backends.numpy.kernels import as_f32
 from pyggml.model.model import Model
 from synthetic_llama import TinyLlama, make_weights, write_gguf
 
@@ -138,7 +138,7 @@ def test_generation_matches_numpy(model, graphs, request):
 @pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graph-replay"])
 def test_batched_steps_match_numpy(tiny_q8, graphs):
     """Two sequences over a paged cache: a prefill step (masked attention), then decode steps (paged_attn)."""
-    from pyggml.model.batch import Entry
+    from pyggml.model.runtime.batch import Entry
     logits = []
     for backend in (NumpyBackend(), device(cuda_graphs=graphs)):
         bc = Model(tiny_q8, n_ctx=64, **F32_CACHE, backend=backend).batch_context(8)

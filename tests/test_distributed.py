@@ -12,10 +12,10 @@ import pytest
 
 from conftest import F32_CACHE
 from pyggml.backends.registry import create
-from pyggml.model.engine import Engine
+from pyggml.model.runtime.engine import Engine
 from pyggml.model.model import Model
-from pyggml.model.sampling import SamplingParams
-from pyggml.model.stages import balance, stage_tensor_names, step_bytes
+from pyggml.model.runtime.sampling import SamplingParams
+from pyggml.model.runtime.stages import balance, stage_tensor_names, step_bytes
 
 from synthetic_llama import TinyLlama, make_weights, reference_logits, write_gguf
 
@@ -174,7 +174,7 @@ def test_a_killed_stage_fails_its_requests_and_is_rebuilt(on_ray, local):
 
 
 def test_tensors_shipped_where_a_node_does_not_see_the_file(cluster, tiny_path, local):
-    from pyggml.model.ray_stages import RayPipeline
+    from pyggml.model.runtime.ray_stages import RayPipeline
     model = Model(tiny_path[0], backend=create("numpy"), **F32_CACHE)
     model.pipeline = RayPipeline(cluster.address, model.gguf, model.hparams, [range(0, 3), range(3, 4)],
                                  model.backend, force_ship=True)

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import F32_CACHE
 from pyggml.graph.errors import PyggmlError
-from pyggml.model.embedding import normalize
+from pyggml.model.runtime.embedding import normalize
 from pyggml.model.model import Model
 from synthetic_llama import TinyLlama, make_weights, reference_hidden, write_gguf
 

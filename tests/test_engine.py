@@ -9,9 +9,9 @@ import pytest
 
 from chat_llama import write_chat_llama
 from pyggml.graph.errors import PyggmlError
-from pyggml.model.engine import Engine, QueueFull
+from pyggml.model.runtime.engine import Engine, QueueFull
 from pyggml.model.model import Model
-from pyggml.model.sampling import SamplingParams
+from pyggml.model.runtime.sampling import SamplingParams
 
 GREEDY = SamplingParams(temperature=0)
 

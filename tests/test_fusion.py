@@ -7,7 +7,7 @@ import pytest
 import pyggml as pg
 from pyggml.backends import NumpyBackend, Plan
 from pyggml.backends.fusion import FUSIONS, fuse
-from pyggml.backends.numba_backend import NumbaBackend
+from pyggml.backends.numba.backend import NumbaBackend
 from pyggml.graph.graph import Graph
 from pyggml.model.model import Model
 from synthetic_llama import TinyLlama, make_weights, write_gguf

@@ -13,10 +13,10 @@ import regex
 
 from chat_llama import write_chat_llama
 from pyggml.graph.errors import PyggmlError
-from pyggml.model.engine import Engine
-from pyggml.model.grammar import GrammarError, GrammarSpec, apply_mask
+from pyggml.model.runtime.engine import Engine
+from pyggml.model.runtime.grammar import GrammarError, GrammarSpec, apply_mask
 from pyggml.model.model import Model
-from pyggml.model.sampling import SamplingParams
+from pyggml.model.runtime.sampling import SamplingParams
 from synthetic_llama import TinyLlama, make_weights, write_gguf
 
 PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},

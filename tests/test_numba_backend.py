@@ -12,7 +12,7 @@ import pyggml as pg
 from conftest import F32_CACHE
 from op_cases import random_blocks
 from pyggml.backends import NumpyBackend, default_backend
-from pyggml.backends.numba_backend import NumbaBackend
+from pyggml.backends.numba.backend import NumbaBackend
 from pyggml.graph.dtypes import DType
 from pyggml.model.model import Model
 
@@ -66,7 +66,7 @@ def test_reference_models_match_the_numpy_backend(name, request):
 def test_register_tiles_give_each_row_the_same_sums_at_any_row_count_and_refuse_strided_rows():
     """A row's products do not depend on the rows beside it (batched and single logits then agree), against
     float64 products of the dequantized weight; strided activations are refused, not misread."""
-    from pyggml.backends.numba_tiles import tiled_product
+    from pyggml.backends.numba.tiles import tiled_product
     from pyggml.backends.quants import dequantize
     rng = np.random.default_rng(1)
     raw = random_blocks(DType.Q4_1, 9, 4, rng)

@@ -17,11 +17,11 @@ import pytest
 import pyggml as pg
 from conftest import F32_CACHE, load_reference
 from op_cases import Q8_ACTIVATIONS_NMSE, nmse, r, random_blocks
-from pyggml.backends import numba_q8
-from pyggml.backends.numba_backend import NumbaQ8Backend, release_mapped
-from pyggml.backends.numba_q8 import Q8_FORMATS, TILE_LAYOUTS, q8_product, quantize_activations, repack, tiled_rows
-from pyggml.backends.numba_q8k import K_FORMATS, q8k_product, quantize_activations_k
-from pyggml.backends.numpy_backend import NumpyBackend
+from pyggml.backends.numba import q8 as numba_q8
+from pyggml.backends.numba.backend import NumbaQ8Backend, release_mapped
+from pyggml.backends.numba.q8 import Q8_FORMATS, TILE_LAYOUTS, q8_product, quantize_activations, repack, tiled_rows
+from pyggml.backends.numba.q8k import K_FORMATS, q8k_product, quantize_activations_k
+from pyggml.backends.numpy.backend import NumpyBackend
 from pyggml.graph.dtypes import DType
 from pyggml.model.model import Model
 from test_batch import TEXTS, run_batch

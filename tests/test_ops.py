@@ -8,7 +8,7 @@ import pytest
 
 import pyggml as pg
 from pyggml import DType, ShapeError
-from pyggml.backends.numpy_kernels import KERNELS
+from pyggml.backends.numpy.kernels import KERNELS
 from pyggml.ops import OPS, is_view
 
 LAYOUTS = ("contiguous", "permuted", "strided")

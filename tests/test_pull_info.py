@@ -13,8 +13,8 @@ import pytest
 
 from pyggml.cli import main
 from pyggml.graph.errors import PyggmlError
-from pyggml.model import pull as pull_module
-from pyggml.model.pull import MODELS, ModelSpec, pull, resolve_model
+from pyggml.model.tooling import pull as pull_module
+from pyggml.model.tooling.pull import MODELS, ModelSpec, pull, resolve_model
 
 PARTS = [b"first part|", b"second part|", b"third"]
 CONTENT = b"".join(PARTS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pyggml.model.sampling import Sampler, SamplingParams, top_p
+from pyggml.model.runtime.sampling import Sampler, SamplingParams, top_p
 
 LOGITS = np.log(np.array([0.5, 0.2, 0.15, 0.1, 0.05], np.float32))
 OFF = dict(top_k=0, top_p=1.0, min_p=0.0)

@@ -16,7 +16,7 @@ import pytest
 import uvicorn
 
 from chat_llama import write_chat_llama
-from pyggml.model.engine import Engine
+from pyggml.model.runtime.engine import Engine
 from pyggml.model.model import Model
 from pyggml.server.app import Options, create_app
 

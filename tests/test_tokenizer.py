@@ -15,9 +15,9 @@ from pyggml.cli import main
 from conftest import load_reference
 from pyggml.graph.errors import PyggmlError
 from pyggml.model.gguf_file import GGUFFile
-from pyggml.model.pretokenizers import PRETOKENIZERS, pretokenizer
-from pyggml.model.tokenizer import StreamDecoder, Tokenizer, TokenType, load_tokenizer
-from pyggml.model.tokenizer_bpe import BYTE_TO_CHAR, merge
+from pyggml.model.tokenizers.pretokenizers import PRETOKENIZERS, pretokenizer
+from pyggml.model.tokenizers.tokenizer import StreamDecoder, Tokenizer, TokenType, load_tokenizer
+from pyggml.model.tokenizers.bpe import BYTE_TO_CHAR, merge
 
 REFERENCES = {"smollm2": "smollm2-135m-q4_1.reference.json", "gemma3": "gemma3-270m-q4_k_m.reference.json"}
 

@@ -11,10 +11,10 @@ import pytest
 
 from chat_llama import write_chat_llama
 from pyggml.graph.errors import PyggmlError
-from pyggml.model.chat_template import render_chat
-from pyggml.model.grammar import apply_mask
+from pyggml.model.runtime.chat_template import render_chat
+from pyggml.model.runtime.grammar import apply_mask
 from pyggml.model.model import Model
-from pyggml.model.tool_calls import TOOL_FORMATS, CallStream, ToolCall, parse_tool_calls, tool_format
+from pyggml.model.runtime.tool_calls import TOOL_FORMATS, CallStream, ToolCall, parse_tool_calls, tool_format
 
 ADD = {"type": "function", "function": {"name": "add", "description": "a + b", "parameters": {
     "type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 99},

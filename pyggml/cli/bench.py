@@ -87,7 +87,7 @@ def bench_csv(model_name: str, backend: str, rows: list) -> str:
 
 
 def run_bench(args: argparse.Namespace, model) -> str:
-    from pyggml.model.bench import bench
+    from pyggml.model.tooling.bench import bench
     rows, bounds = bench(model, args.n_prompt, args.n_gen, args.repetitions, args.seed)
     backend = used_backends(model)
     formats = {"md": lambda: bench_markdown(args.model, backend, rows, bounds),
@@ -144,7 +144,7 @@ def progress(curve: str, k: int, n: int) -> None:
 
 
 def run_study(args: argparse.Namespace, model) -> tuple[str, bool]:
-    from pyggml.model.kv_study import kv_bytes_per_token, kv_study, plot
+    from pyggml.model.tooling.kv_study import kv_bytes_per_token, kv_study, plot
     study = kv_study(model, model.prompt_ids(args.prompt), args.kv_study, progress)
     types = model.cache.dtype, model.cache.dtype_v
     doc = {"model": args.model, **study.to_dict(), "kv_type": "/".join(t.name for t in types),

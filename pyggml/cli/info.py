@@ -11,11 +11,11 @@ from gguf import Keys
 
 from pyggml.graph.dtypes import DType
 from pyggml.graph.errors import PyggmlError
-from pyggml.model.chat_template import template_source
+from pyggml.model.runtime.chat_template import template_source
 from pyggml.model.gguf_file import GGUFFile
 from pyggml.model.hparams import HParams, load_hparams
-from pyggml.model.kv_cache import cache_bytes
-from pyggml.model.pull import resolve_model
+from pyggml.model.runtime.kv_cache import cache_bytes
+from pyggml.model.tooling.pull import resolve_model
 
 HELP = "show a GGUF model's architecture, hyper-parameters, tokenizer, tensors and memory needs"
 KV_TOKENS = 1000
@@ -41,7 +41,7 @@ def kv_cache_sizes(hp: HParams) -> dict[str, dict[str, dict[str, int]]]:
 def weight_memory(model: GGUFFile) -> dict[str, int]:
     """Bytes of the weights as each CPU backend holds them: the numba backend keeps what its block kernels read
     as stored and dequantizes the rest to F32; the NumPy backend holds everything as F32."""
-    from pyggml.backends.numba_backend import readable
+    from pyggml.backends.numba.backend import readable
     return {"numba": sum(t.nbytes if readable(t.shape, t.dtype) or t.dtype == DType.F32 else 4 * t.n_elements
                          for t in model.tensors.values()),
             "numpy": sum(4 * t.n_elements for t in model.tensors.values())}

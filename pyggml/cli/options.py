@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from pyggml.model.sampling import SamplingParams
+from pyggml.model.runtime.sampling import SamplingParams
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:

@@ -51,7 +51,7 @@ def step_text(step: dict) -> str:
 
 def write_files(args: argparse.Namespace, profiles: list) -> list[str]:
     """The trace and graph files asked for; their paths."""
-    from pyggml.model.profile import chrome_trace, graph_dot, graph_json
+    from pyggml.model.tooling.profile import chrome_trace, graph_dot, graph_json
     written = []
     if args.trace:
         Path(args.trace).write_text(json.dumps(chrome_trace(profiles)))
@@ -65,7 +65,7 @@ def write_files(args: argparse.Namespace, profiles: list) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyggml.model.profile import profile_model
+    from pyggml.model.tooling.profile import profile_model
     if args.ray or (args.stages or 1) > 1:
         raise PyggmlError("profile times one process's plans; --ray and --stages are for generate, chat, bench "
                           "and serve")

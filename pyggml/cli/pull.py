@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from pyggml.model.pull import MODELS, pull
+from pyggml.model.tooling.pull import MODELS, pull
 
 HELP = "download a known model into the cache (if missing) and print its path"
 

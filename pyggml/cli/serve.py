@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         from pyggml.server.runner import serve
     except ImportError as e:
         raise PyggmlError(f"pyggml serve needs the server extra ({e}): pip install 'pyggml[server]'") from None
-    from pyggml.model.engine import Engine
+    from pyggml.model.runtime.engine import Engine
     from pyggml.model.model import Model
     from pyggml.server.access import is_loopback
     if args.parallel < 1 or args.queue < 0 or args.max_body < 1 or args.shutdown_timeout < 0:
@@ -81,12 +81,12 @@ def serve_replicas(args: argparse.Namespace) -> int:
     if args.ray is None or args.stages is not None:
         raise PyggmlError("--replicas needs --ray ADDRESS and cannot be combined with --stages")
     try:
-        from pyggml.model.ray_stages import connect
+        from pyggml.model.runtime.ray_stages import connect
         from pyggml.server.replicas import deploy
     except ImportError as e:
         raise PyggmlError(f"--replicas needs the ray extra ({e}): pip install 'pyggml[ray]'") from None
     from ray import serve
-    from pyggml.model.pull import resolve_model
+    from pyggml.model.tooling.pull import resolve_model
     path = resolve_model(args.model)
     connect(args.ray)
     options = {"backend": args.backend, "n_ctx": args.ctx_size, **cache_types(args),

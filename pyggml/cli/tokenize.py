@@ -5,8 +5,8 @@ import argparse
 import json
 
 from pyggml.model.gguf_file import GGUFFile
-from pyggml.model.pull import resolve_model
-from pyggml.model.tokenizer import load_tokenizer
+from pyggml.model.tooling.pull import resolve_model
+from pyggml.model.tokenizers.tokenizer import load_tokenizer
 
 HELP = "print the token ids and pieces of TEXT under MODEL's tokenizer"
 

@@ -17,11 +17,11 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from pyggml.graph.errors import PyggmlError
-from pyggml.model.engine import Engine, Event, QueueFull, TokenLogprob
-from pyggml.model.engine import Request as EngineRequest
-from pyggml.model.grammar import GrammarError
+from pyggml.model.runtime.engine import Engine, Event, QueueFull, TokenLogprob
+from pyggml.model.runtime.engine import Request as EngineRequest
+from pyggml.model.runtime.grammar import GrammarError
 from pyggml.model.model import Model
-from pyggml.model.tool_calls import CallStream
+from pyggml.model.runtime.tool_calls import CallStream
 
 from . import MAX_BODY
 from . import protocol as api

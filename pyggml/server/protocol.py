@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pyggml.model.engine import TokenLogprob
-from pyggml.model.grammar import GrammarSpec
-from pyggml.model.sampling import SamplingParams
-from pyggml.model.tool_calls import ToolCall
+from pyggml.model.runtime.engine import TokenLogprob
+from pyggml.model.runtime.grammar import GrammarSpec
+from pyggml.model.runtime.sampling import SamplingParams
+from pyggml.model.runtime.tool_calls import ToolCall
 
 from .request_models import ChatRequest, Sampling
 

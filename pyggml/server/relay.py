@@ -6,7 +6,7 @@ import asyncio
 import collections
 from dataclasses import dataclass
 
-from pyggml.model.engine import Event
+from pyggml.model.runtime.engine import Event
 
 
 class Relay:

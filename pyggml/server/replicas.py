@@ -45,7 +45,7 @@ class Replica:
 
     def __init__(self, model: str, name: str, options: dict):
         from pyggml.backends.registry import create
-        from pyggml.model.engine import Engine
+        from pyggml.model.runtime.engine import Engine
         from pyggml.model.model import Model
 
         from .app import Options, create_app

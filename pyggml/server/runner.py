@@ -9,7 +9,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
-from pyggml.model.engine import Engine
+from pyggml.model.runtime.engine import Engine
 
 CLOSE_MARGIN = 5.0  # seconds uvicorn waits for connections after the grace period, for the last events to go
 

@@ -1,0 +1,1 @@
+"""The CuPy backend (NVIDIA GPU): raw GGUF blocks on the device, CUDA kernels, CUDA-graph replay."""

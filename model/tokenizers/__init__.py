@@ -1,0 +1,1 @@
+"""Tokenizers built from a GGUF vocabulary: SentencePiece and byte-level BPE with their pre-tokenizers."""
