@@ -252,12 +252,12 @@ def _dpbusd(builder: ir.IRBuilder, acc: ir.Value, unsigned: ir.Value, signed: ir
                          for part in _nibble_vectors(builder, [unsigned]))
             return builder.add(acc, builder.add(low, builder.shl(high, _vconst(4))))
         return builder.add(acc, _pair_sums(builder, unsigned, signed))
-    bytes64, wide = ir.VectorType(I8, 4 * LANES), ir.VectorType(I32, 4 * LANES)
-    products = builder.mul(builder.zext(builder.bitcast(unsigned, bytes64), wide),
-                           builder.sext(builder.bitcast(signed, bytes64), wide))
+    # byte e of every lane by shifts on the 16 int32 lanes: 64-lane vectors and their shuffles took LLVM minutes
+    # to compile where it must split them into SSE registers
     for e in range(4):
-        pick = ir.Constant(VI32, [4 * lane + e for lane in range(LANES)])
-        acc = builder.add(acc, builder.shuffle_vector(products, ir.Constant(wide, ir.Undefined), pick))
+        u = builder.and_(builder.lshr(unsigned, _vconst(8 * e)), _vconst(0xFF))
+        s = builder.ashr(builder.shl(signed, _vconst(24 - 8 * e)), _vconst(24))
+        acc = builder.add(acc, builder.mul(u, s))
     return acc
 
 
