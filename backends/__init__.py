@@ -22,13 +22,14 @@ _default: Backend | None = None
 
 
 def default_backend() -> Backend:
-    """The process-wide backend used when none is given: the numba backend (quantized weights read as blocks),
-    or the NumPy backend, said in one line, where numba does not import."""
+    """The process-wide backend used when none is given: numba-q8 (quantized weights read as blocks, activations
+    rounded to 8 bits as llama.cpp's CPU backend does), or the NumPy backend, said in one line, where numba does
+    not import."""
     global _default
     if _default is None:
         try:
-            from .numba.backend import NumbaBackend
-            _default = NumbaBackend()
+            from .numba.backend import NumbaQ8Backend
+            _default = NumbaQ8Backend()
         except ImportError as e:
             print(f"pyggml: numba is not available ({e}); using the NumPy backend (dense F32 weights)",
                   file=sys.stderr)

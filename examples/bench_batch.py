@@ -137,7 +137,7 @@ def main() -> None:
     ap.add_argument("--weights", action="store_true", help="time the weight products alone instead")
     ap.add_argument("--ops", action="store_true", help="where a step's time goes, op by op, instead")
     add_cache_type_options(ap)
-    ap.add_argument("--backend", default="numba", help="backend name (see `pyggml backends`), e.g. numba-q8")
+    ap.add_argument("--backend", default="numba-q8", help="backend name (see `pyggml backends`), e.g. numba")
     args = ap.parse_args()
     model = pyggml.load(args.model, n_ctx=args.ctx, backend=create(args.backend), **cache_types(args))
     if args.weights:

@@ -1,7 +1,7 @@
 """Prefill and decode of one model on several CPU backends, side by side in one run (repetitions interleaved
 so that every backend sees the same machine state), next to the bare F32 mat-vec bound of the same weights.
 
-    python examples/compare_backends.py smollm2-135m --backends numba,numpy -p 256 -n 64 -r 3
+    python examples/compare_backends.py smollm2-135m --backends numba-q8,numba -p 256 -n 64 -r 3
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def cpu_name() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?", default="smollm2-135m")
-    parser.add_argument("--backends", default="numba,numpy")
+    parser.add_argument("--backends", default="numba-q8,numba")
     parser.add_argument("-p", "--n-prompt", type=int, default=256)
     parser.add_argument("-n", "--n-gen", type=int, default=64)
     parser.add_argument("-r", "--repetitions", type=int, default=3)

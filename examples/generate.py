@@ -24,8 +24,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn of the chat template")
     parser.add_argument("--backend", default="numba-q8",
-                        help="numba-q8 (the fastest CPU backend: llama.cpp's 8-bit activations), numba (float32 "
-                             "products, the library's default) or numpy; see `pyggml backends`")
+                        help="numba-q8 (the default and fastest CPU backend: llama.cpp's 8-bit activations), "
+                             "numba (float32 products) or numpy; see `pyggml backends`")
     args = parser.parse_args()
     try:
         model = pyggml.load(args.model, backend=create(args.backend))

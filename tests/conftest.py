@@ -1,6 +1,7 @@
 """Shared pytest fixtures: the reference models (fetched once, then cached) and models loaded once per session."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -8,6 +9,15 @@ import pytest
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"  # the reference fixtures, kept in the repository
 F32_CACHE = {"type_k": "f32", "type_v": "f32"}  # a float32 KV cache: what matches the float32 references tightly
+
+
+@functools.cache
+def float32_backend():
+    """numba, whose products are exact float32: the float32 references are checked on it (the default backend,
+    numba-q8, rounds activations to 8 bits as llama.cpp does; tests/test_numba_q8.py holds it to llama.cpp's
+    distance)."""
+    from pyggml.backends.numba.backend import NumbaBackend
+    return NumbaBackend()
 
 
 def _pulled(name: str) -> Path:
@@ -30,16 +40,16 @@ def gemma3_path() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2(smollm2_path):
-    """SmolLM2 loaded once with a float32 KV cache (tests reset its cache before use)."""
+    """SmolLM2 loaded once with float32 products and KV cache (tests reset its cache before use)."""
     from pyggml.model.model import Model
-    return Model(smollm2_path, n_ctx=2048, **F32_CACHE)
+    return Model(smollm2_path, n_ctx=2048, backend=float32_backend(), **F32_CACHE)
 
 
 @pytest.fixture(scope="session")
 def gemma3(gemma3_path):
-    """Gemma 3 loaded once with a float32 KV cache (tests reset its cache before use)."""
+    """Gemma 3 loaded once with float32 products and KV cache (tests reset its cache before use)."""
     from pyggml.model.model import Model
-    return Model(gemma3_path, n_ctx=2048, **F32_CACHE)
+    return Model(gemma3_path, n_ctx=2048, backend=float32_backend(), **F32_CACHE)
 
 
 def load_reference(name: str) -> dict:

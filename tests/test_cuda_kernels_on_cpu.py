@@ -10,7 +10,7 @@ import pytest
 import cuda_emulation
 import fake_cupy
 import pyggml as pg
-from conftest import F32_CACHE
+from conftest import F32_CACHE, float32_backend
 from op_cases import all_cases, nmse
 from pyggml.backends.cupy.backend import CupyBackend
 from pyggml.backends.cupy.quants import DEVICE_FORMATS
@@ -49,7 +49,8 @@ def test_case_matches_numpy(emulated, name):
 @pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graph-replay"])
 def test_generation_matches_numpy(emulated, tiny_q8, graphs):  # noqa: F811  (a fixture)
     emulated.cuda_graphs = graphs
-    ref = Model(tiny_q8, n_ctx=64, **F32_CACHE).generate([1, 2, 3], max_tokens=4, temperature=0.0, logprobs=True)
+    ref = Model(tiny_q8, n_ctx=64, backend=float32_backend(), **F32_CACHE).generate([1, 2, 3], max_tokens=4,
+                                                                                temperature=0.0, logprobs=True)
     out = Model(tiny_q8, n_ctx=64, **F32_CACHE, backend=emulated).generate([1, 2, 3], max_tokens=4, temperature=0.0,
                                                                logprobs=True)
     assert out.tokens == ref.tokens

@@ -9,7 +9,7 @@ import pytest
 
 import fake_cupy
 import pyggml as pg
-from conftest import F32_CACHE
+from conftest import F32_CACHE, float32_backend
 from op_cases import (CASE_IDS, CASES, HALF_CASES, HALF_IDS, MAX_NMSE, RAW_CASES, blocks_leaf, nmse, quant_cases,
                       r, random_blocks)
 from pyggml import DType
@@ -128,7 +128,8 @@ def tiny_q8(tmp_path_factory):
 @pytest.mark.parametrize("model", ["tiny", "tiny_q8"])
 def test_generation_matches_numpy(model, graphs, request):
     path = request.getfixturevalue(model)
-    ref = Model(path, n_ctx=64, **F32_CACHE).generate([1, 2, 3], max_tokens=8, temperature=0.0, logprobs=True)
+    ref = Model(path, n_ctx=64, backend=float32_backend(), **F32_CACHE).generate([1, 2, 3], max_tokens=8,
+                                                                             temperature=0.0, logprobs=True)
     out = Model(path, n_ctx=64, **F32_CACHE, backend=device(cuda_graphs=graphs)).generate(
         [1, 2, 3], max_tokens=8, temperature=0.0, logprobs=True)
     assert out.tokens == ref.tokens

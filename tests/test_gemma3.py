@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import F32_CACHE, assert_follows_references, load_reference
+from conftest import F32_CACHE, assert_follows_references, float32_backend, load_reference
 from pyggml.model.model import Model
 
 REFERENCE = load_reference("gemma3-270m-q4_k_m.reference.json")
@@ -73,7 +73,8 @@ def _long_prompt(model: Model, n: int) -> list[int]:
 @pytest.mark.parametrize("window, n_prompt", [(64, 700), (None, 600)])
 def test_ring_cache_equals_full_caches(gemma3_path, window, n_prompt):
     overrides = {WINDOW_KEY: window} if window else {}
-    ring = Model(gemma3_path, n_ctx=1024, n_batch=64, kv_overrides=overrides, **F32_CACHE)
+    ring = Model(gemma3_path, n_ctx=1024, n_batch=64, kv_overrides=overrides, backend=float32_backend(),
+                 **F32_CACHE)
     full = ring.make_context(n_ctx=1024, n_batch=64, swa_full=True)
     hp = ring.hparams
     n_swa = sum(hp.is_swa(il) for il in range(hp.n_layer))

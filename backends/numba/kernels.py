@@ -317,7 +317,10 @@ def tiled_get_rows(node: Tensor, out: np.ndarray, a: np.ndarray, idx: np.ndarray
     if not (rows.dtype == np.float32 and np.shares_memory(rows, out)):
         raise ValueError(f"get_rows of a repacked table needs a float32 output with contiguous rows, got "
                          f"{out.dtype} {out.shape} strides {out.strides}")
-    return lambda: dequantize_into(a_type, tiled_rows(a_type, a, checked_rows(idx, len(a))), rows)
+    n_rows = node.srcs[0].shape[-2]  # a (B, R, C) table is held as B * R rows: batch b's rows start at b * R
+    starts = (np.arange(idx.shape[0]) * n_rows)[:, None] if idx.ndim == 2 else 0
+    return lambda: dequantize_into(a_type, tiled_rows(a_type, a, (checked_rows(idx, n_rows).reshape(idx.shape)
+                                                                   + starts).reshape(-1)), rows)
 
 
 @intrinsic

@@ -56,8 +56,8 @@ def cache_types(args: argparse.Namespace) -> dict[str, str]:
 def add_backend_option(p: argparse.ArgumentParser) -> None:
     """--backend NAMES."""
     p.add_argument("--backend", type=backend_names, default=None, metavar="NAMES",
-                   help="backends by name in priority order, the last the fallback, e.g. cupy,numpy; numba-q8: "
-                        "llama.cpp's 8-bit activations, faster (see `pyggml backends`; default: the built-in default)")
+                   help="backends by name in priority order, the last the fallback, e.g. cupy,numpy (default: numba-q8, "
+                        "llama.cpp's 8-bit activations; numba: float32 products; see `pyggml backends`)")
 
 
 def backend_names(text: str) -> list[str]:
