@@ -26,7 +26,7 @@ from pyggml.graph.block_layouts import BLOCKS
 from pyggml.graph.dtypes import DType
 
 from .quants import _share, _specialize, prefetch_line
-from .tiles import F16, F32, I8, I16, I32, VF32, VI32, _array, _const, _fma, _splat, row_count_switch
+from .tiles import F16, F32, I8, I16, I32, VF32, VI32, Array, _array, _const, _fma, _splat, row_count_switch
 
 LANES = 16  # weight rows per tile: one int32 lane each
 TILE_ROWS = 8  # activation rows per tile: their 8 int32 and 8 float accumulators beside the 8 weight vectors
@@ -181,13 +181,11 @@ def _quantize_row(typingctx, x, xq, meta, n, zero):
     q = roundf(x / d) rounded half away from zero), and of meta (N, 3 x blocks): per block d, d·Σq and -zero·Σq
     (int32 bits)."""
     def codegen(context, builder, signature, args):
-        (x_data, x_stride, _, k), (q_data, q_stride, _, _), (m_data, m_stride, _, _) = (
-            _array(context, builder, t, a) for t, a in zip(signature.args[:3], args[:3]))
+        x, xq, meta = (_array(context, builder, t, a) for t, a in zip(signature.args[:3], args[:3]))
         n, zero = args[3], builder.trunc(args[4], I32)
-        x_row, q_row, m_row = (builder.gep(p, [builder.mul(n, stride)])
-                               for p, stride in ((x_data, x_stride), (q_data, q_stride), (m_data, m_stride)))
+        x_row, q_row, m_row = (builder.gep(a.data, [builder.mul(n, a.stride)]) for a in (x, xq, meta))
         v32, i32x32 = ir.VectorType(F32, 32), ir.VectorType(I32, 32)
-        n_blocks = builder.sdiv(k, _const(k, 32))
+        n_blocks = builder.sdiv(x.cols, _const(x.cols, 32))
         with cgutils.for_range(builder, n_blocks) as loop:
             b = loop.index
             v = _plain_load(builder, x_row, builder.mul(b, _const(b, 128)), v32)
@@ -328,15 +326,14 @@ class TileRows(NamedTuple):
     data: ir.Value
 
 
-def tile_rows(builder: ir.IRBuilder, w: tuple, t: ir.Value) -> TileRows:
-    """Tile t of the tiled weight w (an _array tuple)."""
-    w_data, w_stride, n_rows, _ = w
+def tile_rows(builder: ir.IRBuilder, w: Array, t: ir.Value) -> TileRows:
+    """Tile t of the tiled weight w."""
     first = builder.mul(t, _const(t, LANES))
-    rows = builder.sub(n_rows, first)
+    rows = builder.sub(w.rows, first)
     rows = builder.select(builder.icmp_signed("<", rows, _const(rows, LANES)), rows, _const(rows, LANES))
     mask = builder.icmp_signed("<", ir.Constant(VI32, list(range(LANES))), _splat(builder, builder.trunc(rows, I32),
                                                                                   VI32))
-    return TileRows(first, rows, mask, builder.gep(w_data, [builder.mul(first, w_stride)]))
+    return TileRows(first, rows, mask, builder.gep(w.data, [builder.mul(first, w.stride)]))
 
 
 def block_words(builder: ir.IRBuilder, tile: TileRows, b: ir.Value, layout: TileLayout) -> tuple[ir.Value, Callable]:
@@ -365,24 +362,23 @@ def header_scales(builder: ir.IRBuilder, header: ir.Value) -> tuple[ir.Value, ir
     return _halves(builder, header), _halves(builder, builder.lshr(header, _vconst(16)))
 
 
-def row_pointer(builder: ir.IRBuilder, array: tuple, n0: ir.Value, j: int) -> ir.Value:
-    """A pointer to row n0 + j of an _array tuple."""
-    data, stride, _, _ = array
-    return builder.gep(data, [builder.mul(builder.add(n0, _const(n0, j)), stride)])
+def row_pointer(builder: ir.IRBuilder, array: Array, n0: ir.Value, j: int) -> ir.Value:
+    """A pointer to row n0 + j of an array."""
+    return builder.gep(array.data, [builder.mul(builder.add(n0, _const(n0, j)), array.stride)])
 
 
-def store_tile(builder: ir.IRBuilder, acc: list[ir.Value], out: tuple, n0: ir.Value, tile: TileRows) -> None:
+def store_tile(builder: ir.IRBuilder, acc: list[ir.Value], out: Array, n0: ir.Value, tile: TileRows) -> None:
     """out[n0 + j, the tile's rows] = the lanes of acc[j] (allocas)."""
     for j, a in enumerate(acc):
         at = builder.mul(tile.first, _const(tile.first, 4))
         _masked_store(builder, builder.load(a), row_pointer(builder, out, n0, j), at, tile.mask)
 
 
-def _tile_loop(builder: ir.IRBuilder, dtype: DType, w: tuple, t: ir.Value, xq: tuple, meta: tuple, n0: ir.Value,
-               n_x: int, out: tuple) -> None:
+def _tile_loop(builder: ir.IRBuilder, dtype: DType, w: Array, t: ir.Value, xq: Array, meta: Array, n0: ir.Value,
+               n_x: int, out: Array) -> None:
     """Sum over the blocks the products of weight tile t's rows (one per lane) with activation rows n0..n0 + n_x
     - 1 into out[n0 + j, 16t..]."""
-    fmt, tile, k = Q8_FORMATS[dtype], tile_rows(builder, w, t), xq[3]
+    fmt, tile, k = Q8_FORMATS[dtype], tile_rows(builder, w, t), xq.cols
     x_rows, m_rows = ([row_pointer(builder, a, n0, j) for j in range(n_x)] for a in (xq, meta))
     acc = [cgutils.alloca_once_value(builder, ir.Constant(VF32, None)) for _ in range(n_x)]
     n_blocks = builder.sdiv(k, _const(k, 32))

@@ -26,7 +26,7 @@ from pyggml.graph.dtypes import DType
 from .q8 import (LANES, TILE_LAYOUTS, TILE_ROWS, _dpbusd, _masked_store, _scalar, _vconst, block_words,
                        header_scales, tile_rows, word_of)
 from .quants import _share, _specialize
-from .tiles import F32, I32, VF32, VI32, _array, _const, _fma
+from .tiles import F32, I32, VF32, VI32, Array, _array, _const, _fma
 
 NEAREST = np.float32(12582912.0)  # 1.5 · 2^23: adding it rounds a float32 below 2^22 to an integer, as ggml's
 # nearest_int (ties to even)
@@ -213,13 +213,14 @@ def _slots(builder: ir.IRBuilder, n: int, ty: ir.Type) -> Callable[[ir.Value], i
     return lambda i: builder.gep(scratch, [ir.Constant(I32, 0), i if isinstance(i, ir.Value) else ir.Constant(I32, i)])
 
 
-def _tile_loop(builder: ir.IRBuilder, dtype: DType, arrays: list, t: ir.Value, n0: ir.Value, n_x: ir.Value) -> None:
+def _tile_loop(builder: ir.IRBuilder, dtype: DType, arrays: list[Array], t: ir.Value, n0: ir.Value,
+               n_x: ir.Value) -> None:
     """Sum over the blocks the products of weight tile t's rows (one per lane) with activation rows n0..n0 + n_x
     - 1 into out[n0 + j, 16t..]. Each block's unsigned values and scales go to a stack scratch once (in L1), read
     back for each activation row by a loop: one loop body for every row count keeps the code (and its compile
     time) small, and no register file holds a block's 64 vectors of values anyway."""
     w, xq, xd, xs, out = arrays
-    fmt, tile, k = K_FORMATS[dtype], tile_rows(builder, w, t), xq[3]
+    fmt, tile, k = K_FORMATS[dtype], tile_rows(builder, w, t), xq.cols
     zero, n_vectors = ir.Constant(VI32, None), QK_K // 4
     values, scales, acc = _slots(builder, n_vectors, VI32), _slots(builder, 32, VI32), _slots(builder, TILE_ROWS, VF32)
     with cgutils.for_range(builder, n_x) as row:
@@ -236,7 +237,8 @@ def _tile_loop(builder: ir.IRBuilder, dtype: DType, arrays: list, t: ir.Value, n
         x_at, sums_at = builder.mul(b, _const(b, QK_K)), builder.mul(b, _const(b, 4 * QK_K // 16))
         with cgutils.for_range(builder, n_x) as row:
             j = row.index
-            x_row, d_row, s_row = (builder.gep(a[0], [builder.mul(builder.add(n0, j), a[1])]) for a in (xq, xd, xs))
+            x_row, d_row, s_row = (builder.gep(a.data, [builder.mul(builder.add(n0, j), a.stride)])
+                                   for a in (xq, xd, xs))
             sumi, summin, at = zero, zero, 0
             for g_at, g in enumerate(groups):
                 dot = zero
@@ -255,8 +257,8 @@ def _tile_loop(builder: ir.IRBuilder, dtype: DType, arrays: list, t: ir.Value, n
                 total = _fma(builder, builder.sitofp(summin, VF32), builder.fneg(builder.fmul(m_w, d_x)), total)
             builder.store(total, acc(j))
     with cgutils.for_range(builder, n_x) as row:
-        _masked_store(builder, builder.load(acc(row.index)), builder.gep(out[0], [builder.mul(
-            builder.add(n0, row.index), out[1])]), builder.mul(tile.first, _const(tile.first, 4)), tile.mask)
+        _masked_store(builder, builder.load(acc(row.index)), builder.gep(out.data, [builder.mul(
+            builder.add(n0, row.index), out.stride)]), builder.mul(tile.first, _const(tile.first, 4)), tile.mask)
 
 
 def _q8k_tiled(w, x, xq, xd, xs, out, n_tasks):

@@ -257,11 +257,20 @@ TILE_FORMATS: dict[DType, TileFormat] = {t: TileFormat(*kernel_unit(t), decode) 
     (DType.Q6_K, _q6_k))}
 
 
-def _array(context, builder, ary_type, value):
-    """(i8* to the data of a 2-D array, its row stride in bytes, its number of rows, its row length)."""
+class Array(NamedTuple):
+    """IR values of a 2-D array with contiguous rows: an i8* to its data, its row stride in bytes, its number of
+    rows and its row length."""
+    data: ir.Value
+    stride: ir.Value
+    rows: ir.Value
+    cols: ir.Value
+
+
+def _array(context, builder, ary_type, value) -> Array:
+    """The IR values of a 2-D array argument of an intrinsic."""
     ary = context.make_array(ary_type)(context, builder, value)
     shape = cgutils.unpack_tuple(builder, ary.shape, 2)
-    return (builder.bitcast(ary.data, I8.as_pointer()), builder.extract_value(ary.strides, 0), shape[0], shape[1])
+    return Array(builder.bitcast(ary.data, I8.as_pointer()), builder.extract_value(ary.strides, 0), shape[0], shape[1])
 
 
 def _const(value: ir.Value, n: int) -> ir.Constant:
@@ -274,12 +283,12 @@ def make_tile(dtype: DType, n_w: int):
     n_x, chosen by a switch)."""
     def codegen(context, builder, signature, args):
         w_ty, _, _, x_ty, _, _, out_ty = signature.args
-        (w, w_stride, n_rows, _), g, n_groups = _array(context, builder, w_ty, args[0]), args[1], args[2]
+        w, g, n_groups = _array(context, builder, w_ty, args[0]), args[1], args[2]
         x, n0, n_x = _array(context, builder, x_ty, args[3]), args[4], args[5]
         out = _array(context, builder, out_ty, args[6])
-        rows, starts, exists = _group_rows(builder, w, w_stride, n_rows, g, n_groups, n_w)
+        rows, starts, exists = _group_rows(builder, w, g, n_groups, n_w)
         following = builder.add(g, _const(g, 1))  # the next group's rows are fetched while these are multiplied
-        ahead = _group_rows(builder, w, w_stride, n_rows, builder.select(
+        ahead = _group_rows(builder, w, builder.select(
             builder.icmp_signed("<", following, n_groups), following, g), n_groups, n_w)[1]
         row_count_switch(builder, n_x, TILE_ROWS,
                          lambda n: _tile_loop(builder, dtype, starts, ahead, x, n0, n, out, rows, exists))
@@ -305,34 +314,32 @@ def row_count_switch(builder: ir.IRBuilder, n_x: ir.Value, most: int, emit: Call
     builder.position_at_end(end)
 
 
-def _group_rows(builder: ir.IRBuilder, w: ir.Value, w_stride: ir.Value, n_rows: ir.Value, g: ir.Value,
-                n_groups: ir.Value, n_w: int) -> tuple[list, list, list]:
+def _group_rows(builder: ir.IRBuilder, w: Array, g: ir.Value, n_groups: ir.Value, n_w: int) -> tuple[list, list, list]:
     """Group g's weight rows g + i·n_groups: (their indices, pointers to them (row g for rows past the end),
     whether each exists)."""
     rows = [builder.add(g, builder.mul(n_groups, _const(g, i))) for i in range(n_w)]
-    exists = [builder.icmp_signed("<", r, n_rows) for r in rows]
-    starts = [builder.gep(w, [builder.mul(builder.select(e, r, g), w_stride)]) for r, e in zip(rows, exists)]
+    exists = [builder.icmp_signed("<", r, w.rows) for r in rows]
+    starts = [builder.gep(w.data, [builder.mul(builder.select(e, r, g), w.stride)]) for r, e in zip(rows, exists)]
     return rows, starts, exists
 
 
-def _tile_loop(builder: ir.IRBuilder, dtype: DType, starts: list[ir.Value], ahead: list[ir.Value], x: tuple,
-               n0: ir.Value, n_x: int, out: tuple, rows: list[ir.Value], exists: list[ir.Value]) -> None:
+def _tile_loop(builder: ir.IRBuilder, dtype: DType, starts: list[ir.Value], ahead: list[ir.Value], x: Array,
+               n0: ir.Value, n_x: int, out: Array, rows: list[ir.Value], exists: list[ir.Value]) -> None:
     """The products of the weight rows starting at `starts` with activation rows n0..n0 + n_x - 1, summed into
     out[n, row] for the rows that exist; each block of the rows at `ahead` is prefetched on the way."""
     block, type_size, decode = TILE_FORMATS[dtype]
-    (x_data, x_stride, _, k), (out_data, out_stride, _, _) = x, out
-    x0 = builder.gep(x_data, [builder.mul(n0, x_stride)])
+    x0 = builder.gep(x.data, [builder.mul(n0, x.stride)])
     acc = [[cgutils.alloca_once_value(builder, ir.Constant(VF32, None)) for _ in range(n_x)] for _ in starts]
-    with cgutils.for_range(builder, builder.sdiv(k, _const(k, block))) as loop:
+    with cgutils.for_range(builder, builder.sdiv(x.cols, _const(x.cols, block))) as loop:
         blocks = [builder.gep(p, [builder.mul(loop.index, _const(loop.index, type_size))]) for p in starts]
         for p in ahead:
             prefetch_line(builder, builder.gep(p, [builder.mul(loop.index, _const(loop.index, type_size))]))
         x_block = builder.gep(x0, [builder.mul(loop.index, _const(loop.index, block * 4))])
         for unit in range(block // 32):
-            _products(builder, [decode(builder, b, unit) for b in blocks], x_block, 128 * unit, x_stride, acc)
+            _products(builder, [decode(builder, b, unit) for b in blocks], x_block, 128 * unit, x.stride, acc)
     for i, (row, row_exists) in enumerate(zip(rows, exists)):
         with builder.if_then(row_exists):
-            _store_sums(builder, [builder.load(a) for a in acc[i]], out_data, out_stride, n0, row)
+            _store_sums(builder, [builder.load(a) for a in acc[i]], out.data, out.stride, n0, row)
 
 
 def _products(builder: ir.IRBuilder, halves: list[tuple[ir.Value, ir.Value]], x_block: ir.Value, offset: int,
