@@ -286,9 +286,9 @@ def make_tile(dtype: DType, n_w: int):
         w, g, n_groups = _array(context, builder, w_ty, args[0]), args[1], args[2]
         x, n0, n_x = _array(context, builder, x_ty, args[3]), args[4], args[5]
         out = _array(context, builder, out_ty, args[6])
-        rows, starts, exists = _group_rows(builder, w, g, n_groups, n_w)
+        rows, starts, exists = _weight_group(builder, w, g, n_groups, n_w)
         following = builder.add(g, _const(g, 1))  # the next group's rows are fetched while these are multiplied
-        ahead = _group_rows(builder, w, builder.select(
+        ahead = _weight_group(builder, w, builder.select(
             builder.icmp_signed("<", following, n_groups), following, g), n_groups, n_w)[1]
         row_count_switch(builder, n_x, TILE_ROWS,
                          lambda n: _tile_loop(builder, dtype, starts, ahead, x, n0, n, out, rows, exists))
@@ -314,7 +314,8 @@ def row_count_switch(builder: ir.IRBuilder, n_x: ir.Value, most: int, emit: Call
     builder.position_at_end(end)
 
 
-def _group_rows(builder: ir.IRBuilder, w: Array, g: ir.Value, n_groups: ir.Value, n_w: int) -> tuple[list, list, list]:
+def _weight_group(builder: ir.IRBuilder, w: Array, g: ir.Value, n_groups: ir.Value,
+                  n_w: int) -> tuple[list, list, list]:
     """Group g's weight rows g + i·n_groups: (their indices, pointers to them (row g for rows past the end),
     whether each exists)."""
     rows = [builder.add(g, builder.mul(n_groups, _const(g, i))) for i in range(n_w)]
