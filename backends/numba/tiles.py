@@ -284,14 +284,13 @@ def make_tile(dtype: DType, n_w: int):
     def codegen(context, builder, signature, args):
         w_ty, _, _, x_ty, _, _, out_ty = signature.args
         w, g, n_groups = _array(context, builder, w_ty, args[0]), args[1], args[2]
-        x, n0, n_x = _array(context, builder, x_ty, args[3]), args[4], args[5]
-        out = _array(context, builder, out_ty, args[6])
-        rows, starts, exists = _weight_group(builder, w, g, n_groups, n_w)
+        x, out = _array(context, builder, x_ty, args[3]), _array(context, builder, out_ty, args[6])
+        group = _weight_group(builder, w, g, n_groups, n_w)
         following = builder.add(g, _const(g, 1))  # the next group's rows are fetched while these are multiplied
         ahead = _weight_group(builder, w, builder.select(
-            builder.icmp_signed("<", following, n_groups), following, g), n_groups, n_w)[1]
-        row_count_switch(builder, n_x, TILE_ROWS,
-                         lambda n: _tile_loop(builder, dtype, starts, ahead, x, n0, n, out, rows, exists))
+            builder.icmp_signed("<", following, n_groups), following, g), n_groups, n_w).starts
+        tile = TileOperands(group=group, ahead=ahead, x=x, out=out, n0=args[4])
+        row_count_switch(builder, args[5], TILE_ROWS, lambda n: _tile_loop(builder, dtype, tile, n))
         return context.get_dummy_value()
 
     @intrinsic
@@ -314,31 +313,48 @@ def row_count_switch(builder: ir.IRBuilder, n_x: ir.Value, most: int, emit: Call
     builder.position_at_end(end)
 
 
-def _weight_group(builder: ir.IRBuilder, w: Array, g: ir.Value, n_groups: ir.Value,
-                  n_w: int) -> tuple[list, list, list]:
-    """Group g's weight rows g + i·n_groups: (their indices, pointers to them (row g for rows past the end),
-    whether each exists)."""
+class WeightGroup(NamedTuple):
+    """IR values of group g's weight rows g + i·n_groups: their indices, pointers to them (row g's for rows past
+    the end), and whether each exists."""
+    rows: list[ir.Value]
+    starts: list[ir.Value]
+    exists: list[ir.Value]
+
+
+class TileOperands(NamedTuple):
+    """What a tile's loop reads and writes: its weight group, the pointers to the rows prefetched on the way (the
+    next group's), the activations x from row n0 on, and out."""
+    group: WeightGroup
+    ahead: list[ir.Value]
+    x: Array
+    out: Array
+    n0: ir.Value
+
+
+def _weight_group(builder: ir.IRBuilder, w: Array, g: ir.Value, n_groups: ir.Value, n_w: int) -> WeightGroup:
+    """Group g's n_w weight rows in w."""
     rows = [builder.add(g, builder.mul(n_groups, _const(g, i))) for i in range(n_w)]
     exists = [builder.icmp_signed("<", r, w.rows) for r in rows]
     starts = [builder.gep(w.data, [builder.mul(builder.select(e, r, g), w.stride)]) for r, e in zip(rows, exists)]
-    return rows, starts, exists
+    return WeightGroup(rows, starts, exists)
 
 
-def _tile_loop(builder: ir.IRBuilder, dtype: DType, starts: list[ir.Value], ahead: list[ir.Value], x: Array,
-               n0: ir.Value, n_x: int, out: Array, rows: list[ir.Value], exists: list[ir.Value]) -> None:
-    """The products of the weight rows starting at `starts` with activation rows n0..n0 + n_x - 1, summed into
-    out[n, row] for the rows that exist; each block of the rows at `ahead` is prefetched on the way."""
+def _tile_loop(builder: ir.IRBuilder, dtype: DType, tile: TileOperands, n_x: int) -> None:
+    """The products of the tile's weight rows with activation rows n0..n0 + n_x - 1, summed into out[n, row] for
+    the rows that exist; each block of the rows at `ahead` is prefetched on the way."""
     block, type_size, decode = TILE_FORMATS[dtype]
+    x, out, n0 = tile.x, tile.out, tile.n0
     x0 = builder.gep(x.data, [builder.mul(n0, x.stride)])
-    acc = [[cgutils.alloca_once_value(builder, ir.Constant(VF32, None)) for _ in range(n_x)] for _ in starts]
+    acc = [[cgutils.alloca_once_value(builder, ir.Constant(VF32, None)) for _ in range(n_x)]
+           for _ in tile.group.starts]
     with cgutils.for_range(builder, builder.sdiv(x.cols, _const(x.cols, block))) as loop:
-        blocks = [builder.gep(p, [builder.mul(loop.index, _const(loop.index, type_size))]) for p in starts]
-        for p in ahead:
+        blocks = [builder.gep(p, [builder.mul(loop.index, _const(loop.index, type_size))]) for p in tile.group.starts]
+        for p in tile.ahead:
             prefetch_line(builder, builder.gep(p, [builder.mul(loop.index, _const(loop.index, type_size))]))
         x_block = builder.gep(x0, [builder.mul(loop.index, _const(loop.index, block * 4))])
         for unit in range(block // 32):
             _products(builder, [decode(builder, b, unit) for b in blocks], x_block, 128 * unit, x.stride, acc)
-    for i, (row, row_exists) in enumerate(zip(rows, exists)):
+    for i, (row, row_exists) in enumerate(zip(tile.group.rows, tile.group.exists)):
         with builder.if_then(row_exists):
             _store_sums(builder, [builder.load(a) for a in acc[i]], out.data, out.stride, n0, row)
 
