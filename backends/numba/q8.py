@@ -176,14 +176,14 @@ def _call(builder: ir.IRBuilder, name: str, ret: ir.Type, *args: ir.Value) -> ir
 
 
 @intrinsic
-def _quantize_row(typingctx, x, xq, meta, n, zero):
+def _quantize_row(typingctx, x, xq, xd, xs, n, zero):
     """Row n of x (N, K) -> row n of xq (N, K) int8, ggml's Q8_0 values (d = amax / 127 rounded to float16,
-    q = roundf(x / d) rounded half away from zero), and of meta (N, 3 x blocks): per block d, d·Σq and -zero·Σq
-    (int32 bits)."""
+    q = roundf(x / d) rounded half away from zero), of xd (N, 2 x blocks) float32: the blocks' d, then their
+    d·Σq, and of xs (N, blocks) int32: the blocks' -zero·Σq."""
     def codegen(context, builder, signature, args):
-        x, xq, meta = (_array(context, builder, t, a) for t, a in zip(signature.args[:3], args[:3]))
-        n, zero = args[3], builder.trunc(args[4], I32)
-        x_row, q_row, m_row = (builder.gep(a.data, [builder.mul(n, a.stride)]) for a in (x, xq, meta))
+        x, xq, xd, xs = (_array(context, builder, t, a) for t, a in zip(signature.args[:4], args[:4]))
+        n, zero = args[4], builder.trunc(args[5], I32)
+        x_row, q_row, d_row, s_row = (builder.gep(a.data, [builder.mul(n, a.stride)]) for a in (x, xq, xd, xs))
         v32, i32x32 = ir.VectorType(F32, 32), ir.VectorType(I32, 32)
         n_blocks = builder.sdiv(x.cols, _const(x.cols, 32))
         with cgutils.for_range(builder, n_blocks) as loop:
@@ -203,31 +203,35 @@ def _quantize_row(typingctx, x, xq, meta, n, zero):
                           align=1)
             total = _call(builder, "llvm.vector.reduce.add.v32i32", I32, q)
             dh = builder.fpext(builder.fptrunc(d, F16), F32)  # as stored in a Q8_0 block
-            fields = (dh, builder.fmul(dh, builder.sitofp(total, F32)), builder.mul(builder.neg(zero), total))
-            for i, value in enumerate(fields):
-                offset = builder.mul(builder.add(b, builder.mul(n_blocks, _const(b, i))), _const(b, 4))
-                builder.store(value, builder.bitcast(builder.gep(m_row, [offset]), value.type.as_pointer()))
+            fields = ((d_row, b, dh), (d_row, builder.add(b, n_blocks), builder.fmul(dh, builder.sitofp(total, F32))),
+                      (s_row, b, builder.mul(builder.neg(zero), total)))
+            for row, at, value in fields:
+                builder.store(value, builder.bitcast(builder.gep(row, [builder.mul(at, _const(b, 4))]),
+                                                     value.type.as_pointer()))
         return context.get_dummy_value()
-    return nbtypes.void(x, xq, meta, n, zero), codegen
+    return nbtypes.void(x, xq, xd, xs, n, zero), codegen
 
 
 @njit(cache=True)
-def _quantize_rows(x, xq, meta, zero):
-    """Every row of x into xq and meta (see _quantize_row)."""
+def _quantize_rows(x, xq, xd, xs, zero):
+    """Every row of x into xq, xd and xs (see _quantize_row)."""
     for n in range(x.shape[0]):
-        _quantize_row(x, xq, meta, n, zero)
+        _quantize_row(x, xq, xd, xs, n, zero)
 
 
-def _activation_buffers(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Room for x (N, K) as Q8_0: values (N, K) int8 and per-block meta (N, 3 x blocks)."""
-    return np.empty(x.shape, np.int8), np.empty((len(x), 3 * (x.shape[1] // 32)), np.float32)
+def _activation_buffers(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Room for x (N, K) as Q8_0: values (N, K) int8, per-block float scales (N, 2 x blocks) and integer sums
+    (N, blocks)."""
+    blocks = x.shape[1] // 32
+    return np.empty(x.shape, np.int8), np.empty((len(x), 2 * blocks), np.float32), np.empty((len(x), blocks), np.int32)
 
 
-def quantize_activations(x: np.ndarray, zero: int) -> tuple[np.ndarray, np.ndarray]:
-    """x (N, K) float32 as Q8_0: (values (N, K) int8, per-block meta), zero being the weight type's."""
-    xq, meta = _activation_buffers(x)
-    _quantize_rows(x, xq, meta, zero)
-    return xq, meta
+def quantize_activations(x: np.ndarray, zero: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x (N, K) float32 as Q8_0, zero being the weight type's: (values (N, K) int8, per block d then d·Σq
+    (N, 2 x blocks) float32, per block -zero·Σq (N, blocks) int32)."""
+    buffers = _activation_buffers(x)
+    _quantize_rows(x, *buffers, zero)
+    return buffers
 
 
 def _target_has(feature: str) -> bool:
@@ -299,21 +303,31 @@ def _scalar(builder: ir.IRBuilder, p: ir.Value, offset: ir.Value, ty: ir.Type, v
     return _splat(builder, builder.load(builder.bitcast(builder.gep(p, [offset]), ty.as_pointer()), align=1), vec)
 
 
+class Q8Tile(NamedTuple):
+    """IR values of a tile call: the tiled weight w and the tile t, the quantized activations (values xq, float
+    scales xd, integer sums xs) read from row n0 on, and out."""
+    w: Array
+    t: ir.Value
+    xq: Array
+    xd: Array
+    xs: Array
+    n0: ir.Value
+    out: Array
+
+
 def make_tile(dtype: DType):
-    """The tile intrinsic of dtype: tile(w, t, xq, meta, n0, n_x, out) makes out[n0 + j, 16t + l] for j < n_x <=
+    """The tile intrinsic of dtype: tile(w, t, xq, xd, xs, n0, n_x, out) makes out[n0 + j, 16t + l] for j < n_x <=
     TILE_ROWS and the rows l of tiled weight tile t, from quantized activation rows n0 + j (a loop per n_x,
     chosen by a switch)."""
     def codegen(context, builder, signature, args):
-        w_ty, _, xq_ty, meta_ty, _, _, out_ty = signature.args
-        w, xq, meta, out = (_array(context, builder, t, args[i]) for t, i in ((w_ty, 0), (xq_ty, 2), (meta_ty, 3),
-                                                                              (out_ty, 6)))
-        row_count_switch(builder, args[5], TILE_ROWS,
-                         lambda n: _tile_loop(builder, dtype, w, args[1], xq, meta, args[4], n, out))
+        w, xq, xd, xs, out = (_array(context, builder, signature.args[i], args[i]) for i in (0, 2, 3, 4, 7))
+        call = Q8Tile(w=w, t=args[1], xq=xq, xd=xd, xs=xs, n0=args[5], out=out)
+        row_count_switch(builder, args[6], TILE_ROWS, lambda n: _tile_loop(builder, dtype, call, n))
         return context.get_dummy_value()
 
     @intrinsic
-    def tile(typingctx, w, t, xq, meta, n0, n_x, out):
-        return nbtypes.void(w, t, xq, meta, n0, n_x, out), codegen
+    def tile(typingctx, w, t, xq, xd, xs, n0, n_x, out):
+        return nbtypes.void(w, t, xq, xd, xs, n0, n_x, out), codegen
     return tile
 
 
@@ -374,12 +388,12 @@ def store_tile(builder: ir.IRBuilder, acc: list[ir.Value], out: Array, n0: ir.Va
         _masked_store(builder, builder.load(a), row_pointer(builder, out, n0, j), at, tile.mask)
 
 
-def _tile_loop(builder: ir.IRBuilder, dtype: DType, w: Array, t: ir.Value, xq: Array, meta: Array, n0: ir.Value,
-               n_x: int, out: Array) -> None:
+def _tile_loop(builder: ir.IRBuilder, dtype: DType, call: Q8Tile, n_x: int) -> None:
     """Sum over the blocks the products of weight tile t's rows (one per lane) with activation rows n0..n0 + n_x
     - 1 into out[n0 + j, 16t..]."""
-    fmt, tile, k = Q8_FORMATS[dtype], tile_rows(builder, w, t), xq.cols
-    x_rows, m_rows = ([row_pointer(builder, a, n0, j) for j in range(n_x)] for a in (xq, meta))
+    fmt, tile, k = Q8_FORMATS[dtype], tile_rows(builder, call.w, call.t), call.xq.cols
+    x_rows, d_rows, s_rows = ([row_pointer(builder, a, call.n0, j) for j in range(n_x)]
+                              for a in (call.xq, call.xd, call.xs))
     acc = [cgutils.alloca_once_value(builder, ir.Constant(VF32, None)) for _ in range(n_x)]
     n_blocks = builder.sdiv(k, _const(k, 32))
     with cgutils.for_range(builder, n_blocks) as loop:
@@ -388,31 +402,31 @@ def _tile_loop(builder: ir.IRBuilder, dtype: DType, w: Array, t: ir.Value, xq: A
         values = fmt.unpack(builder, [word(i) for i in range(TILE_LAYOUTS[dtype].words)])
         d_w, m_w = header_scales(builder, header)
         x_at, d_at = builder.mul(b, _const(b, 32)), builder.mul(b, _const(b, 4))
-        meta_at = [builder.add(d_at, builder.mul(n_blocks, _const(n_blocks, 4 * i))) for i in range(3)]
+        sum_at = builder.add(d_at, builder.mul(n_blocks, _const(n_blocks, 4)))  # d·Σq, after the blocks' d
         for j in range(n_x):
-            dots = _scalar(builder, m_rows[j], meta_at[2], I32, VI32)
+            dots = _scalar(builder, s_rows[j], d_at, I32, VI32)
             for i, v in enumerate(values):
                 x_i = _scalar(builder, x_rows[j], builder.add(x_at, _const(x_at, 4 * i)), I32, VI32)
                 dots = _dpbusd(builder, dots, v, x_i, fmt.bits)
-            d_x = _scalar(builder, m_rows[j], meta_at[0], F32, VF32)
+            d_x = _scalar(builder, d_rows[j], d_at, F32, VF32)
             total = _fma(builder, builder.sitofp(dots, VF32), builder.fmul(d_w, d_x), builder.load(acc[j]))
             if m_w is not None:  # the min times the activations' sum
-                total = _fma(builder, m_w, _scalar(builder, m_rows[j], meta_at[1], F32, VF32), total)
+                total = _fma(builder, m_w, _scalar(builder, d_rows[j], sum_at, F32, VF32), total)
             builder.store(total, acc[j])
-    store_tile(builder, acc, out, n0, tile)
+    store_tile(builder, acc, call.out, call.n0, tile)
 
 
-def _q8_tiled(w, x, xq, meta, out, zero, n_tasks):
+def _q8_tiled(w, x, xq, xd, xs, out, zero, n_tasks):
     """out[n, m] = weight row m · Q8_0(x[n]) for tiled weights w: x quantized, then each task takes a share of the
     weight tiles and goes over it once per TILE_ROWS activation rows; TILE is the type's, bound by _specialize."""
-    _quantize_rows(x, xq, meta, zero)
+    _quantize_rows(x, xq, xd, xs, zero)
     n_tiles = (w.shape[0] + LANES - 1) // LANES
     n_tasks = min(n_tasks, n_tiles)
     for task in prange(n_tasks):
         start, stop = _share(task, n_tasks, n_tiles)
         for n0 in range(0, x.shape[0], TILE_ROWS):
             for t in range(start, stop):
-                TILE(w, t, xq, meta, n0, min(TILE_ROWS, x.shape[0] - n0), out)  # noqa: F821
+                TILE(w, t, xq, xd, xs, n0, min(TILE_ROWS, x.shape[0] - n0), out)  # noqa: F821
 
 
 Q8_TILED = {t: _specialize(_q8_tiled, t, True, TILE=make_tile(t)) for t in Q8_FORMATS}
@@ -424,5 +438,4 @@ def q8_product(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray, n_ta
     if not all(a.dtype == np.float32 and a.ndim == 2 and a.strides[1] == 4 for a in (x, out)):
         raise ValueError(f"q8_product needs float32 rows with contiguous elements, got x {x.dtype} "
                          f"strides {x.strides} and out {out.dtype} strides {out.strides}")
-    xq, meta = _activation_buffers(x)
-    return functools.partial(Q8_TILED[dtype], w, x, xq, meta, out, Q8_FORMATS[dtype].zero, n_tasks)
+    return functools.partial(Q8_TILED[dtype], w, x, *_activation_buffers(x), out, Q8_FORMATS[dtype].zero, n_tasks)
