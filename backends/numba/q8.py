@@ -26,7 +26,8 @@ from pyggml.graph.block_layouts import BLOCKS
 from pyggml.graph.dtypes import DType
 
 from .quants import _share, _specialize, prefetch_line
-from .tiles import F16, F32, I8, I16, I32, VF32, VI32, Array, _array, _const, _fma, _splat, row_count_switch
+from .tiles import (F16, F32, I8, I16, I32, VF32, VI32, Array, _array, _const, _fma, _splat, check_float32_rows,
+                    row_count_switch)
 
 LANES = 16  # weight rows per tile: one int32 lane each
 TILE_ROWS = 8  # activation rows per tile: their 8 int32 and 8 float accumulators beside the 8 weight vectors
@@ -315,20 +316,24 @@ class Q8Tile(NamedTuple):
     out: Array
 
 
-def make_tile(dtype: DType):
-    """The tile intrinsic of dtype: tile(w, t, xq, xd, xs, n0, n_x, out) makes out[n0 + j, 16t + l] for j < n_x <=
-    TILE_ROWS and the rows l of tiled weight tile t, from quantized activation rows n0 + j (a loop per n_x,
-    chosen by a switch)."""
+def tile_intrinsic(dtype: DType, emit: Callable[[ir.IRBuilder, DType, Q8Tile, ir.Value], None]):
+    """The tile intrinsic of dtype, tile(w, t, xq, xd, xs, n0, n_x, out), that makes out[n0 + j, 16t + l] for
+    j < n_x <= TILE_ROWS and the rows l of tiled weight tile t, from quantized activation rows n0 + j:
+    emit(builder, dtype, call, n_x) writes its IR."""
     def codegen(context, builder, signature, args):
         w, xq, xd, xs, out = (_array(context, builder, signature.args[i], args[i]) for i in (0, 2, 3, 4, 7))
-        call = Q8Tile(w=w, t=args[1], xq=xq, xd=xd, xs=xs, n0=args[5], out=out)
-        row_count_switch(builder, args[6], TILE_ROWS, lambda n: _tile_loop(builder, dtype, call, n))
+        emit(builder, dtype, Q8Tile(w=w, t=args[1], xq=xq, xd=xd, xs=xs, n0=args[5], out=out), args[6])
         return context.get_dummy_value()
 
     @intrinsic
     def tile(typingctx, w, t, xq, xd, xs, n0, n_x, out):
         return nbtypes.void(w, t, xq, xd, xs, n0, n_x, out), codegen
     return tile
+
+
+def _tile_loops(builder: ir.IRBuilder, dtype: DType, call: Q8Tile, n_x: ir.Value) -> None:
+    """A _tile_loop per row count, chosen by a switch on n_x."""
+    row_count_switch(builder, n_x, TILE_ROWS, lambda n: _tile_loop(builder, dtype, call, n))
 
 
 class TileRows(NamedTuple):
@@ -416,10 +421,11 @@ def _tile_loop(builder: ir.IRBuilder, dtype: DType, call: Q8Tile, n_x: int) -> N
     store_tile(builder, acc, call.out, call.n0, tile)
 
 
-def _q8_tiled(w, x, xq, xd, xs, out, zero, n_tasks):
-    """out[n, m] = weight row m · Q8_0(x[n]) for tiled weights w: x quantized, then each task takes a share of the
-    weight tiles and goes over it once per TILE_ROWS activation rows; TILE is the type's, bound by _specialize."""
-    _quantize_rows(x, xq, xd, xs, zero)
+def _tiled_products(w, x, xq, xd, xs, out, n_tasks):
+    """out[n, m] = weight row m · x[n] quantized for tiled weights w: x quantized into xq, xd and xs, then each
+    task takes a share of the weight tiles and goes over it once per TILE_ROWS activation rows; QUANTIZE and TILE
+    are the type's, bound by _specialize."""
+    QUANTIZE(x, xq, xd, xs)  # noqa: F821
     n_tiles = (w.shape[0] + LANES - 1) // LANES
     n_tasks = min(n_tasks, n_tiles)
     for task in prange(n_tasks):
@@ -429,13 +435,23 @@ def _q8_tiled(w, x, xq, xd, xs, out, zero, n_tasks):
                 TILE(w, t, xq, xd, xs, n0, min(TILE_ROWS, x.shape[0] - n0), out)  # noqa: F821
 
 
-Q8_TILED = {t: _specialize(_q8_tiled, t, True, TILE=make_tile(t)) for t in Q8_FORMATS}
+def tiled_products(dtype: DType, quantize: Callable, tile: Callable) -> Callable:
+    """The parallel kernel (w, x, xq, xd, xs, out, n_tasks) of dtype's integer products, with its activation
+    quantizer quantize(x, xq, xd, xs) and its tile intrinsic (see tile_intrinsic)."""
+    return _specialize(_tiled_products, dtype, True, QUANTIZE=quantize, TILE=tile)
+
+
+def _quantize_with_zero(x, xq, xd, xs):
+    """_quantize_rows with the weight type's zero, ZERO, bound by _specialize."""
+    _quantize_rows(x, xq, xd, xs, ZERO)  # noqa: F821
+
+
+Q8_TILED = {t: tiled_products(t, _specialize(_quantize_with_zero, t, False, ZERO=fmt.zero),
+                              tile_intrinsic(t, _tile_loops)) for t, fmt in Q8_FORMATS.items()}
 
 
 def q8_product(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray, n_tasks: int) -> Callable[[], None]:
     """The step out (N, M) = Q8_0(x) (N, K) @ dequantize(w).T for w (M, bytes per row) blocks of dtype repacked
     by `repack`, in n_tasks parallel tasks (x and out float32 with contiguous rows)."""
-    if not all(a.dtype == np.float32 and a.ndim == 2 and a.strides[1] == 4 for a in (x, out)):
-        raise ValueError(f"q8_product needs float32 rows with contiguous elements, got x {x.dtype} "
-                         f"strides {x.strides} and out {out.dtype} strides {out.strides}")
-    return functools.partial(Q8_TILED[dtype], w, x, *_activation_buffers(x), out, Q8_FORMATS[dtype].zero, n_tasks)
+    check_float32_rows("q8_product", x, out)
+    return functools.partial(Q8_TILED[dtype], w, x, *_activation_buffers(x), out, n_tasks)

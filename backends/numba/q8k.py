@@ -16,17 +16,15 @@ from typing import NamedTuple
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types as nbtypes
+from numba import njit
 from numba.core import cgutils
-from numba.extending import intrinsic
 
 from pyggml.graph.block_layouts import QK_K
 from pyggml.graph.dtypes import DType
 
-from .q8 import (LANES, TILE_LAYOUTS, TILE_ROWS, _dpbusd, _masked_store, _scalar, _vconst, block_words,
-                       header_scales, tile_rows, word_of)
-from .quants import _share, _specialize
-from .tiles import F32, I32, VF32, VI32, Array, _array, _const, _fma
+from .q8 import (TILE_LAYOUTS, TILE_ROWS, Q8Tile, _dpbusd, _masked_store, _scalar, _vconst, block_words,
+                 header_scales, tile_intrinsic, tile_rows, tiled_products, word_of)
+from .tiles import F32, I32, VF32, VI32, _const, _fma, check_float32_rows
 
 NEAREST = np.float32(12582912.0)  # 1.5 · 2^23: adding it rounds a float32 below 2^22 to an integer, as ggml's
 # nearest_int (ties to even)
@@ -184,20 +182,6 @@ K_FORMATS: dict[DType, KFormat] = {
     DType.Q5_K: KFormat(5, _q5_k), DType.Q6_K: KFormat(6, _q6_k)}
 
 
-def make_tile(dtype: DType):
-    """The tile intrinsic of K-quant dtype: tile(w, t, xq, xd, xs, n0, n_x, out) makes out[n0 + j, 16t + l] for
-    j < n_x <= TILE_ROWS and the rows l of tiled weight tile t, from Q8_K activation rows n0 + j."""
-    def codegen(context, builder, signature, args):
-        arrays = [_array(context, builder, signature.args[i], args[i]) for i in (0, 2, 3, 4, 7)]
-        _tile_loop(builder, dtype, arrays, args[1], args[5], args[6])
-        return context.get_dummy_value()
-
-    @intrinsic
-    def tile(typingctx, w, t, xq, xd, xs, n0, n_x, out):
-        return nbtypes.void(w, t, xq, xd, xs, n0, n_x, out), codegen
-    return tile
-
-
 def _sum_splat(builder: ir.IRBuilder, row: ir.Value, first: ir.Value, indices: tuple[int, ...]) -> ir.Value:
     """The activations' sums of 16 at indices (from byte `first` on) of a row, added, in every lane."""
     total = None
@@ -213,14 +197,13 @@ def _slots(builder: ir.IRBuilder, n: int, ty: ir.Type) -> Callable[[ir.Value], i
     return lambda i: builder.gep(scratch, [ir.Constant(I32, 0), i if isinstance(i, ir.Value) else ir.Constant(I32, i)])
 
 
-def _tile_loop(builder: ir.IRBuilder, dtype: DType, arrays: list[Array], t: ir.Value, n0: ir.Value,
-               n_x: ir.Value) -> None:
+def _tile_loop(builder: ir.IRBuilder, dtype: DType, call: Q8Tile, n_x: ir.Value) -> None:
     """Sum over the blocks the products of weight tile t's rows (one per lane) with activation rows n0..n0 + n_x
     - 1 into out[n0 + j, 16t..]. Each block's unsigned values and scales go to a stack scratch once (in L1), read
     back for each activation row by a loop: one loop body for every row count keeps the code (and its compile
     time) small, and no register file holds a block's 64 vectors of values anyway."""
-    w, xq, xd, xs, out = arrays
-    fmt, tile, k = K_FORMATS[dtype], tile_rows(builder, w, t), xq.cols
+    xq, xd, xs, out, n0 = call.xq, call.xd, call.xs, call.out, call.n0
+    fmt, tile, k = K_FORMATS[dtype], tile_rows(builder, call.w, call.t), xq.cols
     zero, n_vectors = ir.Constant(VI32, None), QK_K // 4
     values, scales, acc = _slots(builder, n_vectors, VI32), _slots(builder, 32, VI32), _slots(builder, TILE_ROWS, VF32)
     with cgutils.for_range(builder, n_x) as row:
@@ -261,26 +244,11 @@ def _tile_loop(builder: ir.IRBuilder, dtype: DType, arrays: list[Array], t: ir.V
             builder.add(n0, row.index), out.stride)]), builder.mul(tile.first, _const(tile.first, 4)), tile.mask)
 
 
-def _q8k_tiled(w, x, xq, xd, xs, out, n_tasks):
-    """out[n, m] = weight row m · Q8_K(x[n]) for tiled weights w: x quantized, then each task takes a share of the
-    weight tiles and goes over it once per TILE_ROWS activation rows; TILE is the type's, bound by _specialize."""
-    quantize_q8_k(x, xq, xd, xs)
-    n_tiles = (w.shape[0] + LANES - 1) // LANES
-    n_tasks = min(n_tasks, n_tiles)
-    for task in prange(n_tasks):
-        start, stop = _share(task, n_tasks, n_tiles)
-        for n0 in range(0, x.shape[0], TILE_ROWS):
-            for t in range(start, stop):
-                TILE(w, t, xq, xd, xs, n0, min(TILE_ROWS, x.shape[0] - n0), out)  # noqa: F821
-
-
-Q8K_TILED = {t: _specialize(_q8k_tiled, t, True, TILE=make_tile(t)) for t in K_FORMATS}
+Q8K_TILED = {t: tiled_products(t, quantize_q8_k, tile_intrinsic(t, _tile_loop)) for t in K_FORMATS}
 
 
 def q8k_product(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray, n_tasks: int) -> Callable[[], None]:
     """The step out (N, M) = Q8_K(x) (N, K) @ dequantize(w).T for w (M, bytes per row) K-quant blocks repacked by
     numba_q8.repack, in n_tasks parallel tasks (x and out float32 with contiguous rows)."""
-    if not all(a.dtype == np.float32 and a.ndim == 2 and a.strides[1] == 4 for a in (x, out)):
-        raise ValueError(f"q8k_product needs float32 rows with contiguous elements, got x {x.dtype} "
-                         f"strides {x.strides} and out {out.dtype} strides {out.strides}")
+    check_float32_rows("q8k_product", x, out)
     return functools.partial(Q8K_TILED[dtype], w, x, *activation_buffers(x), out, n_tasks)

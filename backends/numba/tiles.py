@@ -400,7 +400,13 @@ TILED = {t: _specialize(_tiled, t, True, TILE=make_tile(t, 2)) for t in TILE_FOR
 def tiled_product(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray, n_tasks: int):
     """The step out (N, M) = x (N, K) @ dequantize(w).T through the register tiles, in n_tasks parallel tasks (x
     and out float32 with contiguous rows: the tiles read and write them as such)."""
-    if not all(a.dtype == np.float32 and a.ndim == 2 and a.strides[1] == 4 for a in (x, out)):
-        raise ValueError(f"tiled_product needs float32 rows with contiguous elements, got x {x.dtype} "
-                         f"strides {x.strides} and out {out.dtype} strides {out.strides}")
+    check_float32_rows("tiled_product", x, out)
     return functools.partial(TILED[dtype], w, x, out, n_tasks)
+
+
+def check_float32_rows(product: str, x: np.ndarray, out: np.ndarray) -> None:
+    """Refuse, naming the product, an x or out that is not 2-D float32 with contiguous rows (as the tiles read and
+    write them)."""
+    if not all(a.dtype == np.float32 and a.ndim == 2 and a.strides[1] == 4 for a in (x, out)):
+        raise ValueError(f"{product} needs float32 rows with contiguous elements, got x {x.dtype} "
+                         f"strides {x.strides} and out {out.dtype} strides {out.strides}")
