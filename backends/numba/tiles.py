@@ -25,7 +25,7 @@ from numba.extending import intrinsic
 from pyggml.graph.block_layouts import BLOCKS
 from pyggml.graph.dtypes import DType
 
-from .quants import _share, _specialize, kernel_unit, prefetch_line
+from .quants import share, specialize, kernel_unit, prefetch_line
 
 LANES = 16
 Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K = (BLOCKS[t] for t in (DType.Q8_0, DType.Q2_K, DType.Q3_K, DType.Q4_K, DType.Q5_K,
@@ -40,7 +40,7 @@ TILED_MAX_ROWS = 16  # activation rows up to which the tiles beat dequantizing o
 # Gemma 3's 127: 67 against 87 ms at 16, 308 against 264 at 64; 2048 x 1024 K-quants and Q5_0 tie at 16
 
 
-def _splat(builder: ir.IRBuilder, value: ir.Value, vec: ir.VectorType) -> ir.Value:
+def splat(builder: ir.IRBuilder, value: ir.Value, vec: ir.VectorType) -> ir.Value:
     one = builder.insert_element(ir.Constant(vec, ir.Undefined), value, ir.Constant(I32, 0))
     zeros = ir.Constant(ir.VectorType(I32, LANES), [0] * LANES)
     return builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined), zeros)
@@ -56,7 +56,7 @@ def _half(builder: ir.IRBuilder, p: ir.Value, offset: int) -> ir.Value:
     return builder.fpext(builder.bitcast(_load(builder, p, offset, I16), F16), F32)
 
 
-def _fma(builder: ir.IRBuilder, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:
+def fma(builder: ir.IRBuilder, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(VF32, [VF32] * 3), "llvm.fma.v16f32")
     return builder.call(fn, [a, b, c])
 
@@ -71,8 +71,8 @@ def _nibbles(builder: ir.IRBuilder, p: ir.Value, offset: int) -> tuple[ir.Value,
 
 def _affine(builder: ir.IRBuilder, d: ir.Value, offset: ir.Value, values: tuple[ir.Value, ...]) -> tuple:
     """d · v + offset for each vector v."""
-    dv, ov = _splat(builder, d, VF32), _splat(builder, offset, VF32)
-    return tuple(_fma(builder, dv, v, ov) for v in values)
+    dv, ov = splat(builder, d, VF32), splat(builder, offset, VF32)
+    return tuple(fma(builder, dv, v, ov) for v in values)
 
 
 def _d_zero(builder: ir.IRBuilder, p: ir.Value, dtype: DType, zero: float,
@@ -104,7 +104,7 @@ def _q4_1(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.V
 
 def _fives(builder: ir.IRBuilder, p: ir.Value, dtype: DType) -> tuple[ir.Value, ir.Value]:
     """Q5 values of the uint32 qh and the 16 bytes of qs: value i's bit 4 is bit i of qh."""
-    qh = _splat(builder, _load(builder, p, BLOCKS[dtype].at("qh"), I32), VI32)
+    qh = splat(builder, _load(builder, p, BLOCKS[dtype].at("qh"), I32), VI32)
     lo, hi = _nibbles(builder, p, BLOCKS[dtype].at("qs"))
     out = []
     for nibble, first in ((lo, 0), (hi, LANES)):
@@ -128,7 +128,7 @@ def _q5_1(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.V
 
 
 def _q8_0(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
-    d, qs = _splat(builder, _half(builder, p, Q8_0.at("d")), VF32), Q8_0.at("qs")
+    d, qs = splat(builder, _half(builder, p, Q8_0.at("d")), VF32), Q8_0.at("qs")
     return tuple(builder.fmul(d, builder.sitofp(_load(builder, p, qs + 16 * h, VI8), VF32)) for h in range(2))
 
 
@@ -266,14 +266,14 @@ class Array(NamedTuple):
     cols: ir.Value
 
 
-def _array(context, builder, ary_type, value) -> Array:
+def array_of(context, builder, ary_type, value) -> Array:
     """The IR values of a 2-D array argument of an intrinsic."""
     ary = context.make_array(ary_type)(context, builder, value)
     shape = cgutils.unpack_tuple(builder, ary.shape, 2)
     return Array(builder.bitcast(ary.data, I8.as_pointer()), builder.extract_value(ary.strides, 0), shape[0], shape[1])
 
 
-def _const(value: ir.Value, n: int) -> ir.Constant:
+def const(value: ir.Value, n: int) -> ir.Constant:
     return ir.Constant(value.type, n)
 
 
@@ -283,10 +283,10 @@ def make_tile(dtype: DType, n_w: int):
     n_x, chosen by a switch)."""
     def codegen(context, builder, signature, args):
         w_ty, _, _, x_ty, _, _, out_ty = signature.args
-        w, g, n_groups = _array(context, builder, w_ty, args[0]), args[1], args[2]
-        x, out = _array(context, builder, x_ty, args[3]), _array(context, builder, out_ty, args[6])
+        w, g, n_groups = array_of(context, builder, w_ty, args[0]), args[1], args[2]
+        x, out = array_of(context, builder, x_ty, args[3]), array_of(context, builder, out_ty, args[6])
         group = _weight_group(builder, w, g, n_groups, n_w)
-        following = builder.add(g, _const(g, 1))  # the next group's rows are fetched while these are multiplied
+        following = builder.add(g, const(g, 1))  # the next group's rows are fetched while these are multiplied
         ahead = _weight_group(builder, w, builder.select(
             builder.icmp_signed("<", following, n_groups), following, g), n_groups, n_w).starts
         tile = TileOperands(group=group, ahead=ahead, x=x, out=out, n0=args[4])
@@ -306,7 +306,7 @@ def row_count_switch(builder: ir.IRBuilder, n_x: ir.Value, most: int, emit: Call
     switch = builder.switch(n_x, end)
     for n in range(1, most + 1):
         case = builder.append_basic_block(f"tile.{n}")
-        switch.add_case(_const(n_x, n), case)
+        switch.add_case(const(n_x, n), case)
         builder.position_at_end(case)
         emit(n)
         builder.branch(end)
@@ -333,7 +333,7 @@ class TileOperands(NamedTuple):
 
 def _weight_group(builder: ir.IRBuilder, w: Array, g: ir.Value, n_groups: ir.Value, n_w: int) -> WeightGroup:
     """Group g's n_w weight rows in w."""
-    rows = [builder.add(g, builder.mul(n_groups, _const(g, i))) for i in range(n_w)]
+    rows = [builder.add(g, builder.mul(n_groups, const(g, i))) for i in range(n_w)]
     exists = [builder.icmp_signed("<", r, w.rows) for r in rows]
     starts = [builder.gep(w.data, [builder.mul(builder.select(e, r, g), w.stride)]) for r, e in zip(rows, exists)]
     return WeightGroup(rows, starts, exists)
@@ -347,11 +347,11 @@ def _tile_loop(builder: ir.IRBuilder, dtype: DType, tile: TileOperands, n_x: int
     x0 = builder.gep(x.data, [builder.mul(n0, x.stride)])
     acc = [[cgutils.alloca_once_value(builder, ir.Constant(VF32, None)) for _ in range(n_x)]
            for _ in tile.group.starts]
-    with cgutils.for_range(builder, builder.sdiv(x.cols, _const(x.cols, block))) as loop:
-        blocks = [builder.gep(p, [builder.mul(loop.index, _const(loop.index, type_size))]) for p in tile.group.starts]
+    with cgutils.for_range(builder, builder.sdiv(x.cols, const(x.cols, block))) as loop:
+        blocks = [builder.gep(p, [builder.mul(loop.index, const(loop.index, type_size))]) for p in tile.group.starts]
         for p in tile.ahead:
-            prefetch_line(builder, builder.gep(p, [builder.mul(loop.index, _const(loop.index, type_size))]))
-        x_block = builder.gep(x0, [builder.mul(loop.index, _const(loop.index, block * 4))])
+            prefetch_line(builder, builder.gep(p, [builder.mul(loop.index, const(loop.index, type_size))]))
+        x_block = builder.gep(x0, [builder.mul(loop.index, const(loop.index, block * 4))])
         for unit in range(block // 32):
             _products(builder, [decode(builder, b, unit) for b in blocks], x_block, 128 * unit, x.stride, acc)
     for i, (row, row_exists) in enumerate(zip(tile.group.rows, tile.group.exists)):
@@ -363,10 +363,10 @@ def _products(builder: ir.IRBuilder, halves: list[tuple[ir.Value, ir.Value]], x_
               x_stride: ir.Value, acc: list[list[ir.Value]]) -> None:
     """acc[i][j] += halves[i] · the 32 activations of row j at byte offset of x_block, lane by lane."""
     for j in range(len(acc[0])):
-        xp = builder.gep(x_block, [builder.mul(x_stride, _const(x_stride, j))])
+        xp = builder.gep(x_block, [builder.mul(x_stride, const(x_stride, j))])
         xs = [_load(builder, xp, offset + 64 * h, VF32) for h in range(2)]
         for i, (lo, hi) in enumerate(halves):
-            builder.store(_fma(builder, hi, xs[1], _fma(builder, lo, xs[0], builder.load(acc[i][j]))), acc[i][j])
+            builder.store(fma(builder, hi, xs[1], fma(builder, lo, xs[0], builder.load(acc[i][j]))), acc[i][j])
 
 
 def _store_sums(builder: ir.IRBuilder, accs: list[ir.Value], out: ir.Value, stride: ir.Value, n0: ir.Value,
@@ -376,7 +376,7 @@ def _store_sums(builder: ir.IRBuilder, accs: list[ir.Value], out: ir.Value, stri
                                             "llvm.vector.reduce.fadd.v16f32")
     for j, a in enumerate(accs):
         total = builder.call(reduce, [ir.Constant(F32, -0.0), a], fastmath=("reassoc",))
-        offset = builder.add(builder.mul(builder.add(n0, _const(n0, j)), stride), builder.mul(col, _const(col, 4)))
+        offset = builder.add(builder.mul(builder.add(n0, const(n0, j)), stride), builder.mul(col, const(col, 4)))
         builder.store(total, builder.bitcast(builder.gep(out, [offset]), F32.as_pointer()))
 
 
@@ -384,17 +384,17 @@ def _tiled(w, x, out, n_tasks):
     """out[n, m] = w[m] · x[n]: weight rows g and g + n_groups (two memory streams) against TILE_ROWS activation
     rows at a time, each task going over its share of the weight once per tile of activation rows (which stay in
     L1 meanwhile: 256 rows of SmolLM2, 536 -> 437 ms against the other order); TILE is the block type's, bound by
-    _specialize."""
+    specialize."""
     n_groups = (w.shape[0] + 1) // 2
     n_tasks = min(n_tasks, n_groups)
     for task in prange(n_tasks):
-        start, stop = _share(task, n_tasks, n_groups)
+        start, stop = share(task, n_tasks, n_groups)
         for n0 in range(0, x.shape[0], TILE_ROWS):
             for g in range(start, stop):
                 TILE(w, g, n_groups, x, n0, min(TILE_ROWS, x.shape[0] - n0), out)  # noqa: F821
 
 
-TILED = {t: _specialize(_tiled, t, True, TILE=make_tile(t, 2)) for t in TILE_FORMATS}
+TILED = {t: specialize(_tiled, t, True, TILE=make_tile(t, 2)) for t in TILE_FORMATS}
 
 
 def tiled_product(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray, n_tasks: int):
