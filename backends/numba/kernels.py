@@ -21,9 +21,9 @@ from pyggml.graph.tensor import Tensor
 from ..fusion import rms_norm_mul_kernel as numpy_rms_norm_mul
 from ..numpy.attention import flash_attn_ext as numpy_flash_attn_ext, paged_attn as numpy_paged_attn
 from ..numpy.kernels import GLU_GATES, get_rows as numpy_get_rows, glu_kernel, set_rows as numpy_set_rows
+from ..quants import checked_rows, gather_block_rows
 from .q8 import TILE_LAYOUTS, tiled_rows
 from .quants import BLOCK_TYPES, F16_TABLE, FAST, INLINE, dequantize_into, prefetch
-from ..quants import checked_rows, gather_block_rows
 
 LOG2E, LN2_HI, LN2_LO = f32(1.44269504088896341), f32(0.693359375), f32(-2.12194440e-4)
 EXP_LOW, EXP_HIGH = f32(-87.33), f32(88.0)  # below: 0; above: e^88 (2^n must stay finite: e^88.72 is the largest)

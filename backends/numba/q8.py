@@ -25,9 +25,9 @@ from numba.extending import intrinsic
 from pyggml.graph.block_layouts import BLOCKS
 from pyggml.graph.dtypes import DType
 
-from .quants import share, specialize, prefetch_line
-from .tiles import (F16, F32, I8, I16, I32, VF32, VI32, Array, array_of, const, fma, splat, check_float32_rows,
-                    row_count_switch)
+from .quants import prefetch_line, share, specialize
+from .tiles import (F16, F32, I8, I16, I32, VF32, VI32, Array, array_of, check_float32_rows, const, fma,
+                    row_count_switch, splat)
 
 LANES = 16  # weight rows per tile: one int32 lane each
 TILE_ROWS = 8  # activation rows per tile: their 8 int32 and 8 float accumulators beside the 8 weight vectors

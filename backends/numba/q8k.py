@@ -22,9 +22,9 @@ from numba.core import cgutils
 from pyggml.graph.block_layouts import QK_K
 from pyggml.graph.dtypes import DType
 
-from .q8 import (TILE_LAYOUTS, TILE_ROWS, Q8Tile, dpbusd, masked_store, scalar_splat, vconst, block_words,
-                 header_scales, tile_intrinsic, tile_rows, tiled_products, word_of)
-from .tiles import F32, I32, VF32, VI32, const, fma, check_float32_rows
+from .q8 import (TILE_LAYOUTS, TILE_ROWS, Q8Tile, block_words, dpbusd, header_scales, masked_store, scalar_splat,
+                 tile_intrinsic, tile_rows, tiled_products, vconst, word_of)
+from .tiles import F32, I32, VF32, VI32, check_float32_rows, const, fma
 
 NEAREST = np.float32(12582912.0)  # 1.5 · 2^23: adding it rounds a float32 below 2^22 to an integer, as ggml's
 # nearest_int (ties to even)

@@ -25,7 +25,7 @@ from numba.extending import intrinsic
 from pyggml.graph.block_layouts import BLOCKS
 from pyggml.graph.dtypes import DType
 
-from .quants import share, specialize, kernel_unit, prefetch_line
+from .quants import kernel_unit, prefetch_line, share, specialize
 
 LANES = 16
 Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K = (BLOCKS[t] for t in (DType.Q8_0, DType.Q2_K, DType.Q3_K, DType.Q4_K, DType.Q5_K,
