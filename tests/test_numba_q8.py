@@ -130,15 +130,16 @@ def test_activations_are_ggml_q8_0_blocks():
     x[0, :32] = 0.0  # a zero block: d = 0, every q 0
     x[1, 32:64] *= 1e-6  # a float16-subnormal scale
     x[2, 64:96] *= 1e4
-    xq, meta = quantize_activations(x, zero=8)
+    xq, xd, xs = quantize_activations(x, zero=8)
     blocks = gguf.quantize(x, Q8).reshape(3, 4, 34)
     d = blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)
     qs = blocks[..., 2:].view(np.int8)
     np.testing.assert_array_equal(xq.reshape(3, 4, 32), qs)
     sums = qs.astype(np.int32).sum(-1)
-    np.testing.assert_array_equal(meta[:, :4], d)
-    np.testing.assert_array_equal(meta[:, 4:8], d * sums.astype(np.float32))
-    np.testing.assert_array_equal(meta[:, 8:].view(np.int32), -8 * sums)
+    np.testing.assert_array_equal(xd[:, :4], d)
+    np.testing.assert_array_equal(xd[:, 4:8], d * sums.astype(np.float32))
+    assert xs.dtype == np.int32
+    np.testing.assert_array_equal(xs, -8 * sums)
 
 
 @pytest.mark.parametrize("dtype", sorted(TILE_LAYOUTS, key=lambda t: t.value), ids=lambda t: t.name)

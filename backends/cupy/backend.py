@@ -18,10 +18,10 @@ from pyggml.graph.graph import Graph
 from pyggml.graph.tensor import Tensor
 
 from ..base import Backend, Step
-from .kernels import KERNELS, is_capturable
 from ..fusion import FUSIONS
-from .quants import DEVICE_FORMATS, Dequantizer, dequantize_rows
 from ..quants import dequantize
+from .kernels import KERNELS, is_capturable
+from .quants import DEVICE_FORMATS, Dequantizer, dequantize_rows
 
 WEIGHT_DTYPES = (DType.F32, DType.F16)
 BLOCK_READERS = ("get_rows", "mul_mat")  # ops whose kernels read source 0 as raw blocks

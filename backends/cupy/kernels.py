@@ -19,9 +19,9 @@ from pyggml.graph.dtypes import is_quantized
 from pyggml.graph.tensor import Tensor
 
 from ..base import Step
-from .quants import dequantize_rows
 from ..numpy.attention import rope_angles, rope_constants, rope_halves, rotate
 from ..numpy.kernels import F32, KERNELS as NUMPY_KERNELS, as_f32, f32_compute, matmul_views
+from .quants import dequantize_rows
 
 # a product of at most this many multiplications (rows x cols x depth) runs as multiply-and-sum, not cuBLAS
 SMALL_PRODUCT = 1 << 22

@@ -14,11 +14,11 @@ import numpy as np
 from pyggml.graph.tensor import Tensor
 from pyggml.ops import ROPE_NEOX
 
-from . import cuda_sources
 from ..base import Step
-from .kernels import uses_blas
 from ..numpy.attention import yarn_corr_dims
 from ..numpy.kernels import F32
+from . import cuda_sources
+from .kernels import uses_blas
 
 KERNEL_NAMES = ([f"{kind}_{t}" for t in cuda_sources.BLOCK_TYPES for kind in ("mmv", "get_rows", "to_f16")]
                 + ["rms_norm_f32", "rope_f32", "soft_max_f32", "glu_f32"]

@@ -25,9 +25,9 @@ from pyggml.graph.dtypes import DType
 from pyggml.graph.tensor import Tensor
 
 from ..fusion import FUSIONS, mul_mat_permuted_kernel
-from .kernels import flash_attn_ext, get_rows, glu, paged_attn, rms_norm_mul, set_rows, tiled_get_rows
 from ..numpy.backend import NumpyBackend
 from ..numpy.kernels import KERNELS, mul_mat as numpy_mul_mat
+from .kernels import flash_attn_ext, get_rows, glu, paged_attn, rms_norm_mul, set_rows, tiled_get_rows
 from .q8 import Q8_FORMATS, TILE_LAYOUTS, q8_product, repack
 from .q8k import K_FORMATS, q8k_product
 from .quants import BLOCK_TYPES, block_product, dequantize_into

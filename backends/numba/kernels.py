@@ -21,9 +21,9 @@ from pyggml.graph.tensor import Tensor
 from ..fusion import rms_norm_mul_kernel as numpy_rms_norm_mul
 from ..numpy.attention import flash_attn_ext as numpy_flash_attn_ext, paged_attn as numpy_paged_attn
 from ..numpy.kernels import GLU_GATES, get_rows as numpy_get_rows, glu_kernel, set_rows as numpy_set_rows
-from .q8 import TILE_LAYOUTS, tiled_rows
-from .quants import BLOCK_TYPES, F16_TABLE, FAST, INLINE, _deq_q4_0, _deq_q8_0, _prefetch, dequantize_into
 from ..quants import checked_rows, gather_block_rows
+from .q8 import TILE_LAYOUTS, tiled_rows
+from .quants import BLOCK_TYPES, F16_TABLE, FAST, INLINE, dequantize_into, prefetch
 
 LOG2E, LN2_HI, LN2_LO = f32(1.44269504088896341), f32(0.693359375), f32(-2.12194440e-4)
 EXP_LOW, EXP_HIGH = f32(-87.33), f32(88.0)  # below: 0; above: e^88 (2^n must stay finite: e^88.72 is the largest)
@@ -85,6 +85,7 @@ def _softmax_in_place(s, n):
 
 ROW_BLOCK, Q8_0_BYTES = block_layout(DType.Q8_0)
 Q4_0_BYTES = block_layout(DType.Q4_0)[1]
+DEQ_Q8_0, DEQ_Q4_0 = (BLOCK_TYPES[t].deq for t in (DType.Q8_0, DType.Q4_0))  # the quantized caches' blocks
 ATTEND_AHEAD = 8  # rows ahead whose key and value lines are fetched: 8 sequences of SmolLM2 at 125 rows, paged_attn
 # 6.7-7.5 -> 5.1-6.2 ms a step (16 ahead: the same); the rows of a block table are scattered over the pool
 
@@ -93,7 +94,7 @@ ATTEND_AHEAD = 8  # rows ahead whose key and value lines are fetched: 8 sequence
 def _prefetch_row(row):
     """Fetch every cache line of a row."""
     for i in range(0, row.shape[0], 64 // row.itemsize):
-        _prefetch(row, i)
+        prefetch(row, i)
 
 
 def _converting_copy(source: ir.Type, target: ir.Type) -> Callable:
@@ -150,9 +151,9 @@ def _f32_row_overload(row, scratch, table):
             q8 = row.shape[0] == n_blocks * Q8_0_BYTES  # the two cache types differ in bytes per block
             for b in range(n_blocks):
                 if q8:
-                    _deq_q8_0(row, b * Q8_0_BYTES, scratch, b * ROW_BLOCK, table, ROW_BLOCK // 2)
+                    DEQ_Q8_0(row, b * Q8_0_BYTES, scratch, b * ROW_BLOCK, table, ROW_BLOCK // 2)
                 else:
-                    _deq_q4_0(row, b * Q4_0_BYTES, scratch, b * ROW_BLOCK, table, ROW_BLOCK // 2)
+                    DEQ_Q4_0(row, b * Q4_0_BYTES, scratch, b * ROW_BLOCK, table, ROW_BLOCK // 2)
             return scratch
         return dequantize
     return None

@@ -25,8 +25,9 @@ from numba.extending import intrinsic
 from pyggml.graph.block_layouts import BLOCKS
 from pyggml.graph.dtypes import DType
 
-from .quants import _share, _specialize, prefetch_line
-from .tiles import F16, F32, I8, I16, I32, VF32, VI32, _array, _const, _fma, _splat, row_count_switch
+from .quants import prefetch_line, share, specialize
+from .tiles import (F16, F32, I8, I16, I32, VF32, VI32, Array, array_of, check_float32_rows, const, fma,
+                    row_count_switch, splat)
 
 LANES = 16  # weight rows per tile: one int32 lane each
 TILE_ROWS = 8  # activation rows per tile: their 8 int32 and 8 float accumulators beside the 8 weight vectors
@@ -38,15 +39,15 @@ REPACK_BYTES = 32 << 20  # weight bytes repacked at a time: the mapped rows behi
 VI16, VF16 = ir.VectorType(I16, LANES), ir.VectorType(F16, LANES)
 
 
-def _vconst(value: int) -> ir.Constant:
+def vconst(value: int) -> ir.Constant:
     return ir.Constant(VI32, [value - (1 << 32) if value >= 1 << 31 else value] * LANES)
 
 
 def _nibble_vectors(builder: ir.IRBuilder, dwords: list[ir.Value]) -> list[ir.Value]:
     """The eight value vectors of four dwords of nibbles: values 4k..4k+3 are the low nibbles of dword k (k < 4),
     values 16 + 4k.. its high ones."""
-    low = [builder.and_(d, _vconst(0x0F0F0F0F)) for d in dwords]
-    return low + [builder.and_(builder.lshr(d, _vconst(4)), _vconst(0x0F0F0F0F)) for d in dwords]
+    low = [builder.and_(d, vconst(0x0F0F0F0F)) for d in dwords]
+    return low + [builder.and_(builder.lshr(d, vconst(4)), vconst(0x0F0F0F0F)) for d in dwords]
 
 
 def _with_high_bits(builder: ir.IRBuilder, qh: ir.Value, vectors: list[ir.Value]) -> list[ir.Value]:
@@ -54,8 +55,8 @@ def _with_high_bits(builder: ir.IRBuilder, qh: ir.Value, vectors: list[ir.Value]
     puts bit e at 8e + 4 with no carries: the copies land on distinct bits)."""
     out = []
     for k, v in enumerate(vectors):
-        bits = builder.and_(builder.lshr(qh, _vconst(4 * k)), _vconst(15))
-        out.append(builder.or_(v, builder.and_(builder.mul(bits, _vconst(0x02040810)), _vconst(0x10101010))))
+        bits = builder.and_(builder.lshr(qh, vconst(4 * k)), vconst(15))
+        out.append(builder.or_(v, builder.and_(builder.mul(bits, vconst(0x02040810)), vconst(0x10101010))))
     return out
 
 
@@ -69,7 +70,7 @@ def _q5(builder: ir.IRBuilder, dwords: list[ir.Value]) -> list[ir.Value]:
 
 def _q8(builder: ir.IRBuilder, dwords: list[ir.Value]) -> list[ir.Value]:
     """int8 values made unsigned (+128, the zero taken off through the activations' sums)."""
-    return [builder.xor(d, _vconst(0x80808080)) for d in dwords]
+    return [builder.xor(d, vconst(0x80808080)) for d in dwords]
 
 
 class Q8Format(NamedTuple):
@@ -176,60 +177,62 @@ def _call(builder: ir.IRBuilder, name: str, ret: ir.Type, *args: ir.Value) -> ir
 
 
 @intrinsic
-def _quantize_row(typingctx, x, xq, meta, n, zero):
+def _quantize_row(typingctx, x, xq, xd, xs, n, zero):
     """Row n of x (N, K) -> row n of xq (N, K) int8, ggml's Q8_0 values (d = amax / 127 rounded to float16,
-    q = roundf(x / d) rounded half away from zero), and of meta (N, 3 x blocks): per block d, d·Σq and -zero·Σq
-    (int32 bits)."""
+    q = roundf(x / d) rounded half away from zero), of xd (N, 2 x blocks) float32: the blocks' d, then their
+    d·Σq, and of xs (N, blocks) int32: the blocks' -zero·Σq."""
     def codegen(context, builder, signature, args):
-        (x_data, x_stride, _, k), (q_data, q_stride, _, _), (m_data, m_stride, _, _) = (
-            _array(context, builder, t, a) for t, a in zip(signature.args[:3], args[:3]))
-        n, zero = args[3], builder.trunc(args[4], I32)
-        x_row, q_row, m_row = (builder.gep(p, [builder.mul(n, stride)])
-                               for p, stride in ((x_data, x_stride), (q_data, q_stride), (m_data, m_stride)))
+        x, xq, xd, xs = (array_of(context, builder, t, a) for t, a in zip(signature.args[:4], args[:4]))
+        n, zero = args[4], builder.trunc(args[5], I32)
+        x_row, q_row, d_row, s_row = (builder.gep(a.data, [builder.mul(n, a.stride)]) for a in (x, xq, xd, xs))
         v32, i32x32 = ir.VectorType(F32, 32), ir.VectorType(I32, 32)
-        n_blocks = builder.sdiv(k, _const(k, 32))
+        n_blocks = builder.sdiv(x.cols, const(x.cols, 32))
         with cgutils.for_range(builder, n_blocks) as loop:
             b = loop.index
-            v = _plain_load(builder, x_row, builder.mul(b, _const(b, 128)), v32)
+            v = _plain_load(builder, x_row, builder.mul(b, const(b, 128)), v32)
             amax = _call(builder, "llvm.vector.reduce.fmax.v32f32", F32, _call(builder, "llvm.fabs.v32f32", v32, v))
             d = builder.fdiv(amax, ir.Constant(F32, 127.0))
             positive = builder.fcmp_ordered(">", d, ir.Constant(F32, 0.0))
             inv = builder.select(positive, builder.fdiv(ir.Constant(F32, 1.0), d), ir.Constant(F32, 0.0))
-            splat = builder.shuffle_vector(builder.insert_element(ir.Constant(v32, ir.Undefined), inv,
-                                                                  ir.Constant(I32, 0)),
-                                           ir.Constant(v32, ir.Undefined), ir.Constant(i32x32, [0] * 32))
-            q = builder.fptosi(_call(builder, "llvm.round.v32f32", v32, builder.fmul(v, splat)), i32x32)
-            at = builder.mul(b, _const(b, 32))
+            scales = builder.shuffle_vector(builder.insert_element(ir.Constant(v32, ir.Undefined), inv,
+                                                                   ir.Constant(I32, 0)),
+                                            ir.Constant(v32, ir.Undefined), ir.Constant(i32x32, [0] * 32))
+            q = builder.fptosi(_call(builder, "llvm.round.v32f32", v32, builder.fmul(v, scales)), i32x32)
+            at = builder.mul(b, const(b, 32))
             builder.store(builder.trunc(q, ir.VectorType(I8, 32)),
                           builder.bitcast(builder.gep(q_row, [at]), ir.VectorType(I8, 32).as_pointer()),
                           align=1)
             total = _call(builder, "llvm.vector.reduce.add.v32i32", I32, q)
             dh = builder.fpext(builder.fptrunc(d, F16), F32)  # as stored in a Q8_0 block
-            fields = (dh, builder.fmul(dh, builder.sitofp(total, F32)), builder.mul(builder.neg(zero), total))
-            for i, value in enumerate(fields):
-                offset = builder.mul(builder.add(b, builder.mul(n_blocks, _const(b, i))), _const(b, 4))
-                builder.store(value, builder.bitcast(builder.gep(m_row, [offset]), value.type.as_pointer()))
+            fields = ((d_row, b, dh), (d_row, builder.add(b, n_blocks), builder.fmul(dh, builder.sitofp(total, F32))),
+                      (s_row, b, builder.mul(builder.neg(zero), total)))
+            for row, at, value in fields:
+                builder.store(value, builder.bitcast(builder.gep(row, [builder.mul(at, const(b, 4))]),
+                                                     value.type.as_pointer()))
         return context.get_dummy_value()
-    return nbtypes.void(x, xq, meta, n, zero), codegen
+    return nbtypes.void(x, xq, xd, xs, n, zero), codegen
 
 
 @njit(cache=True)
-def _quantize_rows(x, xq, meta, zero):
-    """Every row of x into xq and meta (see _quantize_row)."""
+def _quantize_rows(x, xq, xd, xs, zero):
+    """Every row of x into xq, xd and xs (see _quantize_row)."""
     for n in range(x.shape[0]):
-        _quantize_row(x, xq, meta, n, zero)
+        _quantize_row(x, xq, xd, xs, n, zero)
 
 
-def _activation_buffers(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Room for x (N, K) as Q8_0: values (N, K) int8 and per-block meta (N, 3 x blocks)."""
-    return np.empty(x.shape, np.int8), np.empty((len(x), 3 * (x.shape[1] // 32)), np.float32)
+def _activation_buffers(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Room for x (N, K) as Q8_0: values (N, K) int8, per-block float scales (N, 2 x blocks) and integer sums
+    (N, blocks)."""
+    blocks = x.shape[1] // 32
+    return np.empty(x.shape, np.int8), np.empty((len(x), 2 * blocks), np.float32), np.empty((len(x), blocks), np.int32)
 
 
-def quantize_activations(x: np.ndarray, zero: int) -> tuple[np.ndarray, np.ndarray]:
-    """x (N, K) float32 as Q8_0: (values (N, K) int8, per-block meta), zero being the weight type's."""
-    xq, meta = _activation_buffers(x)
-    _quantize_rows(x, xq, meta, zero)
-    return xq, meta
+def quantize_activations(x: np.ndarray, zero: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x (N, K) float32 as Q8_0, zero being the weight type's: (values (N, K) int8, per block d then d·Σq
+    (N, 2 x blocks) float32, per block -zero·Σq (N, blocks) int32)."""
+    buffers = _activation_buffers(x)
+    _quantize_rows(x, *buffers, zero)
+    return buffers
 
 
 def _target_has(feature: str) -> bool:
@@ -240,7 +243,7 @@ def _target_has(feature: str) -> bool:
     return f"+{feature}" in (config.CPU_FEATURES or "").split(",")
 
 
-def _dpbusd(builder: ir.IRBuilder, acc: ir.Value, unsigned: ir.Value, signed: ir.Value, bits: int) -> ir.Value:
+def dpbusd(builder: ir.IRBuilder, acc: ir.Value, unsigned: ir.Value, signed: ir.Value, bits: int) -> ir.Value:
     """acc + the sums of four products of unsigned bytes (below 2^bits) and signed bytes, lane by lane: vpdpbusd
     with AVX512-VNNI, ggml's AVX2 pair sums (vpmaddubsw, vpmaddwd) on halves, else plain integer IR. All three
     give the same integers."""
@@ -248,15 +251,15 @@ def _dpbusd(builder: ir.IRBuilder, acc: ir.Value, unsigned: ir.Value, signed: ir
         return _call(builder, "llvm.x86.avx512.vpdpbusd.512", VI32, acc, unsigned, signed)
     if _target_has("avx2"):
         if bits > 7:  # vpmaddubsw saturates pairs of 8-bit products: four bits at a time
-            low, high = (_dpbusd(builder, ir.Constant(VI32, None), part, signed, 4)
+            low, high = (dpbusd(builder, ir.Constant(VI32, None), part, signed, 4)
                          for part in _nibble_vectors(builder, [unsigned]))
-            return builder.add(acc, builder.add(low, builder.shl(high, _vconst(4))))
+            return builder.add(acc, builder.add(low, builder.shl(high, vconst(4))))
         return builder.add(acc, _pair_sums(builder, unsigned, signed))
     # byte e of every lane by shifts on the 16 int32 lanes: 64-lane vectors and their shuffles took LLVM minutes
     # to compile where it must split them into SSE registers
     for e in range(4):
-        u = builder.and_(builder.lshr(unsigned, _vconst(8 * e)), _vconst(0xFF))
-        s = builder.ashr(builder.shl(signed, _vconst(24 - 8 * e)), _vconst(24))
+        u = builder.and_(builder.lshr(unsigned, vconst(8 * e)), vconst(0xFF))
+        s = builder.ashr(builder.shl(signed, vconst(24 - 8 * e)), vconst(24))
         acc = builder.add(acc, builder.mul(u, s))
     return acc
 
@@ -290,33 +293,47 @@ def _halves(builder: ir.IRBuilder, v: ir.Value) -> ir.Value:
     return builder.fpext(builder.bitcast(builder.trunc(v, VI16) if v.type == VI32 else v, VF16), VF32)
 
 
-def _masked_store(builder: ir.IRBuilder, value: ir.Value, p: ir.Value, offset: ir.Value, mask: ir.Value) -> None:
+def masked_store(builder: ir.IRBuilder, value: ir.Value, p: ir.Value, offset: ir.Value, mask: ir.Value) -> None:
     """Store the float vector's lanes that mask keeps at byte offset of p."""
     ptr = builder.bitcast(builder.gep(p, [offset]), value.type.as_pointer())
     _call(builder, f"llvm.masked.store.v{LANES}f32.p0", ir.VoidType(), value, ptr, ir.Constant(I32, 4), mask)
 
 
-def _scalar(builder: ir.IRBuilder, p: ir.Value, offset: ir.Value, ty: ir.Type, vec: ir.VectorType) -> ir.Value:
+def scalar_splat(builder: ir.IRBuilder, p: ir.Value, offset: ir.Value, ty: ir.Type, vec: ir.VectorType) -> ir.Value:
     """The ty at byte offset of p in every lane of vec."""
-    return _splat(builder, builder.load(builder.bitcast(builder.gep(p, [offset]), ty.as_pointer()), align=1), vec)
+    return splat(builder, builder.load(builder.bitcast(builder.gep(p, [offset]), ty.as_pointer()), align=1), vec)
 
 
-def make_tile(dtype: DType):
-    """The tile intrinsic of dtype: tile(w, t, xq, meta, n0, n_x, out) makes out[n0 + j, 16t + l] for j < n_x <=
-    TILE_ROWS and the rows l of tiled weight tile t, from quantized activation rows n0 + j (a loop per n_x,
-    chosen by a switch)."""
+class Q8Tile(NamedTuple):
+    """IR values of a tile call: the tiled weight w and the tile t, the quantized activations (values xq, float
+    scales xd, integer sums xs) read from row n0 on, and out."""
+    w: Array
+    t: ir.Value
+    xq: Array
+    xd: Array
+    xs: Array
+    n0: ir.Value
+    out: Array
+
+
+def tile_intrinsic(dtype: DType, emit: Callable[[ir.IRBuilder, DType, Q8Tile, ir.Value], None]):
+    """The tile intrinsic of dtype, tile(w, t, xq, xd, xs, n0, n_x, out), that makes out[n0 + j, 16t + l] for
+    j < n_x <= TILE_ROWS and the rows l of tiled weight tile t, from quantized activation rows n0 + j:
+    emit(builder, dtype, call, n_x) writes its IR."""
     def codegen(context, builder, signature, args):
-        w_ty, _, xq_ty, meta_ty, _, _, out_ty = signature.args
-        w, xq, meta, out = (_array(context, builder, t, args[i]) for t, i in ((w_ty, 0), (xq_ty, 2), (meta_ty, 3),
-                                                                              (out_ty, 6)))
-        row_count_switch(builder, args[5], TILE_ROWS,
-                         lambda n: _tile_loop(builder, dtype, w, args[1], xq, meta, args[4], n, out))
+        w, xq, xd, xs, out = (array_of(context, builder, signature.args[i], args[i]) for i in (0, 2, 3, 4, 7))
+        emit(builder, dtype, Q8Tile(w=w, t=args[1], xq=xq, xd=xd, xs=xs, n0=args[5], out=out), args[6])
         return context.get_dummy_value()
 
     @intrinsic
-    def tile(typingctx, w, t, xq, meta, n0, n_x, out):
-        return nbtypes.void(w, t, xq, meta, n0, n_x, out), codegen
+    def tile(typingctx, w, t, xq, xd, xs, n0, n_x, out):
+        return nbtypes.void(w, t, xq, xd, xs, n0, n_x, out), codegen
     return tile
+
+
+def _tile_loops(builder: ir.IRBuilder, dtype: DType, call: Q8Tile, n_x: ir.Value) -> None:
+    """A _tile_loop per row count, chosen by a switch on n_x."""
+    row_count_switch(builder, n_x, TILE_ROWS, lambda n: _tile_loop(builder, dtype, call, n))
 
 
 class TileRows(NamedTuple):
@@ -328,31 +345,30 @@ class TileRows(NamedTuple):
     data: ir.Value
 
 
-def tile_rows(builder: ir.IRBuilder, w: tuple, t: ir.Value) -> TileRows:
-    """Tile t of the tiled weight w (an _array tuple)."""
-    w_data, w_stride, n_rows, _ = w
-    first = builder.mul(t, _const(t, LANES))
-    rows = builder.sub(n_rows, first)
-    rows = builder.select(builder.icmp_signed("<", rows, _const(rows, LANES)), rows, _const(rows, LANES))
-    mask = builder.icmp_signed("<", ir.Constant(VI32, list(range(LANES))), _splat(builder, builder.trunc(rows, I32),
+def tile_rows(builder: ir.IRBuilder, w: Array, t: ir.Value) -> TileRows:
+    """Tile t of the tiled weight w."""
+    first = builder.mul(t, const(t, LANES))
+    rows = builder.sub(w.rows, first)
+    rows = builder.select(builder.icmp_signed("<", rows, const(rows, LANES)), rows, const(rows, LANES))
+    mask = builder.icmp_signed("<", ir.Constant(VI32, list(range(LANES))), splat(builder, builder.trunc(rows, I32),
                                                                                   VI32))
-    return TileRows(first, rows, mask, builder.gep(w_data, [builder.mul(first, w_stride)]))
+    return TileRows(first, rows, mask, builder.gep(w.data, [builder.mul(first, w.stride)]))
 
 
 def block_words(builder: ir.IRBuilder, tile: TileRows, b: ir.Value, layout: TileLayout) -> tuple[ir.Value, Callable]:
     """Block b of a tile: (its rows' scale header, one per lane (int16 d, or int32 d | min << 16), and word(i),
     the vector of their i-th words, loaded once); the block PREFETCH_AHEAD bytes on is fetched on the way."""
-    start = builder.mul(b, builder.mul(tile.rows, _const(tile.rows, layout.type_size)))
+    start = builder.mul(b, builder.mul(tile.rows, const(tile.rows, layout.type_size)))
     for line in range(-(-LANES * layout.type_size // 64)):
-        prefetch_line(builder, builder.gep(tile.data, [builder.add(start, _const(start, PREFETCH_AHEAD + 64 * line))]),
+        prefetch_line(builder, builder.gep(tile.data, [builder.add(start, const(start, PREFETCH_AHEAD + 64 * line))]),
                       locality=1)
     header = _masked_load(builder, tile.data, start, VI16 if layout.header_bytes == 2 else VI32, tile.mask)
-    words_at = builder.add(start, builder.mul(tile.rows, _const(tile.rows, layout.header_bytes)))
+    words_at = builder.add(start, builder.mul(tile.rows, const(tile.rows, layout.header_bytes)))
     loaded: dict[int, ir.Value] = {}
 
     def word(i: int) -> ir.Value:
         if i not in loaded:
-            at = builder.add(words_at, builder.mul(tile.rows, _const(tile.rows, 4 * i)))
+            at = builder.add(words_at, builder.mul(tile.rows, const(tile.rows, 4 * i)))
             loaded[i] = _masked_load(builder, tile.data, at, VI32, tile.mask)
         return loaded[i]
     return header, word
@@ -362,71 +378,80 @@ def header_scales(builder: ir.IRBuilder, header: ir.Value) -> tuple[ir.Value, ir
     """The float32 d of each lane's header, and its min (None for a 2-byte header)."""
     if header.type == VI16:
         return _halves(builder, header), None
-    return _halves(builder, header), _halves(builder, builder.lshr(header, _vconst(16)))
+    return _halves(builder, header), _halves(builder, builder.lshr(header, vconst(16)))
 
 
-def row_pointer(builder: ir.IRBuilder, array: tuple, n0: ir.Value, j: int) -> ir.Value:
-    """A pointer to row n0 + j of an _array tuple."""
-    data, stride, _, _ = array
-    return builder.gep(data, [builder.mul(builder.add(n0, _const(n0, j)), stride)])
+def row_pointer(builder: ir.IRBuilder, array: Array, n0: ir.Value, j: int) -> ir.Value:
+    """A pointer to row n0 + j of an array."""
+    return builder.gep(array.data, [builder.mul(builder.add(n0, const(n0, j)), array.stride)])
 
 
-def store_tile(builder: ir.IRBuilder, acc: list[ir.Value], out: tuple, n0: ir.Value, tile: TileRows) -> None:
+def store_tile(builder: ir.IRBuilder, acc: list[ir.Value], out: Array, n0: ir.Value, tile: TileRows) -> None:
     """out[n0 + j, the tile's rows] = the lanes of acc[j] (allocas)."""
     for j, a in enumerate(acc):
-        at = builder.mul(tile.first, _const(tile.first, 4))
-        _masked_store(builder, builder.load(a), row_pointer(builder, out, n0, j), at, tile.mask)
+        at = builder.mul(tile.first, const(tile.first, 4))
+        masked_store(builder, builder.load(a), row_pointer(builder, out, n0, j), at, tile.mask)
 
 
-def _tile_loop(builder: ir.IRBuilder, dtype: DType, w: tuple, t: ir.Value, xq: tuple, meta: tuple, n0: ir.Value,
-               n_x: int, out: tuple) -> None:
+def _tile_loop(builder: ir.IRBuilder, dtype: DType, call: Q8Tile, n_x: int) -> None:
     """Sum over the blocks the products of weight tile t's rows (one per lane) with activation rows n0..n0 + n_x
     - 1 into out[n0 + j, 16t..]."""
-    fmt, tile, k = Q8_FORMATS[dtype], tile_rows(builder, w, t), xq[3]
-    x_rows, m_rows = ([row_pointer(builder, a, n0, j) for j in range(n_x)] for a in (xq, meta))
+    fmt, tile, k = Q8_FORMATS[dtype], tile_rows(builder, call.w, call.t), call.xq.cols
+    x_rows, d_rows, s_rows = ([row_pointer(builder, a, call.n0, j) for j in range(n_x)]
+                              for a in (call.xq, call.xd, call.xs))
     acc = [cgutils.alloca_once_value(builder, ir.Constant(VF32, None)) for _ in range(n_x)]
-    n_blocks = builder.sdiv(k, _const(k, 32))
+    n_blocks = builder.sdiv(k, const(k, 32))
     with cgutils.for_range(builder, n_blocks) as loop:
         b = loop.index
         header, word = block_words(builder, tile, b, TILE_LAYOUTS[dtype])
         values = fmt.unpack(builder, [word(i) for i in range(TILE_LAYOUTS[dtype].words)])
         d_w, m_w = header_scales(builder, header)
-        x_at, d_at = builder.mul(b, _const(b, 32)), builder.mul(b, _const(b, 4))
-        meta_at = [builder.add(d_at, builder.mul(n_blocks, _const(n_blocks, 4 * i))) for i in range(3)]
+        x_at, d_at = builder.mul(b, const(b, 32)), builder.mul(b, const(b, 4))
+        sum_at = builder.add(d_at, builder.mul(n_blocks, const(n_blocks, 4)))  # d·Σq, after the blocks' d
         for j in range(n_x):
-            dots = _scalar(builder, m_rows[j], meta_at[2], I32, VI32)
+            dots = scalar_splat(builder, s_rows[j], d_at, I32, VI32)
             for i, v in enumerate(values):
-                x_i = _scalar(builder, x_rows[j], builder.add(x_at, _const(x_at, 4 * i)), I32, VI32)
-                dots = _dpbusd(builder, dots, v, x_i, fmt.bits)
-            d_x = _scalar(builder, m_rows[j], meta_at[0], F32, VF32)
-            total = _fma(builder, builder.sitofp(dots, VF32), builder.fmul(d_w, d_x), builder.load(acc[j]))
+                x_i = scalar_splat(builder, x_rows[j], builder.add(x_at, const(x_at, 4 * i)), I32, VI32)
+                dots = dpbusd(builder, dots, v, x_i, fmt.bits)
+            d_x = scalar_splat(builder, d_rows[j], d_at, F32, VF32)
+            total = fma(builder, builder.sitofp(dots, VF32), builder.fmul(d_w, d_x), builder.load(acc[j]))
             if m_w is not None:  # the min times the activations' sum
-                total = _fma(builder, m_w, _scalar(builder, m_rows[j], meta_at[1], F32, VF32), total)
+                total = fma(builder, m_w, scalar_splat(builder, d_rows[j], sum_at, F32, VF32), total)
             builder.store(total, acc[j])
-    store_tile(builder, acc, out, n0, tile)
+    store_tile(builder, acc, call.out, call.n0, tile)
 
 
-def _q8_tiled(w, x, xq, meta, out, zero, n_tasks):
-    """out[n, m] = weight row m · Q8_0(x[n]) for tiled weights w: x quantized, then each task takes a share of the
-    weight tiles and goes over it once per TILE_ROWS activation rows; TILE is the type's, bound by _specialize."""
-    _quantize_rows(x, xq, meta, zero)
+def _tiled_products(w, x, xq, xd, xs, out, n_tasks):
+    """out[n, m] = weight row m · x[n] quantized for tiled weights w: x quantized into xq, xd and xs, then each
+    task takes a share of the weight tiles and goes over it once per TILE_ROWS activation rows; QUANTIZE and TILE
+    are the type's, bound by specialize."""
+    QUANTIZE(x, xq, xd, xs)  # noqa: F821
     n_tiles = (w.shape[0] + LANES - 1) // LANES
     n_tasks = min(n_tasks, n_tiles)
     for task in prange(n_tasks):
-        start, stop = _share(task, n_tasks, n_tiles)
+        start, stop = share(task, n_tasks, n_tiles)
         for n0 in range(0, x.shape[0], TILE_ROWS):
             for t in range(start, stop):
-                TILE(w, t, xq, meta, n0, min(TILE_ROWS, x.shape[0] - n0), out)  # noqa: F821
+                TILE(w, t, xq, xd, xs, n0, min(TILE_ROWS, x.shape[0] - n0), out)  # noqa: F821
 
 
-Q8_TILED = {t: _specialize(_q8_tiled, t, True, TILE=make_tile(t)) for t in Q8_FORMATS}
+def tiled_products(dtype: DType, quantize: Callable, tile: Callable) -> Callable:
+    """The parallel kernel (w, x, xq, xd, xs, out, n_tasks) of dtype's integer products, with its activation
+    quantizer quantize(x, xq, xd, xs) and its tile intrinsic (see tile_intrinsic)."""
+    return specialize(_tiled_products, dtype, True, QUANTIZE=quantize, TILE=tile)
+
+
+def _quantize_with_zero(x, xq, xd, xs):
+    """_quantize_rows with the weight type's zero, ZERO, bound by specialize."""
+    _quantize_rows(x, xq, xd, xs, ZERO)  # noqa: F821
+
+
+Q8_TILED = {t: tiled_products(t, specialize(_quantize_with_zero, t, False, ZERO=fmt.zero),
+                              tile_intrinsic(t, _tile_loops)) for t, fmt in Q8_FORMATS.items()}
 
 
 def q8_product(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray, n_tasks: int) -> Callable[[], None]:
     """The step out (N, M) = Q8_0(x) (N, K) @ dequantize(w).T for w (M, bytes per row) blocks of dtype repacked
     by `repack`, in n_tasks parallel tasks (x and out float32 with contiguous rows)."""
-    if not all(a.dtype == np.float32 and a.ndim == 2 and a.strides[1] == 4 for a in (x, out)):
-        raise ValueError(f"q8_product needs float32 rows with contiguous elements, got x {x.dtype} "
-                         f"strides {x.strides} and out {out.dtype} strides {out.strides}")
-    xq, meta = _activation_buffers(x)
-    return functools.partial(Q8_TILED[dtype], w, x, xq, meta, out, Q8_FORMATS[dtype].zero, n_tasks)
+    check_float32_rows("q8_product", x, out)
+    return functools.partial(Q8_TILED[dtype], w, x, *_activation_buffers(x), out, n_tasks)

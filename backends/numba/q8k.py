@@ -16,17 +16,15 @@ from typing import NamedTuple
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types as nbtypes
+from numba import njit
 from numba.core import cgutils
-from numba.extending import intrinsic
 
 from pyggml.graph.block_layouts import QK_K
 from pyggml.graph.dtypes import DType
 
-from .q8 import (LANES, TILE_LAYOUTS, TILE_ROWS, _dpbusd, _masked_store, _scalar, _vconst, block_words,
-                       header_scales, tile_rows, word_of)
-from .quants import _share, _specialize
-from .tiles import F32, I32, VF32, VI32, _array, _const, _fma
+from .q8 import (TILE_LAYOUTS, TILE_ROWS, Q8Tile, block_words, dpbusd, header_scales, masked_store, scalar_splat,
+                 tile_intrinsic, tile_rows, tiled_products, vconst, word_of)
+from .tiles import F32, I32, VF32, VI32, check_float32_rows, const, fma
 
 NEAREST = np.float32(12582912.0)  # 1.5 · 2^23: adding it rounds a float32 below 2^22 to an integer, as ggml's
 # nearest_int (ties to even)
@@ -79,21 +77,21 @@ class Group(NamedTuple):
 
 def _bits(builder: ir.IRBuilder, v: ir.Value, shift: int, mask: int) -> ir.Value:
     """(v >> shift) & mask in each lane."""
-    return builder.and_(builder.lshr(v, _vconst(shift)), _vconst(mask))
+    return builder.and_(builder.lshr(v, vconst(shift)), vconst(mask))
 
 
 def _byte(builder: ir.IRBuilder, v: ir.Value, k: int, signed: bool = False) -> ir.Value:
     """Byte k of each lane, zero- or sign-extended."""
     if signed:
-        return builder.ashr(builder.shl(v, _vconst(24 - 8 * k)), _vconst(24))
+        return builder.ashr(builder.shl(v, vconst(24 - 8 * k)), vconst(24))
     return _bits(builder, v, 8 * k, 0xFF)
 
 
 def _k4_scales(builder: ir.IRBuilder, w: list[ir.Value]) -> tuple[list[ir.Value], list[ir.Value]]:
     """Q4_K/Q5_K: the eight 6-bit scales and mins packed in three words (ggml's utmp shuffle), per lane."""
-    high = [builder.shl(_bits(builder, w[i], 6, 0x03030303), _vconst(4)) for i in (0, 1)]
-    scales = [builder.and_(w[0], _vconst(0x3F3F3F3F)), builder.or_(_bits(builder, w[2], 0, 0x0F0F0F0F), high[0])]
-    mins = [builder.and_(w[1], _vconst(0x3F3F3F3F)), builder.or_(_bits(builder, w[2], 4, 0x0F0F0F0F), high[1])]
+    high = [builder.shl(_bits(builder, w[i], 6, 0x03030303), vconst(4)) for i in (0, 1)]
+    scales = [builder.and_(w[0], vconst(0x3F3F3F3F)), builder.or_(_bits(builder, w[2], 0, 0x0F0F0F0F), high[0])]
+    mins = [builder.and_(w[1], vconst(0x3F3F3F3F)), builder.or_(_bits(builder, w[2], 4, 0x0F0F0F0F), high[1])]
     return ([_byte(builder, scales[s // 4], s % 4) for s in range(8)],
             [_byte(builder, mins[s // 4], s % 4) for s in range(8)])
 
@@ -121,7 +119,7 @@ def _q5_k(builder: ir.IRBuilder, word: Callable) -> tuple[list, list]:
     """Value l of group s has bit 4 at bit s of qh[l]."""
     qh = word_of(DType.Q5_K, "qh")
     return _k4_groups(builder, word, DType.Q5_K,
-                      lambda s, k: builder.shl(_bits(builder, word(qh + k), s, 0x01010101), _vconst(4)))
+                      lambda s, k: builder.shl(_bits(builder, word(qh + k), s, 0x01010101), vconst(4)))
 
 
 def _sixteens(builder: ir.IRBuilder, value: Callable, scale: Callable, zero: int) -> list[Group]:
@@ -147,8 +145,8 @@ def _q2_k(builder: ir.IRBuilder, word: Callable) -> tuple[list, list]:
 def _q3_k_scales(builder: ir.IRBuilder, w: list[ir.Value]) -> list[ir.Value]:
     """Q3_K: the sixteen 6-bit scales, less 32, packed in three words (ggml's aux shuffle), per lane."""
     packed = [builder.or_(_bits(builder, w[i % 2], 4 * (i // 2), 0x0F0F0F0F),
-                          builder.shl(_bits(builder, w[2], 2 * i, 0x03030303), _vconst(4))) for i in range(4)]
-    return [builder.sub(_byte(builder, packed[s // 4], s % 4), _vconst(32)) for s in range(16)]
+                          builder.shl(_bits(builder, w[2], 2 * i, 0x03030303), vconst(4))) for i in range(4)]
+    return [builder.sub(_byte(builder, packed[s // 4], s % 4), vconst(32)) for s in range(16)]
 
 
 def _q3_k(builder: ir.IRBuilder, word: Callable) -> tuple[list, list]:
@@ -157,7 +155,7 @@ def _q3_k(builder: ir.IRBuilder, word: Callable) -> tuple[list, list]:
     scales = _q3_k_scales(builder, [word(at + i) for i in range(3)])
 
     def value(n: int, j: int, m: int) -> ir.Value:
-        high = builder.shl(_bits(builder, word(hmask + m), 4 * n + j, 0x01010101), _vconst(2))
+        high = builder.shl(_bits(builder, word(hmask + m), 4 * n + j, 0x01010101), vconst(2))
         return builder.or_(_bits(builder, word(qs + 8 * n + m), 2 * j, 0x03030303), high)
     return _sixteens(builder, value, lambda s: scales[s], 4), []
 
@@ -168,7 +166,7 @@ def _q6_k(builder: ir.IRBuilder, word: Callable) -> tuple[list, list]:
 
     def value(n: int, j: int, m: int) -> ir.Value:
         low = _bits(builder, word(ql + 16 * n + 8 * (j % 2) + m), 4 * (j // 2), 0x0F0F0F0F)
-        return builder.or_(low, builder.shl(_bits(builder, word(qh + 8 * n + m), 2 * j, 0x03030303), _vconst(4)))
+        return builder.or_(low, builder.shl(_bits(builder, word(qh + 8 * n + m), 2 * j, 0x03030303), vconst(4)))
     return _sixteens(builder, value, lambda s: _byte(builder, word(at + s // 4), s % 4, signed=True), 32), []
 
 
@@ -184,25 +182,11 @@ K_FORMATS: dict[DType, KFormat] = {
     DType.Q5_K: KFormat(5, _q5_k), DType.Q6_K: KFormat(6, _q6_k)}
 
 
-def make_tile(dtype: DType):
-    """The tile intrinsic of K-quant dtype: tile(w, t, xq, xd, xs, n0, n_x, out) makes out[n0 + j, 16t + l] for
-    j < n_x <= TILE_ROWS and the rows l of tiled weight tile t, from Q8_K activation rows n0 + j."""
-    def codegen(context, builder, signature, args):
-        arrays = [_array(context, builder, signature.args[i], args[i]) for i in (0, 2, 3, 4, 7)]
-        _tile_loop(builder, dtype, arrays, args[1], args[5], args[6])
-        return context.get_dummy_value()
-
-    @intrinsic
-    def tile(typingctx, w, t, xq, xd, xs, n0, n_x, out):
-        return nbtypes.void(w, t, xq, xd, xs, n0, n_x, out), codegen
-    return tile
-
-
 def _sum_splat(builder: ir.IRBuilder, row: ir.Value, first: ir.Value, indices: tuple[int, ...]) -> ir.Value:
     """The activations' sums of 16 at indices (from byte `first` on) of a row, added, in every lane."""
     total = None
     for i in indices:
-        value = _scalar(builder, row, builder.add(first, _const(first, 4 * i)), I32, VI32)
+        value = scalar_splat(builder, row, builder.add(first, const(first, 4 * i)), I32, VI32)
         total = value if total is None else builder.add(total, value)
     return total
 
@@ -213,18 +197,18 @@ def _slots(builder: ir.IRBuilder, n: int, ty: ir.Type) -> Callable[[ir.Value], i
     return lambda i: builder.gep(scratch, [ir.Constant(I32, 0), i if isinstance(i, ir.Value) else ir.Constant(I32, i)])
 
 
-def _tile_loop(builder: ir.IRBuilder, dtype: DType, arrays: list, t: ir.Value, n0: ir.Value, n_x: ir.Value) -> None:
+def _tile_loop(builder: ir.IRBuilder, dtype: DType, call: Q8Tile, n_x: ir.Value) -> None:
     """Sum over the blocks the products of weight tile t's rows (one per lane) with activation rows n0..n0 + n_x
     - 1 into out[n0 + j, 16t..]. Each block's unsigned values and scales go to a stack scratch once (in L1), read
     back for each activation row by a loop: one loop body for every row count keeps the code (and its compile
     time) small, and no register file holds a block's 64 vectors of values anyway."""
-    w, xq, xd, xs, out = arrays
-    fmt, tile, k = K_FORMATS[dtype], tile_rows(builder, w, t), xq[3]
+    xq, xd, xs, out, n0 = call.xq, call.xd, call.xs, call.out, call.n0
+    fmt, tile, k = K_FORMATS[dtype], tile_rows(builder, call.w, call.t), xq.cols
     zero, n_vectors = ir.Constant(VI32, None), QK_K // 4
     values, scales, acc = _slots(builder, n_vectors, VI32), _slots(builder, 32, VI32), _slots(builder, TILE_ROWS, VF32)
     with cgutils.for_range(builder, n_x) as row:
         builder.store(ir.Constant(VF32, None), acc(row.index))
-    with cgutils.for_range(builder, builder.sdiv(k, _const(k, QK_K))) as loop:
+    with cgutils.for_range(builder, builder.sdiv(k, const(k, QK_K))) as loop:
         b = loop.index
         header, word = block_words(builder, tile, b, TILE_LAYOUTS[dtype])
         groups, mins = fmt.groups(builder, word)
@@ -233,52 +217,38 @@ def _tile_loop(builder: ir.IRBuilder, dtype: DType, arrays: list, t: ir.Value, n
         for i, v in enumerate([g.scale for g in groups] + [m for m, _ in mins]):
             builder.store(v, scales(i))
         d_w, m_w = header_scales(builder, header)
-        x_at, sums_at = builder.mul(b, _const(b, QK_K)), builder.mul(b, _const(b, 4 * QK_K // 16))
+        x_at, sums_at = builder.mul(b, const(b, QK_K)), builder.mul(b, const(b, 4 * QK_K // 16))
         with cgutils.for_range(builder, n_x) as row:
             j = row.index
-            x_row, d_row, s_row = (builder.gep(a[0], [builder.mul(builder.add(n0, j), a[1])]) for a in (xq, xd, xs))
+            x_row, d_row, s_row = (builder.gep(a.data, [builder.mul(builder.add(n0, j), a.stride)])
+                                   for a in (xq, xd, xs))
             sumi, summin, at = zero, zero, 0
             for g_at, g in enumerate(groups):
                 dot = zero
                 for _, i in g.pairs:
-                    x_i = _scalar(builder, x_row, builder.add(x_at, _const(x_at, 4 * i)), I32, VI32)
-                    dot, at = _dpbusd(builder, dot, builder.load(values(at)), x_i, fmt.bits), at + 1
+                    x_i = scalar_splat(builder, x_row, builder.add(x_at, const(x_at, 4 * i)), I32, VI32)
+                    dot, at = dpbusd(builder, dot, builder.load(values(at)), x_i, fmt.bits), at + 1
                 if g.zero:  # the values' offset times the activations' sums
-                    dot = builder.sub(dot, builder.mul(_sum_splat(builder, s_row, sums_at, g.sums), _vconst(g.zero)))
+                    dot = builder.sub(dot, builder.mul(_sum_splat(builder, s_row, sums_at, g.sums), vconst(g.zero)))
                 sumi = builder.add(sumi, builder.mul(dot, builder.load(scales(g_at))))
             for m_at, (_, indices) in enumerate(mins, len(groups)):
                 summin = builder.add(summin, builder.mul(builder.load(scales(m_at)),
                                                          _sum_splat(builder, s_row, sums_at, indices)))
-            d_x = _scalar(builder, d_row, builder.mul(b, _const(b, 4)), F32, VF32)
-            total = _fma(builder, builder.sitofp(sumi, VF32), builder.fmul(d_w, d_x), builder.load(acc(j)))
+            d_x = scalar_splat(builder, d_row, builder.mul(b, const(b, 4)), F32, VF32)
+            total = fma(builder, builder.sitofp(sumi, VF32), builder.fmul(d_w, d_x), builder.load(acc(j)))
             if m_w is not None:  # less the mins times the activations' sums
-                total = _fma(builder, builder.sitofp(summin, VF32), builder.fneg(builder.fmul(m_w, d_x)), total)
+                total = fma(builder, builder.sitofp(summin, VF32), builder.fneg(builder.fmul(m_w, d_x)), total)
             builder.store(total, acc(j))
     with cgutils.for_range(builder, n_x) as row:
-        _masked_store(builder, builder.load(acc(row.index)), builder.gep(out[0], [builder.mul(
-            builder.add(n0, row.index), out[1])]), builder.mul(tile.first, _const(tile.first, 4)), tile.mask)
+        masked_store(builder, builder.load(acc(row.index)), builder.gep(out.data, [builder.mul(
+            builder.add(n0, row.index), out.stride)]), builder.mul(tile.first, const(tile.first, 4)), tile.mask)
 
 
-def _q8k_tiled(w, x, xq, xd, xs, out, n_tasks):
-    """out[n, m] = weight row m · Q8_K(x[n]) for tiled weights w: x quantized, then each task takes a share of the
-    weight tiles and goes over it once per TILE_ROWS activation rows; TILE is the type's, bound by _specialize."""
-    quantize_q8_k(x, xq, xd, xs)
-    n_tiles = (w.shape[0] + LANES - 1) // LANES
-    n_tasks = min(n_tasks, n_tiles)
-    for task in prange(n_tasks):
-        start, stop = _share(task, n_tasks, n_tiles)
-        for n0 in range(0, x.shape[0], TILE_ROWS):
-            for t in range(start, stop):
-                TILE(w, t, xq, xd, xs, n0, min(TILE_ROWS, x.shape[0] - n0), out)  # noqa: F821
-
-
-Q8K_TILED = {t: _specialize(_q8k_tiled, t, True, TILE=make_tile(t)) for t in K_FORMATS}
+Q8K_TILED = {t: tiled_products(t, quantize_q8_k, tile_intrinsic(t, _tile_loop)) for t in K_FORMATS}
 
 
 def q8k_product(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray, n_tasks: int) -> Callable[[], None]:
     """The step out (N, M) = Q8_K(x) (N, K) @ dequantize(w).T for w (M, bytes per row) K-quant blocks repacked by
     numba_q8.repack, in n_tasks parallel tasks (x and out float32 with contiguous rows)."""
-    if not all(a.dtype == np.float32 and a.ndim == 2 and a.strides[1] == 4 for a in (x, out)):
-        raise ValueError(f"q8k_product needs float32 rows with contiguous elements, got x {x.dtype} "
-                         f"strides {x.strides} and out {out.dtype} strides {out.strides}")
+    check_float32_rows("q8k_product", x, out)
     return functools.partial(Q8K_TILED[dtype], w, x, *activation_buffers(x), out, n_tasks)

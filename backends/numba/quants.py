@@ -4,7 +4,7 @@ dequantizers for prefill panels and get_rows.
 
 Bit fields are cut in float32 (`_shr`: floor(byte / 2^k)), because numba widens integer arithmetic to int64,
 which AVX2 cannot convert to float in vectors; every step is exact for bytes. Each block type's loops are
-compiled on their own (`_specialize`). Field offsets come from the block-layout table (graph/block_layouts.py), bound
+compiled on their own (`specialize`). Field offsets come from the block-layout table (graph/block_layouts.py), bound
 below as module constants, which numba compiles in. Kernels compile once per machine into numba's cache
 (`cache=True`).
 """
@@ -62,7 +62,7 @@ def prefetch_line(builder: ir.IRBuilder, p: ir.Value, locality: int = 3) -> None
 
 
 @intrinsic
-def _prefetch(typingctx, arr, idx):
+def prefetch(typingctx, arr, idx):
     """Fetch the cache line holding arr[idx] towards L1 without waiting for it."""
     def codegen(context, builder, signature, args):
         ary = context.make_array(signature.args[0])(context, builder, args[0])
@@ -331,7 +331,7 @@ def _deq_q6_k(u, o, out, oo, table, n16):
 # rows 29 -> 23 ms, and at 1 row 10.3 -> 8.2 ms.
 
 @njit(**INLINE)
-def _share(task, n_tasks, n):
+def share(task, n_tasks, n):
     """The items [start, stop) of n that parallel task `task` of n_tasks takes."""
     return task * n // n_tasks, (task + 1) * n // n_tasks
 
@@ -349,7 +349,7 @@ def _prefetch_group(w, g, n_groups):
     """Start fetching group g's four weight rows while the current group's products run."""
     for row in _group_rows(w, g, n_groups):
         for o in range(0, row.shape[0], 64):
-            _prefetch(row, o)
+            prefetch(row, o)
 
 
 @njit(**INLINE)
@@ -440,7 +440,7 @@ def _matmat(w, x, out, table, n16, n_tasks):
     n_tasks = min(n_tasks, n_groups)
     for task in prange(n_tasks):
         rows = np.empty((4, k), np.float32)
-        start, stop = _share(task, n_tasks, n_groups)
+        start, stop = share(task, n_tasks, n_groups)
         for group in range(start, stop):
             u = _group_rows(w, group, n_groups)
             for r in range(4):
@@ -464,7 +464,7 @@ def _dequantize(w, out, table, n16):
             DEQ(u, b * TYPE_SIZE, row, b * BLOCK, table, n16)  # noqa: F821
 
 
-def _specialize(template, dtype: DType, parallel: bool, **constants):
+def specialize(template, dtype: DType, parallel: bool, **constants):
     """A kernel template for one block type: the type's block function and sizes as compile-time constants,
     under a name of its own so that numba caches each type apart."""
     # One kernel dispatching on the type inside its loops ran 6x slower (LLVM no longer vectorized the block
@@ -499,10 +499,10 @@ BLOCK_TYPES: dict[DType, BlockKernels] = {t: BlockKernels(*kernel_unit(t), deq) 
     (DType.Q4_0, _deq_q4_0), (DType.Q4_1, _deq_q4_1), (DType.Q5_0, _deq_q5_0), (DType.Q5_1, _deq_q5_1),
     (DType.Q8_0, _deq_q8_0), (DType.Q2_K, _deq_q2_k), (DType.Q3_K, _deq_q3_k), (DType.Q4_K, _deq_q4_k),
     (DType.Q5_K, _deq_q5_k), (DType.Q6_K, _deq_q6_k), (DType.F16, _deq_f16))}
-MATMAT = {t: _specialize(_matmat, t, True, DEQ=k.deq, BLOCK=k.block, TYPE_SIZE=k.type_size)
+MATMAT = {t: specialize(_matmat, t, True, DEQ=k.deq, BLOCK=k.block, TYPE_SIZE=k.type_size)
           for t, k in BLOCK_TYPES.items()}
 # serial: the panels it fills go straight to BLAS, whose threads would wait on numba's spinning ones
-DEQUANTIZE = {t: _specialize(_dequantize, t, False, DEQ=k.deq, BLOCK=k.block, TYPE_SIZE=k.type_size)
+DEQUANTIZE = {t: specialize(_dequantize, t, False, DEQ=k.deq, BLOCK=k.block, TYPE_SIZE=k.type_size)
               for t, k in BLOCK_TYPES.items()}
 
 

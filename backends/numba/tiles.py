@@ -25,7 +25,7 @@ from numba.extending import intrinsic
 from pyggml.graph.block_layouts import BLOCKS
 from pyggml.graph.dtypes import DType
 
-from .quants import _share, _specialize, kernel_unit, prefetch_line
+from .quants import kernel_unit, prefetch_line, share, specialize
 
 LANES = 16
 Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K = (BLOCKS[t] for t in (DType.Q8_0, DType.Q2_K, DType.Q3_K, DType.Q4_K, DType.Q5_K,
@@ -40,7 +40,7 @@ TILED_MAX_ROWS = 16  # activation rows up to which the tiles beat dequantizing o
 # Gemma 3's 127: 67 against 87 ms at 16, 308 against 264 at 64; 2048 x 1024 K-quants and Q5_0 tie at 16
 
 
-def _splat(builder: ir.IRBuilder, value: ir.Value, vec: ir.VectorType) -> ir.Value:
+def splat(builder: ir.IRBuilder, value: ir.Value, vec: ir.VectorType) -> ir.Value:
     one = builder.insert_element(ir.Constant(vec, ir.Undefined), value, ir.Constant(I32, 0))
     zeros = ir.Constant(ir.VectorType(I32, LANES), [0] * LANES)
     return builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined), zeros)
@@ -56,7 +56,7 @@ def _half(builder: ir.IRBuilder, p: ir.Value, offset: int) -> ir.Value:
     return builder.fpext(builder.bitcast(_load(builder, p, offset, I16), F16), F32)
 
 
-def _fma(builder: ir.IRBuilder, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:
+def fma(builder: ir.IRBuilder, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(VF32, [VF32] * 3), "llvm.fma.v16f32")
     return builder.call(fn, [a, b, c])
 
@@ -71,8 +71,8 @@ def _nibbles(builder: ir.IRBuilder, p: ir.Value, offset: int) -> tuple[ir.Value,
 
 def _affine(builder: ir.IRBuilder, d: ir.Value, offset: ir.Value, values: tuple[ir.Value, ...]) -> tuple:
     """d · v + offset for each vector v."""
-    dv, ov = _splat(builder, d, VF32), _splat(builder, offset, VF32)
-    return tuple(_fma(builder, dv, v, ov) for v in values)
+    dv, ov = splat(builder, d, VF32), splat(builder, offset, VF32)
+    return tuple(fma(builder, dv, v, ov) for v in values)
 
 
 def _d_zero(builder: ir.IRBuilder, p: ir.Value, dtype: DType, zero: float,
@@ -104,7 +104,7 @@ def _q4_1(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.V
 
 def _fives(builder: ir.IRBuilder, p: ir.Value, dtype: DType) -> tuple[ir.Value, ir.Value]:
     """Q5 values of the uint32 qh and the 16 bytes of qs: value i's bit 4 is bit i of qh."""
-    qh = _splat(builder, _load(builder, p, BLOCKS[dtype].at("qh"), I32), VI32)
+    qh = splat(builder, _load(builder, p, BLOCKS[dtype].at("qh"), I32), VI32)
     lo, hi = _nibbles(builder, p, BLOCKS[dtype].at("qs"))
     out = []
     for nibble, first in ((lo, 0), (hi, LANES)):
@@ -128,7 +128,7 @@ def _q5_1(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.V
 
 
 def _q8_0(builder: ir.IRBuilder, p: ir.Value, unit: int) -> tuple[ir.Value, ir.Value]:
-    d, qs = _splat(builder, _half(builder, p, Q8_0.at("d")), VF32), Q8_0.at("qs")
+    d, qs = splat(builder, _half(builder, p, Q8_0.at("d")), VF32), Q8_0.at("qs")
     return tuple(builder.fmul(d, builder.sitofp(_load(builder, p, qs + 16 * h, VI8), VF32)) for h in range(2))
 
 
@@ -257,14 +257,23 @@ TILE_FORMATS: dict[DType, TileFormat] = {t: TileFormat(*kernel_unit(t), decode) 
     (DType.Q6_K, _q6_k))}
 
 
-def _array(context, builder, ary_type, value):
-    """(i8* to the data of a 2-D array, its row stride in bytes, its number of rows, its row length)."""
+class Array(NamedTuple):
+    """IR values of a 2-D array with contiguous rows: an i8* to its data, its row stride in bytes, its number of
+    rows and its row length."""
+    data: ir.Value
+    stride: ir.Value
+    rows: ir.Value
+    cols: ir.Value
+
+
+def array_of(context, builder, ary_type, value) -> Array:
+    """The IR values of a 2-D array argument of an intrinsic."""
     ary = context.make_array(ary_type)(context, builder, value)
     shape = cgutils.unpack_tuple(builder, ary.shape, 2)
-    return (builder.bitcast(ary.data, I8.as_pointer()), builder.extract_value(ary.strides, 0), shape[0], shape[1])
+    return Array(builder.bitcast(ary.data, I8.as_pointer()), builder.extract_value(ary.strides, 0), shape[0], shape[1])
 
 
-def _const(value: ir.Value, n: int) -> ir.Constant:
+def const(value: ir.Value, n: int) -> ir.Constant:
     return ir.Constant(value.type, n)
 
 
@@ -274,15 +283,14 @@ def make_tile(dtype: DType, n_w: int):
     n_x, chosen by a switch)."""
     def codegen(context, builder, signature, args):
         w_ty, _, _, x_ty, _, _, out_ty = signature.args
-        (w, w_stride, n_rows, _), g, n_groups = _array(context, builder, w_ty, args[0]), args[1], args[2]
-        x, n0, n_x = _array(context, builder, x_ty, args[3]), args[4], args[5]
-        out = _array(context, builder, out_ty, args[6])
-        rows, starts, exists = _group_rows(builder, w, w_stride, n_rows, g, n_groups, n_w)
-        following = builder.add(g, _const(g, 1))  # the next group's rows are fetched while these are multiplied
-        ahead = _group_rows(builder, w, w_stride, n_rows, builder.select(
-            builder.icmp_signed("<", following, n_groups), following, g), n_groups, n_w)[1]
-        row_count_switch(builder, n_x, TILE_ROWS,
-                         lambda n: _tile_loop(builder, dtype, starts, ahead, x, n0, n, out, rows, exists))
+        w, g, n_groups = array_of(context, builder, w_ty, args[0]), args[1], args[2]
+        x, out = array_of(context, builder, x_ty, args[3]), array_of(context, builder, out_ty, args[6])
+        group = _weight_group(builder, w, g, n_groups, n_w)
+        following = builder.add(g, const(g, 1))  # the next group's rows are fetched while these are multiplied
+        ahead = _weight_group(builder, w, builder.select(
+            builder.icmp_signed("<", following, n_groups), following, g), n_groups, n_w).starts
+        tile = TileOperands(group=group, ahead=ahead, x=x, out=out, n0=args[4])
+        row_count_switch(builder, args[5], TILE_ROWS, lambda n: _tile_loop(builder, dtype, tile, n))
         return context.get_dummy_value()
 
     @intrinsic
@@ -298,51 +306,67 @@ def row_count_switch(builder: ir.IRBuilder, n_x: ir.Value, most: int, emit: Call
     switch = builder.switch(n_x, end)
     for n in range(1, most + 1):
         case = builder.append_basic_block(f"tile.{n}")
-        switch.add_case(_const(n_x, n), case)
+        switch.add_case(const(n_x, n), case)
         builder.position_at_end(case)
         emit(n)
         builder.branch(end)
     builder.position_at_end(end)
 
 
-def _group_rows(builder: ir.IRBuilder, w: ir.Value, w_stride: ir.Value, n_rows: ir.Value, g: ir.Value,
-                n_groups: ir.Value, n_w: int) -> tuple[list, list, list]:
-    """Group g's weight rows g + i·n_groups: (their indices, pointers to them (row g for rows past the end),
-    whether each exists)."""
-    rows = [builder.add(g, builder.mul(n_groups, _const(g, i))) for i in range(n_w)]
-    exists = [builder.icmp_signed("<", r, n_rows) for r in rows]
-    starts = [builder.gep(w, [builder.mul(builder.select(e, r, g), w_stride)]) for r, e in zip(rows, exists)]
-    return rows, starts, exists
+class WeightGroup(NamedTuple):
+    """IR values of group g's weight rows g + i·n_groups: their indices, pointers to them (row g's for rows past
+    the end), and whether each exists."""
+    rows: list[ir.Value]
+    starts: list[ir.Value]
+    exists: list[ir.Value]
 
 
-def _tile_loop(builder: ir.IRBuilder, dtype: DType, starts: list[ir.Value], ahead: list[ir.Value], x: tuple,
-               n0: ir.Value, n_x: int, out: tuple, rows: list[ir.Value], exists: list[ir.Value]) -> None:
-    """The products of the weight rows starting at `starts` with activation rows n0..n0 + n_x - 1, summed into
-    out[n, row] for the rows that exist; each block of the rows at `ahead` is prefetched on the way."""
+class TileOperands(NamedTuple):
+    """What a tile's loop reads and writes: its weight group, the pointers to the rows prefetched on the way (the
+    next group's), the activations x from row n0 on, and out."""
+    group: WeightGroup
+    ahead: list[ir.Value]
+    x: Array
+    out: Array
+    n0: ir.Value
+
+
+def _weight_group(builder: ir.IRBuilder, w: Array, g: ir.Value, n_groups: ir.Value, n_w: int) -> WeightGroup:
+    """Group g's n_w weight rows in w."""
+    rows = [builder.add(g, builder.mul(n_groups, const(g, i))) for i in range(n_w)]
+    exists = [builder.icmp_signed("<", r, w.rows) for r in rows]
+    starts = [builder.gep(w.data, [builder.mul(builder.select(e, r, g), w.stride)]) for r, e in zip(rows, exists)]
+    return WeightGroup(rows, starts, exists)
+
+
+def _tile_loop(builder: ir.IRBuilder, dtype: DType, tile: TileOperands, n_x: int) -> None:
+    """The products of the tile's weight rows with activation rows n0..n0 + n_x - 1, summed into out[n, row] for
+    the rows that exist; each block of the rows at `ahead` is prefetched on the way."""
     block, type_size, decode = TILE_FORMATS[dtype]
-    (x_data, x_stride, _, k), (out_data, out_stride, _, _) = x, out
-    x0 = builder.gep(x_data, [builder.mul(n0, x_stride)])
-    acc = [[cgutils.alloca_once_value(builder, ir.Constant(VF32, None)) for _ in range(n_x)] for _ in starts]
-    with cgutils.for_range(builder, builder.sdiv(k, _const(k, block))) as loop:
-        blocks = [builder.gep(p, [builder.mul(loop.index, _const(loop.index, type_size))]) for p in starts]
-        for p in ahead:
-            prefetch_line(builder, builder.gep(p, [builder.mul(loop.index, _const(loop.index, type_size))]))
-        x_block = builder.gep(x0, [builder.mul(loop.index, _const(loop.index, block * 4))])
+    x, out, n0 = tile.x, tile.out, tile.n0
+    x0 = builder.gep(x.data, [builder.mul(n0, x.stride)])
+    acc = [[cgutils.alloca_once_value(builder, ir.Constant(VF32, None)) for _ in range(n_x)]
+           for _ in tile.group.starts]
+    with cgutils.for_range(builder, builder.sdiv(x.cols, const(x.cols, block))) as loop:
+        blocks = [builder.gep(p, [builder.mul(loop.index, const(loop.index, type_size))]) for p in tile.group.starts]
+        for p in tile.ahead:
+            prefetch_line(builder, builder.gep(p, [builder.mul(loop.index, const(loop.index, type_size))]))
+        x_block = builder.gep(x0, [builder.mul(loop.index, const(loop.index, block * 4))])
         for unit in range(block // 32):
-            _products(builder, [decode(builder, b, unit) for b in blocks], x_block, 128 * unit, x_stride, acc)
-    for i, (row, row_exists) in enumerate(zip(rows, exists)):
+            _products(builder, [decode(builder, b, unit) for b in blocks], x_block, 128 * unit, x.stride, acc)
+    for i, (row, row_exists) in enumerate(zip(tile.group.rows, tile.group.exists)):
         with builder.if_then(row_exists):
-            _store_sums(builder, [builder.load(a) for a in acc[i]], out_data, out_stride, n0, row)
+            _store_sums(builder, [builder.load(a) for a in acc[i]], out.data, out.stride, n0, row)
 
 
 def _products(builder: ir.IRBuilder, halves: list[tuple[ir.Value, ir.Value]], x_block: ir.Value, offset: int,
               x_stride: ir.Value, acc: list[list[ir.Value]]) -> None:
     """acc[i][j] += halves[i] · the 32 activations of row j at byte offset of x_block, lane by lane."""
     for j in range(len(acc[0])):
-        xp = builder.gep(x_block, [builder.mul(x_stride, _const(x_stride, j))])
+        xp = builder.gep(x_block, [builder.mul(x_stride, const(x_stride, j))])
         xs = [_load(builder, xp, offset + 64 * h, VF32) for h in range(2)]
         for i, (lo, hi) in enumerate(halves):
-            builder.store(_fma(builder, hi, xs[1], _fma(builder, lo, xs[0], builder.load(acc[i][j]))), acc[i][j])
+            builder.store(fma(builder, hi, xs[1], fma(builder, lo, xs[0], builder.load(acc[i][j]))), acc[i][j])
 
 
 def _store_sums(builder: ir.IRBuilder, accs: list[ir.Value], out: ir.Value, stride: ir.Value, n0: ir.Value,
@@ -352,7 +376,7 @@ def _store_sums(builder: ir.IRBuilder, accs: list[ir.Value], out: ir.Value, stri
                                             "llvm.vector.reduce.fadd.v16f32")
     for j, a in enumerate(accs):
         total = builder.call(reduce, [ir.Constant(F32, -0.0), a], fastmath=("reassoc",))
-        offset = builder.add(builder.mul(builder.add(n0, _const(n0, j)), stride), builder.mul(col, _const(col, 4)))
+        offset = builder.add(builder.mul(builder.add(n0, const(n0, j)), stride), builder.mul(col, const(col, 4)))
         builder.store(total, builder.bitcast(builder.gep(out, [offset]), F32.as_pointer()))
 
 
@@ -360,23 +384,29 @@ def _tiled(w, x, out, n_tasks):
     """out[n, m] = w[m] · x[n]: weight rows g and g + n_groups (two memory streams) against TILE_ROWS activation
     rows at a time, each task going over its share of the weight once per tile of activation rows (which stay in
     L1 meanwhile: 256 rows of SmolLM2, 536 -> 437 ms against the other order); TILE is the block type's, bound by
-    _specialize."""
+    specialize."""
     n_groups = (w.shape[0] + 1) // 2
     n_tasks = min(n_tasks, n_groups)
     for task in prange(n_tasks):
-        start, stop = _share(task, n_tasks, n_groups)
+        start, stop = share(task, n_tasks, n_groups)
         for n0 in range(0, x.shape[0], TILE_ROWS):
             for g in range(start, stop):
                 TILE(w, g, n_groups, x, n0, min(TILE_ROWS, x.shape[0] - n0), out)  # noqa: F821
 
 
-TILED = {t: _specialize(_tiled, t, True, TILE=make_tile(t, 2)) for t in TILE_FORMATS}
+TILED = {t: specialize(_tiled, t, True, TILE=make_tile(t, 2)) for t in TILE_FORMATS}
 
 
 def tiled_product(dtype: DType, w: np.ndarray, x: np.ndarray, out: np.ndarray, n_tasks: int):
     """The step out (N, M) = x (N, K) @ dequantize(w).T through the register tiles, in n_tasks parallel tasks (x
     and out float32 with contiguous rows: the tiles read and write them as such)."""
-    if not all(a.dtype == np.float32 and a.ndim == 2 and a.strides[1] == 4 for a in (x, out)):
-        raise ValueError(f"tiled_product needs float32 rows with contiguous elements, got x {x.dtype} "
-                         f"strides {x.strides} and out {out.dtype} strides {out.strides}")
+    check_float32_rows("tiled_product", x, out)
     return functools.partial(TILED[dtype], w, x, out, n_tasks)
+
+
+def check_float32_rows(product: str, x: np.ndarray, out: np.ndarray) -> None:
+    """Refuse, naming the product, an x or out that is not 2-D float32 with contiguous rows (as the tiles read and
+    write them)."""
+    if not all(a.dtype == np.float32 and a.ndim == 2 and a.strides[1] == 4 for a in (x, out)):
+        raise ValueError(f"{product} needs float32 rows with contiguous elements, got x {x.dtype} "
+                         f"strides {x.strides} and out {out.dtype} strides {out.strides}")

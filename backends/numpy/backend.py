@@ -7,10 +7,10 @@ from pyggml.graph.dtypes import DType, is_quantized, nbytes, numpy_dtype
 from pyggml.graph.tensor import Tensor
 
 from .. import fusion  # noqa: F401  (register the attention and fused kernels)
-from . import attention  # noqa: F401  (register the attention and fused kernels)
 from ..base import Backend
-from .kernels import KERNELS, as_f32
 from ..quants import dequantize
+from . import attention  # noqa: F401  (register the attention and fused kernels)
+from .kernels import KERNELS, as_f32
 
 WEIGHT_DTYPES = (DType.F32, DType.F16)
 

@@ -13,8 +13,8 @@ import numpy as np
 from pyggml.backends.quants import dequantize
 from pyggml.graph.tensor import Tensor
 
-from .profile import placed_weights, step_plan
 from ..runtime.stages import step_bytes
+from .profile import placed_weights, step_plan
 
 if TYPE_CHECKING:
     from ..model import Model
