@@ -11,7 +11,8 @@ from pyggml.graph.tensor import Tensor
 from .arch import ARCHITECTURES, Arch
 from .hparams import HParams
 from .runtime.kv_cache import KVCache
-from .layers import AttentionSpec, StepInputs, attention, ffn_glu, linear, named, qkv, rms_norm_w, softcap
+from .runtime.step import StepInputs
+from .layers import AttentionSpec, attention, ffn_glu, linear, named, qkv, rms_norm_w, softcap
 from .weights import Weights
 
 

@@ -16,7 +16,7 @@ from pyggml.graph.tensor import Tensor, input_tensor
 from .context import GraphBuilder
 from ..hparams import HParams
 from .kv_cache import KV_PAD, additive_mask
-from ..layers import StepInputs
+from .step import StepInputs
 from .paged_cache import SCRATCH, PagedKVCache, SeqBlocks
 from ..weights import Weights
 

@@ -11,7 +11,7 @@ from pyggml.graph.tensor import Tensor
 
 from ..hparams import HParams
 from .kv_cache import KVCache, causal_mask
-from ..layers import StepInputs
+from .step import StepInputs
 from .paged_cache import common_prefix
 from ..weights import Weights
 

@@ -13,7 +13,7 @@ from pyggml.graph.errors import PyggmlError
 from pyggml.graph.tensor import Flag, Tensor, new_tensor
 
 if TYPE_CHECKING:
-    from ..layers import StepInputs
+    from .step import StepInputs
 
 KV_PAD = 256  # the attended KV length is padded to a multiple of this, so decode plans are reused
 KV_TYPES = (DType.F32, DType.F16, DType.Q8_0, DType.Q4_0)  # llama.cpp's --cache-type-k/-v choices people use

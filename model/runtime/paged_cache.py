@@ -22,7 +22,7 @@ from pyggml.graph.tensor import Flag, Tensor, new_tensor
 from .kv_cache import DEFAULT_KV_TYPE, check_kv_types
 
 if TYPE_CHECKING:
-    from ..layers import StepInputs
+    from .step import StepInputs
 
 BLOCK_SIZE = 16
 SCRATCH = 0  # block 0 is never handed out: padding rows of a step write into it

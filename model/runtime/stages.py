@@ -23,7 +23,7 @@ from .context import GraphBuilder
 from ..decoder import build_layers
 from ..gguf_file import GGUFFile, TensorInfo
 from ..hparams import HParams
-from ..layers import StepInputs
+from .step import StepInputs
 from .paged_cache import PagedKVCache
 from ..weights import Weights
 
