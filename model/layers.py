@@ -11,7 +11,7 @@ from pyggml.graph.dtypes import is_quantized
 from pyggml.graph.tensor import Tensor
 
 from .hparams import HParams, YarnParams
-from .runtime.kv_cache import KVCache
+from .runtime.paged_cache import PagedKVCache
 from .runtime.step import StepInputs
 from .weights import Weights
 
@@ -41,7 +41,7 @@ class AttentionSpec:
     yarn: YarnParams | None = None       # YaRN rope scaling
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, inp: StepInputs, cache: KVCache | None,
+def attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, inp: StepInputs, cache: PagedKVCache | None,
               il: int) -> Tensor:
     """Rope q and k, write k and v into the cache (if any), attend over it; (T, H, D) in, (T, H*D) out."""
     n_tokens, n_head, head_dim = q.shape

@@ -19,13 +19,10 @@ from pyggml.graph.dtypes import DType
 from pyggml.graph.errors import PyggmlError
 from pyggml.graph.tensor import Flag, Tensor, new_tensor
 
-from .kv_cache import DEFAULT_KV_TYPE, check_kv_types
+from .kv_cache import BLOCK_SIZE, DEFAULT_KV_TYPE, check_kv_types
 
 if TYPE_CHECKING:
     from .step import StepInputs
-
-BLOCK_SIZE = 16
-SCRATCH = 0  # block 0 is never handed out: padding rows of a step write into it
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -48,16 +45,15 @@ class BlockPool:
 
     def __init__(self, n_blocks: int):
         self.refs = np.zeros(n_blocks, np.int64)
-        self.refs[SCRATCH] = 1
-        self.free = list(range(n_blocks - 1, SCRATCH, -1))
+        self.free = list(range(n_blocks - 1, -1, -1))
         self.index: dict[bytes, int] = {}  # key -> the full block that holds its tokens' K/V
         self.keys: dict[int, bytes] = {}   # indexed block -> its key
         self.cached: OrderedDict[int, None] = OrderedDict()  # indexed blocks no sequence holds, oldest first
 
     @property
     def n_used(self) -> int:
-        """Blocks held by sequences (the scratch block and cached blocks not counted)."""
-        return len(self.refs) - 1 - self.n_free
+        """Blocks held by sequences (cached blocks not counted)."""
+        return len(self.refs) - self.n_free
 
     @property
     def n_free(self) -> int:
@@ -72,7 +68,7 @@ class BlockPool:
             block, _ = self.cached.popitem(last=False)
             del self.index[self.keys.pop(block)]
         else:
-            raise PoolFull(f"all {len(self.refs) - 1} KV blocks are in use")
+            raise PoolFull(f"all {len(self.refs)} KV blocks are in use")
         self.refs[block] = 1
         return block
 
@@ -117,21 +113,31 @@ class SeqBlocks:
 
 
 class PagedKVCache:
-    """K and V of (n_blocks * block_size, n_kv_head * head_dim) per layer, handed out in blocks to sequences."""
+    """K and V of (blocks * block_size, n_kv_head * head_dim) per layer, handed out in blocks to sequences: n_blocks
+    per layer, or window_blocks for sliding-window layers (one sequence's ring: see layer_rows)."""
 
     def __init__(self, n_layer: int, n_blocks: int, n_kv_head: int, head_dim: int, dtype: DType = DEFAULT_KV_TYPE,
                  windows: list[int | None] | None = None, block_size: int = BLOCK_SIZE,
-                 head_dim_v: int | None = None, dtype_v: DType | None = None):
+                 head_dim_v: int | None = None, dtype_v: DType | None = None, window_blocks: int | None = None):
         self.dtype, self.dtype_v = check_kv_types(dtype, dtype_v or dtype, head_dim, head_dim_v or head_dim)
-        self.block_size, self.n_blocks = block_size, n_blocks + 1  # + the scratch block
+        self.block_size, self.n_blocks = block_size, n_blocks
         windows = windows or [None] * n_layer
-        self.pools = {w: BlockPool(self.n_blocks) for w in dict.fromkeys(windows)}  # one per window (cache kind)
-        rows = self.n_blocks * block_size
-        self.k = [new_tensor((rows, n_kv_head * head_dim), self.dtype, f"paged_k_l{il}", Flag.PERSISTENT)
-                  for il in range(len(windows))]
-        self.v = [new_tensor((rows, n_kv_head * (head_dim_v or head_dim)), self.dtype_v, f"paged_v_l{il}",
-                             Flag.PERSISTENT) for il in range(len(windows))]
+        self.pools = {w: BlockPool(n_blocks if w is None else min(n_blocks, window_blocks or n_blocks))
+                      for w in dict.fromkeys(windows)}  # one per window (cache kind)
+        self.k = [new_tensor((self.pool_rows(w), n_kv_head * head_dim), self.dtype, f"paged_k_l{il}",
+                             Flag.PERSISTENT) for il, w in enumerate(windows)]
+        self.v = [new_tensor((self.pool_rows(w), n_kv_head * (head_dim_v or head_dim)), self.dtype_v,
+                             f"paged_v_l{il}", Flag.PERSISTENT) for il, w in enumerate(windows)]
         self.layer_window = windows
+
+    def pool_rows(self, w: int | None) -> int:
+        """Rows of each K and V tensor of kind w."""
+        return len(self.pools[w].refs) * self.block_size
+
+    @property
+    def ring(self) -> bool:
+        """Whether sliding-window layers hold fewer blocks than the others (a window's, not a context's)."""
+        return any(self.pool_rows(w) < self.n_blocks * self.block_size for w in self.pools)
 
     def forget_prefixes(self) -> None:
         """Drop the prefix cache's index (the K/V it points to was lost, as when a pipeline stage restarts)."""
@@ -151,8 +157,8 @@ class PagedKVCache:
     @property
     def nbytes_used(self) -> int:
         """Bytes of the K and V rows held by sequences."""
-        per_layer = [(t.nbytes + u.nbytes) // self.n_blocks for t, u in zip(self.k, self.v)]
-        return sum(b * self.pools[w].n_used for b, w in zip(per_layer, self.layer_window))
+        return sum((t.nbytes + u.nbytes) // len(self.pools[w].refs) * self.pools[w].n_used
+                   for t, u, w in zip(self.k, self.v, self.layer_window))
 
     def new_sequence(self) -> SeqBlocks:
         """An empty sequence."""
