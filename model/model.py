@@ -198,8 +198,9 @@ class Model:
         ends it with finish_reason "stop"."""
         params = SamplingParams(**sampling)
         constraint = self.constraint(constraint_spec(json_schema, grammar, regex, choice))
-        text_stream = TextStream(self, self.prompt_ids(prompt), max_tokens, params, stop, kv_cache, logprobs,
-                                 constraint)
+        ids = self.prompt_ids(prompt)
+        steps = self.generate_ids(ids, max_tokens, params, kv_cache, logprobs, constraint)
+        text_stream = TextStream(self.tokenizer, steps, len(ids), stop, constraint)
         if stream:
             return text_stream
         text = "".join(text_stream)
