@@ -170,7 +170,8 @@ def synthetic_context(shape: Shape, dtype: DType, backend: CupyBackend, n_ctx: i
                  n_head=shape.n_head, n_head_kv=shape.n_head_kv, head_dim=shape.head_dim, head_dim_v=shape.head_dim,
                  n_ff=shape.n_ff, rms_eps=1e-5, rope_dim=shape.head_dim, rope_freq_base=500000.0, rope_freq_scale=1.0,
                  attention_scale=1.0 / np.sqrt(shape.head_dim), embedding_scale=1.0, tie_embeddings=shape.tied)
-    cache = PagedKVCache(shape.n_layer, -(-n_ctx // BLOCK_SIZE), shape.n_head_kv, shape.head_dim, DType.F16)
+    cache = PagedKVCache(shape.n_layer, -(-n_ctx // BLOCK_SIZE), shape.n_head_kv, shape.head_dim, DType.F16,
+                         in_order=True)
     batch = BatchContext(DeviceWeights(shape, dtype, backend), hp, build_decoder, cache, backend)
     return SequenceContext(batch, n_ctx, min(512, n_ctx))
 

@@ -81,7 +81,8 @@ class Model:
         n_batch = min(n_batch, n_ctx)
         window = (hp.sliding_window or None) if self.pipeline is None and not swa_full else None
         ring = -(-layer_rows(window, n_ctx, n_batch) // BLOCK_SIZE)
-        return SequenceContext(self.batch_context(-(-n_ctx // BLOCK_SIZE), window_blocks=ring), n_ctx, n_batch)
+        batch = self.batch_context(-(-n_ctx // BLOCK_SIZE), window_blocks=ring, in_order=True)
+        return SequenceContext(batch, n_ctx, n_batch)
 
     @cached_property
     def _hidden(self) -> BatchContext:
@@ -90,13 +91,13 @@ class Model:
             raise PyggmlError("embeddings are not computed over pipeline stages; load the model in one process")
         return BatchContext(self.weights, self.hparams, build_hidden, self.cache, self.backend)
 
-    def batch_context(self, n_blocks: int, block_size: int = BLOCK_SIZE,
-                      window_blocks: int | None = None) -> BatchContext:
+    def batch_context(self, n_blocks: int, block_size: int = BLOCK_SIZE, window_blocks: int | None = None,
+                      in_order: bool = False) -> BatchContext:
         """A context stepping many sequences over a paged KV cache (the model's K/V types) of n_blocks blocks per
-        layer (window_blocks for sliding-window layers)."""
+        layer (window_blocks for sliding-window layers; in_order: handed out lowest first, see BlockPool)."""
         hp = self.hparams
         cache = PagedKVCache(hp.n_layer, n_blocks, hp.n_head_kv, hp.head_dim, self.type_k, layer_windows(hp),
-                             block_size, hp.head_dim_v, self.type_v, window_blocks)
+                             block_size, hp.head_dim_v, self.type_v, window_blocks, in_order)
         if self.pipeline is not None:  # the stages hold the K/V; this cache keeps the block tables
             return PipelineContext(self.pipeline, hp, cache)
         return BatchContext(self.weights, hp, build_decoder, cache, self.backend)

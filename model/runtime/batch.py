@@ -97,13 +97,14 @@ class BatchContext:
         (or a pipeline stage's hidden states out, given the previous stage's as `hidden`)."""
         for w, src, dst in step.copies:
             self._copy_block(w, src, dst)
-        n_kv = tuple((w, read[-1].shape[-1]) for w, (_, read) in step.kinds.items())
+        n_kv = tuple((w, read[-1].shape[-1], len(read) > 1) for w, (_, read) in step.kinds.items())
         plan, inp = self._plan(len(step.tokens), len(step.out_ids), n_kv, step.paged)
         values = {inp.tokens: step.tokens, inp.pos: step.pos, inp.out_ids: step.out_ids}
         if inp.hidden is not None:
             values[inp.hidden] = hidden
         for w, (idx, read) in step.kinds.items():
-            names = (inp.kv_rows[w],) if step.paged else (inp.kv_gather[w], inp.kq_mask[w])
+            gathered = (inp.kv_gather[w],) if len(read) > 1 else ()
+            names = (inp.kv_rows[w],) if step.paged else gathered + (inp.kq_mask[w],)
             values.update(zip((inp.kv_idx[w], *names), (idx, *read)))
         self.last_plan = plan  # a pipeline stage's plan reads only some inputs (the first no out_ids, ...)
         return plan.run({t: v for t, v in values.items() if t in plan.inputs}, profile=profile)[0]
@@ -123,9 +124,10 @@ class BatchContext:
     @staticmethod
     def _paged(entries: Sequence[Entry]) -> bool:
         """Whether each token reads only its own sequence's rows (paged_attn) rather than every sequence's rows
-        under a mask: in a decode step (one token each), and where the mask would cover more than MASK_WASTE
-        times the pairs each token's own sequence holds (a prompt chunk next to long sequences)."""
-        if all(len(e.tokens) == 1 for e in entries):
+        under a mask: in a decode step of several sequences (one token each), and where the mask would cover more
+        than MASK_WASTE times the pairs each token's own sequence holds (a prompt chunk next to long sequences).
+        One sequence alone is masked: its mask covers only its own rows, and the masked form fuses."""
+        if len(entries) > 1 and all(len(e.tokens) == 1 for e in entries):
             return True
         held = [e.seq.n_past + len(e.tokens) for e in entries]
         own = sum(len(e.tokens) * n for e, n in zip(entries, held))
@@ -186,7 +188,9 @@ class BatchContext:
 
     def _shared_rows(self, n_tok: int, spans: list[tuple[int, int]], parts: list,
                      pool_rows: int) -> tuple[np.ndarray, np.ndarray]:
-        """Every sequence's rows gathered once (n_kv,) and the mask (T, n_kv) that gives each row its own."""
+        """Every sequence's rows gathered once (n_kv,) and the mask (T, n_kv) that gives each row its own; or only
+        the mask when one sequence holds the first rows in order (its blocks handed out lowest first), which
+        attention reads as a view of the store, gathering nothing."""
         n_kv = self._padded(sum(len(rows) for rows, _ in parts), pool_rows)
         gather = np.zeros(n_kv, np.int32)  # unused columns read row 0, masked out
         visible = np.zeros((n_tok, n_kv), bool)
@@ -196,17 +200,20 @@ class BatchContext:
             visible[lo:hi, col:col + len(rows)] = seen
             col += len(rows)
         visible[spans[-1][1]:] = visible[spans[-1][1] - 1]
-        return gather, additive_mask(visible)
+        in_place = len(parts) == 1 and np.array_equal(parts[0][0], np.arange(len(parts[0][0])))
+        return (additive_mask(visible),) if in_place else (gather, additive_mask(visible))
 
     def _plan(self, n_tok: int, n_out: int, n_kv: tuple, paged: bool) -> tuple[Plan, StepInputs]:
-        """The plan of a padded shape, compiled on first use; the least recently used ones are dropped."""
+        """The plan of a padded shape (per kind: its attended length and whether its rows are gathered), compiled
+        on first use; the least recently used ones are dropped."""
         key = (n_tok, n_out, n_kv, paged)
         if key in self._plans:
             self._plans.move_to_end(key)
         else:
-            inp = StepInputs.create(n_tok, n_out, dict(n_kv), paged)
+            inp = StepInputs.create(n_tok, n_out, {w: n for w, n, _ in n_kv}, paged)
             if not paged:
-                inp.kv_gather = {w: input_tensor((n,), DType.I32, f"inp_kv_gather_{w or 'full'}") for w, n in n_kv}
+                inp.kv_gather = {w: input_tensor((n,), DType.I32, f"inp_kv_gather_{w or 'full'}")
+                                 for w, n, gathered in n_kv if gathered}
             self._plans[key] = (compile_plan(self.build(self.weights, self.hp, inp, self.cache), self.backend), inp)
             self.n_compiled += 1
             if len(self._plans) > MAX_PLANS:
