@@ -1,7 +1,6 @@
 """Per-token cost of pipeline stages on Ray against one process (docs/benchmarks.md): decode ms per token in one
-process (its own cache, and the paged cache the stages use), N stages in this process, and N stages as Ray
-actors on a local cluster of N nodes; the bytes a decode step moves; a bare hop between two actors on two nodes,
-as plain actor calls and as a compiled graph.
+process, N stages in this process, and N stages as Ray actors on a local cluster of N nodes; the bytes a decode
+step moves; a bare hop between two actors on two nodes, as plain actor calls and as a compiled graph.
 
     python examples/bench_stages.py --model smollm2-135m --stages 2 -n 64
 """
@@ -21,7 +20,6 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from pyggml.backends.registry import create
 from pyggml.model.runtime.batch import Entry
 from pyggml.model.model import Model
-from pyggml.model.runtime.sequence import SequenceContext
 
 PROMPT = "The history of the printing press begins"
 
@@ -119,7 +117,7 @@ def main() -> None:
     local = Model(args.model, backend=create(args.backend), n_ctx=512, stages=args.stages)
     staged = Model(args.model, backend=create(args.backend), n_ctx=512, stages=args.stages, ray=args.address)
     prompt = one.tokenize(PROMPT)
-    contexts = {"one process": one.context, "one process, paged cache": SequenceContext(one.batch_context(32), 512, 512),
+    contexts = {"one process": one.context,
                 f"{args.stages} stages in one process": local.context,
                 f"{args.stages} stages on Ray ({staged.pipeline.strategy}, {staged.pipeline.describe()})": staged.context}
     for name, times in decode_times(contexts, prompt, args.n // 8).items():

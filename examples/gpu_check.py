@@ -34,10 +34,11 @@ from pyggml.backends.numpy.kernels import as_f32  # noqa: E402
 from pyggml.graph.dtypes import block_layout, is_quantized  # noqa: E402
 from pyggml.graph.tensor import Flag, Tensor  # noqa: E402
 from pyggml.model.decoder import build_decoder  # noqa: E402
-from pyggml.model.runtime.context import Context  # noqa: E402
 from pyggml.model.hparams import HParams  # noqa: E402
-from pyggml.model.runtime.kv_cache import KVCache  # noqa: E402
 from pyggml.model.model import Model  # noqa: E402
+from pyggml.model.runtime.batch import BatchContext  # noqa: E402
+from pyggml.model.runtime.paged_cache import BLOCK_SIZE, PagedKVCache  # noqa: E402
+from pyggml.model.runtime.sequence import SequenceContext  # noqa: E402
 
 TOP_K, MAX_LOGIT_DIFF = 50, 0.02
 PROMPT = "The capital of France is Paris, and the capital of Germany is"
@@ -163,24 +164,26 @@ class DeviceWeights:
         array[...] = blocks.reshape(array.shape)
 
 
-def synthetic_context(shape: Shape, dtype: DType, backend: CupyBackend, n_ctx: int) -> Context:
+def synthetic_context(shape: Shape, dtype: DType, backend: CupyBackend, n_ctx: int) -> SequenceContext:
     """A llama context over device-made weights of a shape."""
     hp = HParams(arch="llama", n_vocab=shape.n_vocab, n_ctx_train=n_ctx, n_embd=shape.n_embd, n_layer=shape.n_layer,
                  n_head=shape.n_head, n_head_kv=shape.n_head_kv, head_dim=shape.head_dim, head_dim_v=shape.head_dim,
                  n_ff=shape.n_ff, rms_eps=1e-5, rope_dim=shape.head_dim, rope_freq_base=500000.0, rope_freq_scale=1.0,
                  attention_scale=1.0 / np.sqrt(shape.head_dim), embedding_scale=1.0, tie_embeddings=shape.tied)
-    cache = KVCache(shape.n_layer, n_ctx, shape.n_head_kv, shape.head_dim, DType.F16, n_batch=512)
-    return Context(DeviceWeights(shape, dtype, backend), hp, build_decoder, cache, backend)
+    cache = PagedKVCache(shape.n_layer, -(-n_ctx // BLOCK_SIZE), shape.n_head_kv, shape.head_dim, DType.F16,
+                         in_order=True)
+    batch = BatchContext(DeviceWeights(shape, dtype, backend), hp, build_decoder, cache, backend)
+    return SequenceContext(batch, n_ctx, min(512, n_ctx))
 
 
-def weight_bytes_per_token(context: Context) -> int:
+def weight_bytes_per_token(context: SequenceContext) -> int:
     """Bytes of the weights one decode step's mul_mats read (their device arrays)."""
     plan = context.last_plan
     return sum(plan.array(n.srcs[0]).nbytes for n in plan.graph.nodes
                if n.op == "mul_mat" and n.srcs[0].is_leaf and n.srcs[0].flags & Flag.WEIGHT)
 
 
-def speed(context: Context, n_vocab: int, args: argparse.Namespace) -> dict:
+def speed(context: SequenceContext, n_vocab: int, args: argparse.Namespace) -> dict:
     """Prefill and decode tokens/s (after a warm-up of each) and the decode step's weight bytes."""
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, n_vocab, args.prefill_tokens).tolist()

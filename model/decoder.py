@@ -10,8 +10,9 @@ from pyggml.graph.tensor import Tensor
 
 from .arch import ARCHITECTURES, Arch
 from .hparams import HParams
-from .runtime.kv_cache import KVCache
-from .layers import AttentionSpec, StepInputs, attention, ffn_glu, linear, named, qkv, rms_norm_w, softcap
+from .runtime.paged_cache import PagedKVCache
+from .runtime.step import StepInputs
+from .layers import AttentionSpec, attention, ffn_glu, linear, named, qkv, rms_norm_w, softcap
 from .weights import Weights
 
 
@@ -27,7 +28,7 @@ def _post_norm(w: Weights, hp: HParams, arch: Arch, x: Tensor, kind: T, il: int)
     return named(rms_norm_w(x, w.get(kind, il), hp.rms_eps), kind.name.lower(), il) if arch.post_norms else x
 
 
-def _attention_block(w: Weights, hp: HParams, arch: Arch, x: Tensor, inp: StepInputs, cache: KVCache | None,
+def _attention_block(w: Weights, hp: HParams, arch: Arch, x: Tensor, inp: StepInputs, cache: PagedKVCache | None,
                      il: int) -> Tensor:
     """The attention half of layer il, before the residual: (T, n_embd) -> (T, n_embd)."""
     cur = named(rms_norm_w(x, w.get(T.ATTN_NORM, il), hp.rms_eps), "attn_norm", il)
@@ -40,17 +41,17 @@ def _attention_block(w: Weights, hp: HParams, arch: Arch, x: Tensor, inp: StepIn
     return _post_norm(w, hp, arch, cur, T.ATTN_POST_NORM, il)
 
 
-def build_decoder(w: Weights, hp: HParams, inp: StepInputs, cache: KVCache | None) -> Tensor:
+def build_decoder(w: Weights, hp: HParams, inp: StepInputs, cache: PagedKVCache | None) -> Tensor:
     """Logits (n_out, n_vocab) for the step's tokens, as the model's architecture row says."""
     return build_layers(w, hp, inp, cache, range(hp.n_layer))
 
 
-def build_hidden(w: Weights, hp: HParams, inp: StepInputs, cache: KVCache | None) -> Tensor:
+def build_hidden(w: Weights, hp: HParams, inp: StepInputs, cache: PagedKVCache | None) -> Tensor:
     """The output-normed hidden states (n_out, n_embd) of the step's wanted rows (what embeddings pool)."""
     return output_norm(w, hp, build_layers(w, hp, inp, cache, range(hp.n_layer), logits=False))
 
 
-def build_layers(w: Weights, hp: HParams, inp: StepInputs, cache: KVCache | None, layers: range,
+def build_layers(w: Weights, hp: HParams, inp: StepInputs, cache: PagedKVCache | None, layers: range,
                  logits: bool = True) -> Tensor:
     """A contiguous range of the decoder's layers (a pipeline stage): from the token embedding when the range
     starts at layer 0, else from inp.hidden (T, n_embd); to the logits when it ends at the last layer (and

@@ -16,7 +16,6 @@ from pyggml.graph.errors import PyggmlError
 
 from .runtime.chat_template import render_chat_segments, template_source
 from .runtime.batch import BatchContext
-from .runtime.context import Context
 from .decoder import build_decoder, build_hidden
 from .runtime.embedding import model_pooling, normalize as normalize_rows, pool
 from .runtime.engine import Engine
@@ -24,8 +23,8 @@ from .runtime.generation import TextStream
 from .gguf_file import GGUFFile
 from .runtime.grammar import Constraint, GrammarSpec, Grammars, apply_mask, grammar_spec
 from .hparams import HParams, load_hparams
-from .runtime.kv_cache import DEFAULT_KV_TYPE, KVCache
-from .runtime.paged_cache import BLOCK_SIZE, PagedKVCache
+from .runtime.kv_cache import BLOCK_SIZE, DEFAULT_KV_TYPE, layer_rows
+from .runtime.paged_cache import PagedKVCache
 from .tooling.pull import resolve_model
 from .runtime.sampling import Sampler, SamplingParams, log_softmax
 from .runtime.sequence import SequenceContext
@@ -73,31 +72,32 @@ class Model:
         self._grammars, self._grammars_lock = None, threading.Lock()
         self.load_seconds = time.perf_counter() - t0
 
-    def make_context(self, n_ctx: int | None = None, n_batch: int = 512,
-                     swa_full: bool = False) -> Context | SequenceContext:
-        """A new context (its own KV cache of the model's K/V types) over this model's weights, as
+    def make_context(self, n_ctx: int | None = None, n_batch: int = 512, swa_full: bool = False) -> SequenceContext:
+        """A new context for one sequence (its own paged KV cache of the model's K/V types, n_ctx tokens; sliding-
+        window layers keep only their window's blocks unless swa_full) over this model's weights, as
         llama_new_context_with_model."""
         hp = self.hparams
         n_ctx = min(n_ctx or DEFAULT_N_CTX, hp.n_ctx_train or DEFAULT_N_CTX)
-        if self.pipeline is not None:  # one sequence over the stages' paged K/V
-            return SequenceContext(self.batch_context(-(-n_ctx // BLOCK_SIZE)), n_ctx, min(n_batch, n_ctx))
-        cache = KVCache(hp.n_layer, n_ctx, hp.n_head_kv, hp.head_dim, self.type_k, layer_windows(hp),
-                        min(n_batch, n_ctx), hp.head_dim_v, swa_full, self.type_v)
-        return Context(self.weights, hp, build_decoder, cache, self.backend)
+        n_batch = min(n_batch, n_ctx)
+        window = (hp.sliding_window or None) if self.pipeline is None and not swa_full else None
+        ring = -(-layer_rows(window, n_ctx, n_batch) // BLOCK_SIZE)
+        batch = self.batch_context(-(-n_ctx // BLOCK_SIZE), window_blocks=ring, in_order=True)
+        return SequenceContext(batch, n_ctx, n_batch)
 
     @cached_property
-    def _hidden(self) -> Context:
+    def _hidden(self) -> BatchContext:
         """A context computing output-normed hidden states (embeddings) over the one-sequence cache's layout."""
         if self.pipeline is not None:
             raise PyggmlError("embeddings are not computed over pipeline stages; load the model in one process")
-        return Context(self.weights, self.hparams, build_hidden, self.cache, self.backend)
+        return BatchContext(self.weights, self.hparams, build_hidden, self.cache, self.backend)
 
-    def batch_context(self, n_blocks: int, block_size: int = BLOCK_SIZE) -> BatchContext:
+    def batch_context(self, n_blocks: int, block_size: int = BLOCK_SIZE, window_blocks: int | None = None,
+                      in_order: bool = False) -> BatchContext:
         """A context stepping many sequences over a paged KV cache (the model's K/V types) of n_blocks blocks per
-        layer."""
+        layer (window_blocks for sliding-window layers; in_order: handed out lowest first, see BlockPool)."""
         hp = self.hparams
         cache = PagedKVCache(hp.n_layer, n_blocks, hp.n_head_kv, hp.head_dim, self.type_k, layer_windows(hp),
-                             block_size, hp.head_dim_v, self.type_v)
+                             block_size, hp.head_dim_v, self.type_v, window_blocks, in_order)
         if self.pipeline is not None:  # the stages hold the K/V; this cache keeps the block tables
             return PipelineContext(self.pipeline, hp, cache)
         return BatchContext(self.weights, hp, build_decoder, cache, self.backend)
@@ -199,8 +199,9 @@ class Model:
         ends it with finish_reason "stop"."""
         params = SamplingParams(**sampling)
         constraint = self.constraint(constraint_spec(json_schema, grammar, regex, choice))
-        text_stream = TextStream(self, self.prompt_ids(prompt), max_tokens, params, stop, kv_cache, logprobs,
-                                 constraint)
+        ids = self.prompt_ids(prompt)
+        steps = self.generate_ids(ids, max_tokens, params, kv_cache, logprobs, constraint)
+        text_stream = TextStream(self.tokenizer, steps, len(ids), stop, constraint)
         if stream:
             return text_stream
         text = "".join(text_stream)
@@ -235,7 +236,7 @@ class Model:
             ids = self.tokenize(item) if isinstance(item, str) else [int(t) for t in item]
             if not ids or len(ids) > self.n_ctx:
                 raise PyggmlError(f"an input to embed has {len(ids)} tokens; it must have 1 to {self.n_ctx}")
-            hidden = self._hidden.eval_uncached(ids, all_logits=True)
+            hidden = self._hidden.uncached(ids, all_logits=True)
             pooled = pool(hidden, pooling or self.pooling)
             out.append(pooled if (pooling or self.pooling) == "none" else normalize_rows(pooled, normalize))
         return out

@@ -354,8 +354,7 @@ def quantized_cache(values: np.ndarray, dtype: DType, name: str) -> tuple[pg.Ten
                                            (DType.Q8_0, DType.Q4_0)])
 def test_attention_reads_a_quantized_cache(rng, backend, type_k, type_v):
     """Q8_0/Q4_0 keys and values written by set_rows: paged_attn over the (R, Hkv, D) stores and flash_attn_ext
-    over permuted views of their first rows (as KVCache makes them) against the formula on gguf-py's dequantized
-    values."""
+    over permuted views of their first rows against the formula on gguf-py's dequantized values."""
     device = pg.backends.create(backend)
     k_rows, v_rows = rand(rng, 12, 2 * 64), rand(rng, 12, 2 * 96)
     (k, k_want), (v, v_want) = quantized_cache(k_rows, type_k, "k"), quantized_cache(v_rows, type_v, "v")

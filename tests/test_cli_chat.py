@@ -8,7 +8,7 @@ import pytest
 import pyggml
 from chat_llama import write_chat_llama
 from pyggml.cli import main
-from pyggml.model.runtime.context import Context
+from pyggml.model.runtime.sequence import SequenceContext
 
 
 @pytest.fixture(scope="module")
@@ -18,14 +18,14 @@ def tiny(tmp_path_factory) -> str:
 
 @pytest.fixture
 def evals(monkeypatch) -> list[int]:
-    """The number of tokens of every Context.eval call."""
+    """The number of tokens of every SequenceContext.eval call."""
     calls: list[int] = []
-    real = Context.eval
+    real = SequenceContext.eval
 
     def counted(self, tokens, all_logits=False):
         calls.append(len(tokens))
         return real(self, tokens, all_logits)
-    monkeypatch.setattr(Context, "eval", counted)
+    monkeypatch.setattr(SequenceContext, "eval", counted)
     return calls
 
 
@@ -56,7 +56,7 @@ def test_chat_ends_at_end_of_input(tiny, monkeypatch, capsys):
 
 
 def test_ctrl_c_stops_the_reply_and_the_conversation_goes_on(tiny, monkeypatch, capsys, evals):
-    real = Context.eval
+    real = SequenceContext.eval
     state = {"left": 2}
 
     def interrupted(self, tokens, all_logits=False):
@@ -65,7 +65,7 @@ def test_ctrl_c_stops_the_reply_and_the_conversation_goes_on(tiny, monkeypatch, 
             if state["left"] == 0:
                 raise KeyboardInterrupt
         return real(self, tokens, all_logits)
-    monkeypatch.setattr(Context, "eval", interrupted)
+    monkeypatch.setattr(SequenceContext, "eval", interrupted)
     code, out, _ = chat(monkeypatch, capsys, tiny, "first\nsecond\n")
     lines = out.splitlines()
     assert code == 0 and len(lines) == 2 and lines[0].endswith(" [stopped]") and "[stopped]" not in lines[1]

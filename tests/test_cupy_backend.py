@@ -152,7 +152,7 @@ def test_batched_steps_match_numpy(tiny_q8, graphs):
 
 
 def decode_plan(model: Model):
-    return next(p for key, (p, _) in model.context._plans.items() if key[0] == 1)
+    return next(p for key, (p, _) in model.context.batch._plans.items() if key[0] == 1)
 
 
 def test_decode_step_is_one_graph_launch_without_host_sync(tiny_q8):

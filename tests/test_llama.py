@@ -62,12 +62,12 @@ def test_decode_reuses_one_plan_and_places_weights_once(tiny):
     model = Model(tiny[0], n_ctx=64, **F32_CACHE)
     model.eval([1, 2, 3])
     model.eval([4])
-    plans = dict(model.context._plans)
+    plans = dict(model.context.batch._plans)
     placed = dict(model.context.backend._placed[True])
     for t in range(5, 15):
         model.eval([t])
-    assert model.context._plans.keys() == plans.keys()
-    assert all(model.context._plans[k][0] is plans[k][0] for k in plans)
+    assert model.context.batch._plans.keys() == plans.keys()
+    assert all(model.context.batch._plans[k][0] is plans[k][0] for k in plans)
     assert all(model.context.backend._placed[True][k] is v for k, v in placed.items())
 
 

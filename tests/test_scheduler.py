@@ -99,7 +99,7 @@ def test_weights_once_then_only_inputs_in_and_logits_out(tiny):
     model = decode_model(tiny, dev)
     placed = sum(w.nbytes for w in make_weights(CFG).values()) + model.cache.nbytes
     assert placed <= dev.upload_bytes < placed + 4096  # weights and KV cache once, plus two steps' inputs
-    plan = next(p for key, (p, _) in model.context._plans.items() if key[0] == 1)
+    plan = next(p for key, (p, _) in model.context.batch._plans.items() if key[0] == 1)
     assert len(plan.splits) == 1 and plan.copies == []
     for token in (6, 7, 8):
         dev.reset_counts()

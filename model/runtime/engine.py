@@ -128,9 +128,9 @@ class Engine:
         req.events = events if events is not None else req.events
         req.logprobs = logprobs
         req.constraint = self.model.constraint(grammar)
-        if self._budget(req) > self.cache.n_blocks - 1:
+        if self._budget(req) > self.cache.n_blocks:
             raise PyggmlError(f"the request needs {self._budget(req)} KV blocks; "
-                              f"the pool has {self.cache.n_blocks - 1}")
+                              f"the pool has {self.cache.n_blocks}")
         with self._wake:
             if self._deadline is not None:
                 raise QueueFull("the engine is stopping")
@@ -176,7 +176,7 @@ class Engine:
                 req.events.put(Event(None, finish_reason="cancelled"))
             while self.waiting and len(self.active) < self.n_parallel:
                 req = self.waiting[0]
-                if sum(map(self._budget, self.active)) + self._budget(req) > self.cache.n_blocks - 1:
+                if sum(map(self._budget, self.active)) + self._budget(req) > self.cache.n_blocks:
                     return  # the pool is full: the request waits
                 if self._prefix_pending(req):
                     return  # admitted once the prefix it can share is evaluated (n choices of one prompt)

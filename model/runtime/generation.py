@@ -2,15 +2,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator, Sequence
 
 from .grammar import Constraint
-from .sampling import SamplingParams
 from ..tokenizers.tokenizer import StreamDecoder
-
-if TYPE_CHECKING:
-    from ..model import Model
 
 
 def held_back(text: str, stops: Sequence[str]) -> int:
@@ -56,25 +51,24 @@ class TextPieces:
 
 
 class TextStream:
-    """Iterates over the text pieces of one generation; afterwards holds tokens, finish reason, timings."""
+    """Iterates over the text pieces of one generation, given its (token, log-probability or None) steps as they
+    are produced (a lazy iterator, so the timings start when iteration does); afterwards holds
+    tokens, finish reason, timings."""
 
-    def __init__(self, model: Model, prompt_ids: list[int], max_tokens: int, params: SamplingParams,
-                 stop: Sequence[str] = (), kv_cache: bool = True, logprobs: bool = False,
+    def __init__(self, tokenizer, steps: Iterable[tuple[int, float | None]], n_prompt: int, stop: Sequence[str] = (),
                  constraint: Constraint | None = None):
-        self.model, self.prompt_ids, self.max_tokens, self.params = model, prompt_ids, max_tokens, params
-        self.stop, self.kv_cache, self.want_logprobs, self.constraint = stop, kv_cache, logprobs, constraint
+        self.tokenizer, self.steps, self.n_prompt = tokenizer, steps, n_prompt
+        self.stop, self.constraint = stop, constraint
         self.tokens: list[int] = []
         self.logprobs: list[float] = []
         self.finish_reason = "length"
         self.timings: dict[str, float] = {}
 
     def __iter__(self) -> Iterator[str]:
-        pieces = TextPieces(self.model.tokenizer, self.stop)
+        pieces = TextPieces(self.tokenizer, self.stop)
         t0 = time.perf_counter()
         t_first = None
-        steps = self.model.generate_ids(self.prompt_ids, self.max_tokens, self.params, self.kv_cache,
-                                        self.want_logprobs, self.constraint)
-        for token, logprob in steps:
+        for token, logprob in self.steps:
             t_first = t_first or time.perf_counter()
             self.tokens.append(token)
             if logprob is not None:
@@ -97,7 +91,7 @@ class TextStream:
         t_end = time.perf_counter()
         t_first = t_first or t_end
         n_decode = max(len(self.tokens) - 1, 0)
-        self.timings = {"prompt_tokens": len(self.prompt_ids), "prompt_seconds": t_first - t0,
-                        "prompt_tokens_per_second": len(self.prompt_ids) / max(t_first - t0, 1e-9),
+        self.timings = {"prompt_tokens": self.n_prompt, "prompt_seconds": t_first - t0,
+                        "prompt_tokens_per_second": self.n_prompt / max(t_first - t0, 1e-9),
                         "generated_tokens": len(self.tokens), "decode_seconds": t_end - t_first,
                         "decode_tokens_per_second": n_decode / max(t_end - t_first, 1e-9)}

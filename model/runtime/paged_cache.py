@@ -15,17 +15,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pyggml import ops
-from pyggml.graph.dtypes import DType
+from pyggml.graph.dtypes import DType, nbytes
 from pyggml.graph.errors import PyggmlError
 from pyggml.graph.tensor import Flag, Tensor, new_tensor
 
-from .kv_cache import DEFAULT_KV_TYPE, check_kv_types
+from .kv_cache import BLOCK_SIZE, DEFAULT_KV_TYPE, check_kv_types
 
 if TYPE_CHECKING:
-    from ..layers import StepInputs
-
-BLOCK_SIZE = 16
-SCRATCH = 0  # block 0 is never handed out: padding rows of a step write into it
+    from .step import StepInputs
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -44,20 +41,22 @@ def block_key(parent: bytes, tokens: Sequence[int]) -> bytes:
 
 class BlockPool:
     """Block ids handed out and taken back, each with a reference count (shared prefix blocks count > 1); full
-    blocks indexed by key stay cached at zero references, least recently used first out when blocks are needed."""
+    blocks indexed by key stay cached at zero references, least recently used first out when blocks are needed.
+    in_order (one sequence's pool): the lowest block that is free or cached is taken, so a sequence's rows are its
+    positions and attention can read them in place."""
 
-    def __init__(self, n_blocks: int):
+    def __init__(self, n_blocks: int, in_order: bool = False):
         self.refs = np.zeros(n_blocks, np.int64)
-        self.refs[SCRATCH] = 1
-        self.free = list(range(n_blocks - 1, SCRATCH, -1))
+        self.free = list(range(n_blocks - 1, -1, -1))
+        self.in_order = in_order
         self.index: dict[bytes, int] = {}  # key -> the full block that holds its tokens' K/V
         self.keys: dict[int, bytes] = {}   # indexed block -> its key
         self.cached: OrderedDict[int, None] = OrderedDict()  # indexed blocks no sequence holds, oldest first
 
     @property
     def n_used(self) -> int:
-        """Blocks held by sequences (the scratch block and cached blocks not counted)."""
-        return len(self.refs) - 1 - self.n_free
+        """Blocks held by sequences (cached blocks not counted)."""
+        return len(self.refs) - self.n_free
 
     @property
     def n_free(self) -> int:
@@ -65,14 +64,20 @@ class BlockPool:
         return len(self.free) + len(self.cached)
 
     def take(self) -> int:
-        """A free block, else the least recently used cached one (forgotten), now referenced once."""
-        if self.free:
-            block = self.free.pop()
-        elif self.cached:
-            block, _ = self.cached.popitem(last=False)
-            del self.index[self.keys.pop(block)]
+        """A free block, else the least recently used cached one (forgotten); in_order: the lowest of them. Now
+        referenced once."""
+        if not self.free and not self.cached:
+            raise PoolFull(f"all {len(self.refs)} KV blocks are in use")
+        if self.in_order:
+            block = min(self.free + list(self.cached))
         else:
-            raise PoolFull(f"all {len(self.refs) - 1} KV blocks are in use")
+            block = self.free[-1] if self.free else next(iter(self.cached))
+        if block in self.cached:
+            del self.cached[block], self.index[self.keys.pop(block)]
+        elif block == self.free[-1]:
+            self.free.pop()
+        else:
+            self.free.remove(block)
         self.refs[block] = 1
         return block
 
@@ -117,21 +122,33 @@ class SeqBlocks:
 
 
 class PagedKVCache:
-    """K and V of (n_blocks * block_size, n_kv_head * head_dim) per layer, handed out in blocks to sequences."""
+    """K and V of (blocks * block_size, n_kv_head * head_dim) per layer, handed out in blocks to sequences: n_blocks
+    per layer, or window_blocks for sliding-window layers (one sequence's ring: see layer_rows); in_order: blocks
+    handed out lowest first (one sequence's cache, read in place)."""
 
     def __init__(self, n_layer: int, n_blocks: int, n_kv_head: int, head_dim: int, dtype: DType = DEFAULT_KV_TYPE,
                  windows: list[int | None] | None = None, block_size: int = BLOCK_SIZE,
-                 head_dim_v: int | None = None, dtype_v: DType | None = None):
+                 head_dim_v: int | None = None, dtype_v: DType | None = None, window_blocks: int | None = None,
+                 in_order: bool = False):
         self.dtype, self.dtype_v = check_kv_types(dtype, dtype_v or dtype, head_dim, head_dim_v or head_dim)
-        self.block_size, self.n_blocks = block_size, n_blocks + 1  # + the scratch block
+        self.block_size, self.n_blocks = block_size, n_blocks
         windows = windows or [None] * n_layer
-        self.pools = {w: BlockPool(self.n_blocks) for w in dict.fromkeys(windows)}  # one per window (cache kind)
-        rows = self.n_blocks * block_size
-        self.k = [new_tensor((rows, n_kv_head * head_dim), self.dtype, f"paged_k_l{il}", Flag.PERSISTENT)
-                  for il in range(len(windows))]
-        self.v = [new_tensor((rows, n_kv_head * (head_dim_v or head_dim)), self.dtype_v, f"paged_v_l{il}",
-                             Flag.PERSISTENT) for il in range(len(windows))]
+        self.pools = {w: BlockPool(n_blocks if w is None else min(n_blocks, window_blocks or n_blocks), in_order)
+                      for w in dict.fromkeys(windows)}  # one per window (cache kind)
+        self.k = [new_tensor((self.pool_rows(w), n_kv_head * head_dim), self.dtype, f"paged_k_l{il}",
+                             Flag.PERSISTENT) for il, w in enumerate(windows)]
+        self.v = [new_tensor((self.pool_rows(w), n_kv_head * (head_dim_v or head_dim)), self.dtype_v,
+                             f"paged_v_l{il}", Flag.PERSISTENT) for il, w in enumerate(windows)]
         self.layer_window = windows
+
+    def pool_rows(self, w: int | None) -> int:
+        """Rows of each K and V tensor of kind w."""
+        return len(self.pools[w].refs) * self.block_size
+
+    @property
+    def ring(self) -> bool:
+        """Whether sliding-window layers hold fewer blocks than the others (a window's, not a context's)."""
+        return any(self.pool_rows(w) < self.n_blocks * self.block_size for w in self.pools)
 
     def forget_prefixes(self) -> None:
         """Drop the prefix cache's index (the K/V it points to was lost, as when a pipeline stage restarts)."""
@@ -151,8 +168,8 @@ class PagedKVCache:
     @property
     def nbytes_used(self) -> int:
         """Bytes of the K and V rows held by sequences."""
-        per_layer = [(t.nbytes + u.nbytes) // self.n_blocks for t, u in zip(self.k, self.v)]
-        return sum(b * self.pools[w].n_used for b, w in zip(per_layer, self.layer_window))
+        return sum((t.nbytes + u.nbytes) // len(self.pools[w].refs) * self.pools[w].n_used
+                   for t, u, w in zip(self.k, self.v, self.layer_window))
 
     def new_sequence(self) -> SeqBlocks:
         """An empty sequence."""
@@ -289,12 +306,19 @@ class PagedKVCache:
         return stores[0], stores[1]
 
     def kv_views(self, k: Tensor, v: Tensor, inp: StepInputs, il: int, window: int | None) -> tuple[Tensor, Tensor]:
-        """Write this step's k, v rows; gather the rows the step attends to as (Hkv, n_kv, D)."""
-        gather = inp.kv_gather[window]
+        """Write this step's k, v rows; the rows the step attends to as (Hkv, n_kv, D): gathered, or (without a
+        gather input: one sequence holding the first rows in order) a view of the store's first n_kv rows (of a
+        quantized store: rows of whole blocks per head)."""
+        gather, n_kv = inp.kv_gather.get(window), inp.kq_mask[window].shape[-1]
         views = []
         for written, cur, name in zip(self._written(k, v, inp, il, window), (k, v), ("k_cache", "v_cache")):
-            rows = ops.reshape(ops.get_rows(written, gather), (gather.shape[0], cur.shape[1], cur.shape[2]))
-            views.append(ops.permute(rows, 1, 0, 2).set_name(f"{name}-{il}"))
+            n_head, dim = cur.shape[1], cur.shape[2]
+            if gather is None:
+                strides = (nbytes((dim,), written.dtype), written.strides[0], written.strides[-1])
+                view = ops.view(written, (n_head, n_kv, dim), strides)
+            else:
+                view = ops.permute(ops.reshape(ops.get_rows(written, gather), (n_kv, n_head, dim)), 1, 0, 2)
+            views.append(view.set_name(f"{name}-{il}"))
         return views[0], views[1]
 
     def copy_graph(self, w: int | None, src: Tensor, dst: Tensor) -> list[Tensor]:

@@ -1,15 +1,15 @@
-"""SequenceContext: Context's one-sequence interface (eval, eval_prompt, truncate) over a BatchContext's paged
-cache, for a model whose layers run as pipeline stages."""
+"""SequenceContext: one sequence over a BatchContext's paged cache (llama_context for one sequence): prefill in
+chunks, decode a token a step, the cached prefix reused; in one process or through pipeline stages."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
 
+from pyggml.backends import Plan
 from pyggml.graph.errors import PyggmlError
 
 from .batch import BatchContext, CacheLost, Entry
-from .paged_cache import common_prefix
 from .stages import StageFailed
 
 
@@ -18,8 +18,9 @@ class SequenceContext:
 
     def __init__(self, batch: BatchContext, n_ctx: int, n_batch: int):
         self.batch, self.cache, self.n_ctx, self.n_batch = batch, batch.cache, n_ctx, n_batch
+        self.backend = batch.backend
         self.seq = self.cache.new_sequence()
-        self.last_plan = None  # the plans run in the stages
+        self.prefix_queried = self.prefix_hits = 0  # prompt tokens eval_prompt was given, and found in the cache
 
     @property
     def tokens(self) -> list[int]:
@@ -29,10 +30,18 @@ class SequenceContext:
     def n_past(self) -> int:
         return self.seq.n_past
 
+    @property
+    def last_plan(self) -> Plan | None:
+        """The plan of the latest step (for profiling and benchmarks; None when the stages ran it)."""
+        return self.batch.last_plan
+
     def truncate(self, n: int) -> None:
         """Keep the first n tokens (their blocks shared into a new sequence, the old one released)."""
         if n >= self.n_past:
             return
+        if n and self.cache.shareable(self.seq, self.tokens[:n + 1]) < n:
+            raise PyggmlError(f"the first {n} tokens cannot be kept: the sliding-window layers no longer hold "
+                              "the rows the next token sees")
         seq = self.cache.new_sequence()
         if n:
             self.cache.share_prefix(seq, self.seq, n)
@@ -40,14 +49,19 @@ class SequenceContext:
         self.seq = seq
 
     def reset(self) -> None:
+        """Start a new sequence."""
         self.truncate(0)
 
     def eval_prompt(self, tokens: Sequence[int]) -> np.ndarray:
-        """Logits (1, n_vocab) of the last prompt token, evaluating only what the sequence does not hold; when
-        a stage rebuilt since lost the K/V, the whole prompt again (a stage that dies in this step fails it)."""
-        self.truncate(common_prefix(self.tokens, tokens[:-1]))
+        """Logits (1, n_vocab) of the last prompt token, evaluating only what the sequence does not hold (the longest
+        common prefix, as llama-cpp-python); when a stage rebuilt since lost the K/V, the whole prompt again (a
+        stage that dies in this step fails it)."""
+        keep = self.cache.shareable(self.seq, list(tokens))
+        self.truncate(keep)
+        self.prefix_queried += len(tokens)
+        self.prefix_hits += keep
         try:
-            return self.eval(tokens[self.n_past:])
+            return self.eval(tokens[keep:])
         except StageFailed:
             self.reset()
             raise
@@ -56,16 +70,27 @@ class SequenceContext:
             return self.eval(tokens)
 
     def eval(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
-        """Append tokens; logits (1, n_vocab) of the last one."""
-        if all_logits:
-            raise PyggmlError("all_logits is not available when the model runs as pipeline stages")
+        """Append tokens; logits (1, n_vocab) of the last one, or (n, n_vocab) of every one."""
         if len(tokens) == 0:
             raise PyggmlError("eval needs at least one token")
         if self.n_past + len(tokens) > self.n_ctx:
             raise PyggmlError(f"{self.n_past + len(tokens)} tokens do not fit in the context of {self.n_ctx}")
-        for start in range(0, len(tokens), self.n_batch):
-            row = self.batch.step([Entry(self.seq, list(tokens[start:start + self.n_batch]))])[0]
-        return row[None, :]
+        outs, start = [], 0
+        while start < len(tokens):
+            end = start + self._chunk(len(tokens) - start)
+            out = self.batch.step([Entry(self.seq, list(tokens[start:end]), all_logits=all_logits)])[0]
+            outs.append(out if all_logits else out[None, :])
+            start = end
+        return np.concatenate(outs) if all_logits else outs[-1]
+
+    def _chunk(self, n_left: int) -> int:
+        """Tokens of the next step: n_batch at most; over a ring (sliding-window layers holding a window, not the
+        context) a step that crosses a block boundary ends at one, which keeps it within the ring's blocks."""
+        n = min(n_left, self.n_batch)
+        bs = self.cache.block_size
+        boundary = (self.n_past + n) // bs * bs
+        return boundary - self.n_past if self.cache.ring and boundary > self.n_past else n
 
     def eval_uncached(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
-        raise PyggmlError("kv_cache=False is not available when the model runs as pipeline stages")
+        """Logits of a whole sequence recomputed from scratch, without the KV cache (the baseline)."""
+        return self.batch.uncached(tokens, all_logits)

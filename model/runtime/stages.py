@@ -18,12 +18,11 @@ from pyggml.graph.dtypes import DType, as_dtype
 from pyggml.graph.errors import PyggmlError
 from pyggml.graph.tensor import Tensor, input_tensor
 
-from .batch import BatchContext, CacheLost, Entry, StepArrays
-from .context import GraphBuilder
+from .batch import BatchContext, CacheLost, Entry, GraphBuilder, StepArrays
 from ..decoder import build_layers
 from ..gguf_file import GGUFFile, TensorInfo
 from ..hparams import HParams
-from ..layers import StepInputs
+from .step import StepInputs
 from .paged_cache import PagedKVCache
 from ..weights import Weights
 
@@ -239,7 +238,7 @@ class PipelineContext(BatchContext):
     def __init__(self, pipeline: Pipeline, hp: HParams, cache: PagedKVCache):
         super().__init__(None, hp, None, cache, None)
         self.pipeline = pipeline
-        self.key = pipeline.open(CacheSpec(cache.n_blocks - 1, cache.block_size, cache.dtype.name.lower(),
+        self.key = pipeline.open(CacheSpec(cache.n_blocks, cache.block_size, cache.dtype.name.lower(),
                                            cache.dtype_v.name.lower()))
         self.epoch = pipeline.epoch
         weakref.finalize(self, pipeline.close, self.key)
@@ -247,9 +246,14 @@ class PipelineContext(BatchContext):
     def prepare(self, entries: Sequence[Entry]) -> tuple[StepArrays, dict[int, int]]:
         """As BatchContext's, but first CacheLost when a stage was rebuilt since this context's sequences
         were written."""
+        if any(e.all_logits for e in entries):
+            raise PyggmlError("all_logits is not available when the model runs as pipeline stages")
         if self._rebuilt() and self.cache.n_used:
             raise CacheLost("a pipeline stage was rebuilt since these sequences were evaluated; their K/V is gone")
         return super().prepare(entries)
+
+    def uncached(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
+        raise PyggmlError("kv_cache=False is not available when the model runs as pipeline stages")
 
     def execute(self, step: StepArrays, hidden: np.ndarray | None = None, profile: bool = False) -> np.ndarray:
         try:

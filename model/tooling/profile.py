@@ -16,14 +16,14 @@ from pyggml.graph.errors import PyggmlError
 from pyggml.graph.tensor import Flag, Tensor
 from pyggml.ops import spec
 
-from ..runtime.context import Context
+from ..runtime.sequence import SequenceContext
 
 if TYPE_CHECKING:
     from ..model import Model
 
 
 
-def step_plan(context: Context, tokens: Sequence[int]) -> Plan:
+def step_plan(context: SequenceContext, tokens: Sequence[int]) -> Plan:
     """Evaluate tokens (at most n_batch) as one step and return the plan that ran it."""
     context.eval(tokens)
     return context.last_plan
@@ -207,8 +207,8 @@ def profile_plan(plan: Plan, step: str, n_tokens: int, n_past: int) -> StepProfi
 
 def profile_model(model: Model, n_prompt: int = 64, seed: int = 0) -> list[StepProfile]:
     """Profiles of one prefill of n_prompt random tokens and of the decode step after it."""
-    if not 0 < n_prompt <= model.context.cache.n_batch:
-        raise PyggmlError(f"the profiled prefill must have 1 to n_batch={model.context.cache.n_batch} tokens, "
+    if not 0 < n_prompt <= model.context.n_batch:
+        raise PyggmlError(f"the profiled prefill must have 1 to n_batch={model.context.n_batch} tokens, "
                           f"not {n_prompt}")
     ids = np.random.default_rng(seed).integers(0, model.tokenizer.n_vocab, n_prompt + 1).tolist()
     model.reset()

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"warning: {args.host} is reachable from other machines and no --api-key is set: "
                          "anyone who can reach it can use this server\n")
     sys.stderr.write(f"serving {name} on http://{args.host}:{args.port}/v1 ({args.parallel} parallel, "
-                     f"context {model.n_ctx}, {engine.cache.n_blocks - 1} KV blocks)\n")
+                     f"context {model.n_ctx}, {engine.cache.n_blocks} KV blocks)\n")
     options = Options(args.api_key, args.cors_origin, args.docs, args.max_body, args.embeddings, args.pooling)
     serve(create_app(model, engine, name, options), engine, args.host, args.port, args.shutdown_timeout)
     return 0

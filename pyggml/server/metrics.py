@@ -42,7 +42,7 @@ class Metrics:
         Gauge(PREFIX + "requests_deferred", "Sequences waiting for a slot", registry=r).set_function(
             lambda: len(engine.waiting))
         Gauge(PREFIX + "kv_cache_usage_ratio", "Share of the KV blocks in use", registry=r).set_function(
-            lambda: engine.cache.n_used / max(engine.cache.n_blocks - 1, 1))
+            lambda: engine.cache.n_used / max(engine.cache.n_blocks, 1))
         r.register(PrefixCacheCounters(engine))
         self.ttft = Histogram(PREFIX + "time_to_first_token_seconds", "From a request's arrival to a choice's "
                               "first token", buckets=LATENCY_BUCKETS, registry=r)
