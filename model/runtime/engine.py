@@ -20,7 +20,7 @@ from .batch import CacheLost, Entry
 from .generation import TextPieces
 from .grammar import Constraint, GrammarSpec, apply_mask
 from .paged_cache import BLOCK_SIZE, SeqBlocks, common_prefix
-from .sampling import Sampler, SamplingParams, log_softmax
+from .sampling import Sampler, SamplingParams, log_softmax, sample_batch
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -232,13 +232,20 @@ class Engine:
             for req in list(self.active) if isinstance(exc, CacheLost) else [req for req, _ in work]:
                 self._finish(req, "error", f"{type(exc).__name__}: {exc}")
             return
-        for (req, _), row in zip(work, logits):
-            if row is not None:
-                try:
-                    allowed = apply_mask(row, bits[id(req)]) if id(req) in bits else row
-                    self._accept(req, req.sampler.sample(allowed, req.prompt_ids + req.tokens), row)
-                except Exception as exc:
-                    self._finish(req, "error", f"{type(exc).__name__}: {exc}")
+        wanted = [(req, row) for (req, _), row in zip(work, logits) if row is not None]
+        try:
+            tokens = sample_batch([req.sampler for req, _ in wanted],
+                                  [apply_mask(row, bits[id(req)]) if id(req) in bits else row for req, row in wanted],
+                                  [req.prompt_ids + req.tokens if req.sampler.penalized else () for req, _ in wanted])
+        except Exception as exc:  # a failed draw fails the requests drawn in this step
+            for req, _ in wanted:
+                self._finish(req, "error", f"{type(exc).__name__}: {exc}")
+            return
+        for (req, row), token in zip(wanted, tokens):
+            try:
+                self._accept(req, token, row)
+            except Exception as exc:
+                self._finish(req, "error", f"{type(exc).__name__}: {exc}")
 
     def _accept(self, req: Request, token: int, logits: np.ndarray) -> None:
         """Record a sampled token, emit its text, and finish the request when it is done."""
