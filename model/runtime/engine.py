@@ -8,7 +8,7 @@ import collections
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -112,6 +112,9 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._deadline: float | None = None  # when draining: the time.monotonic() at which running requests stop
+        # called in the engine's thread after each step, once that step's events are put (a server hands them
+        # to its event loop together: a wake-up per event cost a GIL hand-off per token)
+        self.after_step: list[Callable[[], None]] = []
 
     def submit(self, prompt_ids: Sequence[int], max_tokens: int = 128, sampling: SamplingParams | None = None,
                stop: Sequence[str] = (), events=None, logprobs: int | None = None,
@@ -301,6 +304,11 @@ class Engine:
                 except Exception as exc:  # the engine goes on; what was running fails
                     for req in list(self.active):
                         self._finish(req, "error", f"{type(exc).__name__}: {exc}")
+                self._stepped()
+
+    def _stepped(self) -> None:
+        for hook in self.after_step:
+            hook()
 
     def shutdown(self) -> None:
         """Stop the background thread and cancel what is left."""
@@ -312,3 +320,4 @@ class Engine:
         for req in list(self.waiting) + self.active:
             req.cancel()
         self.step()
+        self._stepped()
