@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pyggml.model.runtime.sampling import Sampler, SamplingParams, top_p
+from pyggml.model.runtime.sampling import Sampler, SamplingParams, sample_batch, top_p
 
 LOGITS = np.log(np.array([0.5, 0.2, 0.15, 0.1, 0.05], np.float32))
 OFF = dict(top_k=0, top_p=1.0, min_p=0.0)
@@ -77,3 +77,31 @@ def test_draws_follow_the_distribution_and_seed_reproduces():
     sampler = Sampler(SamplingParams(temperature=1.0, seed=11, **OFF))
     counts = np.bincount([sampler.sample(LOGITS) for _ in range(20000)], minlength=5) / 20000
     np.testing.assert_allclose(counts, np.exp(LOGITS), atol=0.015)
+
+
+def reference_draw(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
+    """The inverse-CDF draw written out: softmax of logits / temperature in float64, one uniform per draw."""
+    scaled = (logits / np.float32(temperature)).astype(np.float64)
+    probs = np.exp(scaled - scaled.max())
+    cum = np.cumsum(probs / probs.sum())
+    return min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), len(cum) - 1)
+
+
+def test_a_batch_draws_what_each_row_draws_alone_with_its_seed():
+    """sample_batch over rows of mixed settings: a whole-vocabulary row gives the reference formula's token, seed
+    for seed and step after step; a greedy or top-k row gives what its sampler alone gives."""
+    rng = np.random.default_rng(0)
+    settings = [dict(temperature=0.8, **OFF), dict(temperature=1.3, logit_bias={3: -100.0}, **OFF),
+                dict(temperature=0), dict(temperature=0.7, top_k=5, top_p=1.0, min_p=0.0), dict(temperature=1.0, **OFF)]
+    samplers = [Sampler(SamplingParams(seed=10 + i, **kw)) for i, kw in enumerate(settings)]
+    alone = [Sampler(SamplingParams(seed=10 + i, **kw)) for i, kw in enumerate(settings)]
+    refs = {i: np.random.default_rng(10 + i) for i in (0, 1, 4)}
+    for _ in range(40):
+        logits = (rng.standard_normal((len(settings), 300)) * 2).astype(np.float32)
+        got = sample_batch(samplers, logits, [()] * len(settings))
+        want = [s.sample(row) for s, row in zip(alone, logits)]
+        biased = logits[1].copy()
+        biased[3] -= 100.0
+        for i, row in ((0, logits[0]), (1, biased), (4, logits[4])):
+            assert got[i] == reference_draw(row, settings[i]["temperature"], refs[i])
+        assert got == want

@@ -19,6 +19,7 @@ from chat_llama import write_chat_llama
 from pyggml.model.runtime.engine import Engine
 from pyggml.model.model import Model
 from pyggml.server.app import Options, create_app
+from pyggml.server.relay import Relay
 
 JSON = {"Content-Type": "application/json"}
 WAIT_STEPS = 2400  # bounded polling: at most 60 s (a machine shared with other jobs can be slow)
@@ -178,14 +179,21 @@ def test_logprobs_are_the_models_and_come_in_both_shapes(smollm2):
         assert client.completions.create(model="m", prompt=prompt, max_tokens=2).choices[0].logprobs is None
 
 
-def test_prompt_batches_and_n_choices_come_back_in_order(smollm2):
+def test_prompt_batches_and_n_choices_come_back_in_order(smollm2, monkeypatch):
     """Choice i·n + j is prompt i's j-th, whole and streamed (greedy: what generate gives each prompt); a seed
-    moves by j, so that sampled choices differ; usage counts each prompt once and every choice's tokens."""
+    moves by j, so that sampled choices differ; usage counts each prompt once and every choice's tokens; the
+    event loop is woken at most once per engine step, however many choices the step advanced."""
     prompts = ["The capital of France is", "Once upon a time"]
     want = []
     for p in prompts:
         smollm2.reset()
         want.append(smollm2.generate(p, max_tokens=6, temperature=0).text)
+    counts = {"steps": 0, "deliveries": 0}
+    for cls, name, key in ((Engine, "step", "steps"), (Relay, "deliver", "deliveries")):
+        def counted(self, _original=getattr(cls, name), _key=key):
+            counts[_key] += 1
+            return _original(self)
+        monkeypatch.setattr(cls, name, counted)
     with serving(smollm2, n_parallel=4, n_ctx=256) as (url, _):
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
         done = client.completions.create(model="m", prompt=prompts, n=2, max_tokens=6, temperature=0)
@@ -211,6 +219,7 @@ def test_prompt_batches_and_n_choices_come_back_in_order(smollm2):
                                                    max_tokens=5, temperature=1.0, seed=7 + j)
             assert choice.index == j and choice.message.content == alone.choices[0].message.content
         assert health(url)["kv_blocks_used"] == 0
+        assert 0 < counts["deliveries"] <= counts["steps"]
 
 
 BAD = [("{not json", "body"), ('["a list"]', "body"), ('{"prompt": ""}', "prompt"), ('{"prompt": 5}', "prompt"),

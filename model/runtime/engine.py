@@ -8,7 +8,7 @@ import collections
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,7 +20,7 @@ from .batch import CacheLost, Entry
 from .generation import TextPieces
 from .grammar import Constraint, GrammarSpec, apply_mask
 from .paged_cache import BLOCK_SIZE, SeqBlocks, common_prefix
-from .sampling import Sampler, SamplingParams, log_softmax
+from .sampling import Sampler, SamplingParams, log_softmax, sample_batch
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -112,6 +112,9 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._deadline: float | None = None  # when draining: the time.monotonic() at which running requests stop
+        # called in the engine's thread after each step, once that step's events are put (a server hands them
+        # to its event loop together: a wake-up per event cost a GIL hand-off per token)
+        self.after_step: list[Callable[[], None]] = []
 
     def submit(self, prompt_ids: Sequence[int], max_tokens: int = 128, sampling: SamplingParams | None = None,
                stop: Sequence[str] = (), events=None, logprobs: int | None = None,
@@ -232,13 +235,20 @@ class Engine:
             for req in list(self.active) if isinstance(exc, CacheLost) else [req for req, _ in work]:
                 self._finish(req, "error", f"{type(exc).__name__}: {exc}")
             return
-        for (req, _), row in zip(work, logits):
-            if row is not None:
-                try:
-                    allowed = apply_mask(row, bits[id(req)]) if id(req) in bits else row
-                    self._accept(req, req.sampler.sample(allowed, req.prompt_ids + req.tokens), row)
-                except Exception as exc:
-                    self._finish(req, "error", f"{type(exc).__name__}: {exc}")
+        wanted = [(req, row) for (req, _), row in zip(work, logits) if row is not None]
+        try:
+            tokens = sample_batch([req.sampler for req, _ in wanted],
+                                  [apply_mask(row, bits[id(req)]) if id(req) in bits else row for req, row in wanted],
+                                  [req.prompt_ids + req.tokens if req.sampler.penalized else () for req, _ in wanted])
+        except Exception as exc:  # a failed draw fails the requests drawn in this step
+            for req, _ in wanted:
+                self._finish(req, "error", f"{type(exc).__name__}: {exc}")
+            return
+        for (req, row), token in zip(wanted, tokens):
+            try:
+                self._accept(req, token, row)
+            except Exception as exc:
+                self._finish(req, "error", f"{type(exc).__name__}: {exc}")
 
     def _accept(self, req: Request, token: int, logits: np.ndarray) -> None:
         """Record a sampled token, emit its text, and finish the request when it is done."""
@@ -294,6 +304,11 @@ class Engine:
                 except Exception as exc:  # the engine goes on; what was running fails
                     for req in list(self.active):
                         self._finish(req, "error", f"{type(exc).__name__}: {exc}")
+                self._stepped()
+
+    def _stepped(self) -> None:
+        for hook in self.after_step:
+            hook()
 
     def shutdown(self) -> None:
         """Stop the background thread and cancel what is left."""
@@ -305,3 +320,4 @@ class Engine:
         for req in list(self.waiting) + self.active:
             req.cancel()
         self.step()
+        self._stepped()

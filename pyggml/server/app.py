@@ -252,7 +252,9 @@ def cancel(reqs: list[EngineRequest]) -> None:
 async def answer(request: Request, served: Served, prompts: list[list[int]], params: api.Params, shape: Shape,
                  arrived: float):
     """The whole completion as one body, or a stream of server-sent events."""
-    served.relay = served.relay or Relay(asyncio.get_running_loop())
+    if served.relay is None:
+        served.relay = Relay(asyncio.get_running_loop())
+        served.engine.after_step.append(served.relay.flush)
     reqs, sink = submit(served.engine, prompts, params, AsyncSink(served.relay))
     n_prompt = sum(map(len, prompts))
     calls = [CallStream(served.model.tool_format, params.tools != "auto") for _ in reqs] if params.tools else None

@@ -1,5 +1,6 @@
-"""Engine events handed from the engine thread to the handlers on the event loop: a burst of events (an engine
-step's, for every request) costs one wake-up of the loop, not one per event."""
+"""Engine events handed from the engine thread to the handlers on the event loop: an engine step's events, for
+every request, cost one wake-up of the loop, not one per event (each wake-up writes to the loop's self-pipe,
+which lets the loop take the GIL from the engine mid-step)."""
 from __future__ import annotations
 
 import asyncio
@@ -10,8 +11,8 @@ from pyggml.model.runtime.engine import Event
 
 
 class Relay:
-    """Carries (asyncio queue, item) pairs from any thread to the loop: the first put of a burst schedules one
-    delivery, which empties everything put until it runs."""
+    """Carries (asyncio queue, item) pairs from the engine thread to the loop: items put during a step wait for
+    the step's end, when `flush` schedules one delivery, which empties everything put until it runs."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop, self.pending, self.scheduled = loop, collections.deque(), False
@@ -19,7 +20,10 @@ class Relay:
     def put(self, queue: asyncio.Queue, item: object) -> None:
         """(engine thread) Queue item for the loop."""
         self.pending.append((queue, item))
-        if not self.scheduled:
+
+    def flush(self) -> None:
+        """(engine thread, after a step) Have the loop deliver what is pending."""
+        if self.pending and not self.scheduled:
             self.scheduled = True
             try:
                 self.loop.call_soon_threadsafe(self.deliver)
