@@ -1,7 +1,8 @@
 """Per-token cost of pipeline stages on Ray against one process (docs/benchmarks.md): decode ms per token in one
 process (its own cache, and the paged cache the stages use), N stages in this process, and N stages as Ray
-actors on a local cluster of N nodes; the bytes a decode step moves; a bare hop between two actors on two nodes,
-as plain actor calls and as a compiled graph.
+actors on a local cluster of N nodes, their steps as a compiled graph and as plain actor calls; the bytes a
+decode step moves and the time to pickle them; a bare hop between two actors on two nodes, as plain actor calls
+and as a compiled graph.
 
     python examples/bench_stages.py --model smollm2-135m --stages 2 -n 64
 """
@@ -21,6 +22,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from pyggml.backends.registry import create
 from pyggml.model.runtime.batch import Entry
 from pyggml.model.model import Model
+from pyggml.model.runtime.ray_stages import RayPipeline
 from pyggml.model.runtime.sequence import SequenceContext
 
 PROMPT = "The history of the printing press begins"
@@ -45,17 +47,32 @@ def decode_times(contexts: dict, prompt: list[int], rounds: int, steps: int = 8)
     return times
 
 
-def step_bytes_moved(model: Model, prompt: list[int]) -> dict[str, int]:
+def step_bytes_moved(model: Model, prompt: list[int]) -> dict[str, tuple[int, float]]:
     """Pickled bytes of one decode step's inputs (sent to every stage), of the hidden rows between two stages,
-    and of the logits back."""
+    and of the logits back, each with the µs pickle takes for it (median of 200)."""
     bc = model.batch_context(-(-(len(prompt) + 1) // 16) + 1)
     seq = bc.cache.new_sequence()
     bc.step([Entry(seq, prompt)])
     arrays, _ = bc.prepare([Entry(seq, [1])])
     hidden = np.zeros((len(arrays.tokens), model.hparams.n_embd), np.float32)
     logits = np.zeros((1, model.hparams.n_vocab), np.float32)
-    return {name: len(pickle.dumps(x, protocol=5)) for name, x in
-            (("step inputs", arrays), ("hidden rows", hidden), ("logits", logits))}
+    def pickled(x) -> tuple[int, float]:
+        samples = []
+        for _ in range(200):
+            t0 = time.perf_counter()
+            n = len(pickle.dumps(x, protocol=5))
+            samples.append(time.perf_counter() - t0)
+        return n, round(statistics.median(samples) * 1e6, 1)
+    return {name: pickled(x) for name, x in (("step inputs", arrays), ("hidden rows", hidden), ("logits", logits))}
+
+
+def bytes_per_token(moved: dict[str, tuple[int, float]], n_stages: int) -> dict[str, int]:
+    """Bytes a decode token sends over Ray on each path: plain calls send the inputs in every stage's call and
+    each stage's rows back to the driver, which sends them on; a compiled graph writes the inputs once (Ray
+    pushes them to each other node that reads them) and each stage's rows straight to the next."""
+    inputs, hidden, logits = (moved[k][0] for k in ("step inputs", "hidden rows", "logits"))
+    return {"plain calls": n_stages * inputs + 2 * (n_stages - 1) * hidden + logits,
+            "compiled graph": inputs + (n_stages - 1) * hidden + logits}
 
 
 class Echo:
@@ -118,14 +135,23 @@ def main() -> None:
     one = Model(args.model, backend=create(args.backend), n_ctx=512)
     local = Model(args.model, backend=create(args.backend), n_ctx=512, stages=args.stages)
     staged = Model(args.model, backend=create(args.backend), n_ctx=512, stages=args.stages, ray=args.address)
+    plain = Model(args.model, backend=create(args.backend), n_ctx=512)
+    plain.pipeline = RayPipeline(args.address, plain.gguf, plain.hparams, staged.pipeline.ranges, plain.backend,
+                                 compiled=False)
+    plain.context = plain.make_context(512)
     prompt = one.tokenize(PROMPT)
+    where = f"{staged.pipeline.strategy}, {staged.pipeline.describe()}"
     contexts = {"one process": one.context, "one process, paged cache": SequenceContext(one.batch_context(32), 512, 512),
                 f"{args.stages} stages in one process": local.context,
-                f"{args.stages} stages on Ray ({staged.pipeline.strategy}, {staged.pipeline.describe()})": staged.context}
+                f"{args.stages} stages on Ray, {staged.pipeline.calls} ({where})": staged.context,
+                f"{args.stages} stages on Ray, {plain.pipeline.calls} ({where})": plain.context}
     for name, times in decode_times(contexts, prompt, args.n // 8).items():
         print(f"{name}: best {min(times) * 1e6:.0f} µs, median {statistics.median(times) * 1e6:.0f} µs per token")
     staged.close()
-    print("bytes per decode step:", step_bytes_moved(one, prompt))
+    plain.close()
+    moved = step_bytes_moved(one, prompt)
+    print("pickled bytes and µs per decode step:", moved)
+    print("bytes per decode token over Ray:", bytes_per_token(moved, args.stages))
     print("bare hops, µs:", bare_hops_us(one.hparams.n_embd))
     ray.shutdown()
     if cluster:
