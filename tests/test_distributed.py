@@ -139,6 +139,7 @@ def test_two_stages_on_two_nodes_match_one_process(on_ray, local):
     import ray
     nodes = ray.util.placement_group_table(on_ray.pipeline.group)["bundles_to_node_id"]
     assert on_ray.pipeline.strategy == "STRICT_SPREAD" and len(set(nodes.values())) == 2
+    assert on_ray.pipeline.calls == "compiled graph"  # not a silent fallback to plain calls
     tokens, logits = greedy_steps(on_ray, PROMPT, 12)
     ref_tokens, ref_logits = greedy_steps(local, PROMPT, 12)
     assert tokens == ref_tokens
@@ -186,10 +187,11 @@ def test_a_killed_stage_fails_its_requests_and_is_rebuilt(on_ray, local):
 
 
 def test_tensors_shipped_where_a_node_does_not_see_the_file(cluster, tiny_path, local):
+    """Also the plain actor calls, the path where a compiled graph does not compile."""
     from pyggml.model.runtime.ray_stages import RayPipeline
     model = Model(tiny_path[0], backend=create("numpy"), **F32_CACHE)
     model.pipeline = RayPipeline(cluster.address, model.gguf, model.hparams, [range(0, 3), range(3, 4)],
-                                 model.backend, force_ship=True)
+                                 model.backend, force_ship=True, compiled=False)
     try:
         model.context = model.make_context(64)
         assert greedy_steps(model, PROMPT, 6)[0] == greedy_steps(local, PROMPT, 6)[0]
