@@ -2,7 +2,7 @@
 process (its own cache, and the paged cache the stages use), N stages in this process, and N stages as Ray
 actors on a local cluster of N nodes, their steps as a compiled graph and as plain actor calls; the bytes a
 decode step moves and the time to pickle them; a bare hop between two actors on two nodes, as plain actor calls
-and as a compiled graph.
+and as a compiled graph, bare and shaped as a decode step (no compute).
 
     python examples/bench_stages.py --model smollm2-135m --stages 2 -n 64
 """
@@ -47,13 +47,18 @@ def decode_times(contexts: dict, prompt: list[int], rounds: int, steps: int = 8)
     return times
 
 
-def step_bytes_moved(model: Model, prompt: list[int]) -> dict[str, tuple[int, float]]:
-    """Pickled bytes of one decode step's inputs (sent to every stage), of the hidden rows between two stages,
-    and of the logits back, each with the µs pickle takes for it (median of 200)."""
+def decode_step(model: Model, prompt: list[int]):
+    """A decode step's inputs after the prompt (one sequence)."""
     bc = model.batch_context(-(-(len(prompt) + 1) // 16) + 1)
     seq = bc.cache.new_sequence()
     bc.step([Entry(seq, prompt)])
-    arrays, _ = bc.prepare([Entry(seq, [1])])
+    return bc.prepare([Entry(seq, [1])])[0]
+
+
+def step_bytes_moved(model: Model, prompt: list[int]) -> dict[str, tuple[int, float]]:
+    """Pickled bytes of one decode step's inputs (sent to every stage), of the hidden rows between two stages,
+    and of the logits back, each with the µs pickle takes for it (median of 200)."""
+    arrays = decode_step(model, prompt)
     hidden = np.zeros((len(arrays.tokens), model.hparams.n_embd), np.float32)
     logits = np.zeros((1, model.hparams.n_vocab), np.float32)
     def pickled(x) -> tuple[int, float]:
@@ -76,15 +81,19 @@ def bytes_per_token(moved: dict[str, tuple[int, float]], n_stages: int) -> dict[
 
 
 class Echo:
-    """An actor that hands its argument back."""
+    """An actor that hands its argument back, or as a stage does, takes (key, step, rows) and gives n floats."""
 
     def f(self, x):
         return x
 
+    def stage(self, key, step, hidden, n: int):
+        return np.zeros(n, np.float32)
 
-def bare_hops_us(n_embd: int, n: int = 300) -> dict[str, float]:
+
+def bare_hops_us(n_embd: int, n_vocab: int, step, n: int = 300) -> dict[str, float]:
     """Median µs of driver -> a -> b -> driver with n_embd floats, a and b on two nodes: plain calls and a
-    compiled graph."""
+    compiled graph; and of the same hops shaped as a step with no compute (the step's inputs to both, n_embd
+    floats a -> b, n_vocab floats back)."""
     group = placement_group([{"CPU": 1}] * 2, strategy="STRICT_SPREAD")
     ray.get(group.ready())
     a, b = (ray.remote(Echo).options(num_cpus=1, scheduling_strategy=PlacementGroupSchedulingStrategy(
@@ -110,8 +119,15 @@ def bare_hops_us(n_embd: int, n: int = 300) -> dict[str, float]:
         compiled = dag.experimental_compile()
         out["compiled chain"] = timed(lambda: ray.get(compiled.execute(x)))
         compiled.teardown()
+        with InputNode() as inp:
+            dag = b.stage.bind(inp[0], inp[1], a.stage.bind(inp[0], inp[1], None, n_embd), n_vocab)
+        compiled = dag.experimental_compile()
+        out["compiled step-shaped"] = timed(lambda: np.array(ray.get(compiled.execute(0, step))))
+        compiled.teardown()
     except Exception as e:  # compiled graphs are experimental: say why they did not run
         out["compiled chain"] = f"failed: {type(e).__name__}: {e}"
+    out["plain step-shaped"] = timed(lambda: ray.get(b.stage.remote(0, step, a.stage.remote(0, step, None, n_embd),
+                                                                     n_vocab)))
     for actor in (a, b):
         ray.kill(actor)
     return out
@@ -152,7 +168,7 @@ def main() -> None:
     moved = step_bytes_moved(one, prompt)
     print("pickled bytes and µs per decode step:", moved)
     print("bytes per decode token over Ray:", bytes_per_token(moved, args.stages))
-    print("bare hops, µs:", bare_hops_us(one.hparams.n_embd))
+    print("bare hops, µs:", bare_hops_us(one.hparams.n_embd, one.hparams.n_vocab, decode_step(one, prompt)))
     ray.shutdown()
     if cluster:
         cluster.shutdown()
