@@ -1,14 +1,17 @@
 """Pipeline stages as Ray actors, one per node where the cluster has the nodes (a STRICT_SPREAD placement group,
 else PACK). An actor opens the GGUF itself when its node sees the file, else receives its tensors once through
-the object store. Per step the step's inputs are put once and read by every stage, and the hidden rows go from
-actor to actor. A stage that dies fails the step (StageFailed) and is started again in its bundle."""
+the object store. A step runs as a Ray compiled graph over the stages where one compiles (the step's inputs
+written once for every stage, the hidden rows from actor to actor, the logits back, all over Ray's channels),
+else as a chain of plain actor calls. A stage that dies fails the step (StageFailed) and is started again in
+its bundle, and the graph is compiled again over the new stage."""
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError, RayChannelError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -56,10 +59,12 @@ def wait(refs, what: str):
 
 
 class StageActor:
-    """A StageWorker in a Ray actor, built from the file where its node sees it, else from shipped tensors."""
+    """A StageWorker in a Ray actor, built from the file where its node sees it, else from shipped tensors. A
+    compiled graph runs its steps on a thread of its own while plain calls (open, close) come on the main one:
+    a lock keeps them apart."""
 
     def __init__(self, path: str, size: int, hp: HParams, layers: range, backends: list[str]):
-        self.args = hp, layers, backends
+        self.args, self.lock = (hp, layers, backends), threading.Lock()
         self.worker = self._worker(GGUFFile(path)) if sees_file(path, size) else None
 
     def _worker(self, tensors: GGUFFile | ShippedTensors) -> StageWorker:
@@ -75,13 +80,27 @@ class StageActor:
         self.worker = self._worker(tensors)
 
     def open(self, key: int, spec: CacheSpec) -> None:
-        self.worker.open(key, spec)
+        with self.lock:
+            self.worker.open(key, spec)
 
     def execute(self, key: int, step: StepArrays, hidden: np.ndarray | None = None) -> np.ndarray:
-        return self.worker.execute(key, step, hidden)
+        with self.lock:
+            return self.worker.execute(key, step, hidden)
 
     def close(self, key: int) -> None:
-        self.worker.close(key)
+        with self.lock:
+            self.worker.close(key)
+
+
+def compile_steps(workers: list) -> ray.dag.CompiledDAG:
+    """The stages' execute calls as one compiled graph: input (key, step) read by every stage, each stage's rows
+    to the next, the last stage's logits out."""
+    from ray.dag import InputNode
+    with InputNode() as inp:
+        node = None
+        for worker in workers:
+            node = worker.execute.bind(inp[0], inp[1], node)
+    return node.experimental_compile()
 
 
 class RayPipeline(Pipeline):
@@ -89,7 +108,7 @@ class RayPipeline(Pipeline):
     where = "on Ray"
 
     def __init__(self, address: str, gguf: GGUFFile, hp: HParams, ranges: list[range], backend: BackendSpec,
-                 force_ship: bool = False):
+                 force_ship: bool = False, compiled: bool = True):
         connect(address)
         self.gguf, self.hp, self.ranges, self.backends = gguf, hp, ranges, backend_names(backend)
         self.force_ship = force_ship  # send the tensors even where a node sees the file (for tests)
@@ -98,6 +117,28 @@ class RayPipeline(Pipeline):
         wait(self.group.ready(), f"the placement group of {len(ranges)} stages ({self.strategy})")
         super().__init__(ranges)
         self.workers = [self._start(i) for i in range(len(ranges))]
+        self.compiled, self.graph = compiled, None
+        self.calls = self._compile()  # how steps run: "compiled graph" or "plain actor calls (why)"
+
+    def _compile(self) -> str:
+        """Compile the steps' graph over the current stages where asked and where Ray can; how steps will run."""
+        if not self.compiled:
+            return "plain actor calls"
+        try:
+            self.graph = compile_steps(self.workers)
+        except Exception as e:  # compiled graphs are experimental (and absent over Ray Client): plain calls do it all
+            self.graph = None
+            return f"plain actor calls (the compiled graph failed: {type(e).__name__}: {e})"
+        return "compiled graph"
+
+    def _teardown(self) -> None:
+        """Let the compiled graph go (it shut itself down already if a stage died)."""
+        graph, self.graph = self.graph, None
+        if graph is not None:
+            try:
+                graph.teardown()
+            except Exception:  # noqa: BLE001  a graph a dead actor broke may fail to tear down; it holds nothing
+                pass
 
     def _start(self, i: int):
         """Stage i's actor in bundle i, holding its weights and the K/V of every open context."""
@@ -120,13 +161,17 @@ class RayPipeline(Pipeline):
                 w.close.remote(key)
 
     def run(self, key: int, step: StepArrays) -> np.ndarray:
-        hidden = None
-        for worker in self.workers:  # the step's inputs by value: small, they ride in each call
-            hidden = worker.execute.remote(key, step, hidden)
         try:
+            if self.graph is not None:  # a copy: the array read from the channel blocks the next step while alive
+                return np.array(ray.get(self.graph.execute(key, step), timeout=-1))
+            hidden = None
+            for worker in self.workers:  # the step's inputs by value: small, they ride in each call
+                hidden = worker.execute.remote(key, step, hidden)
             return ray.get(hidden)
-        except RayActorError as e:
+        except (RayActorError, RayChannelError) as e:  # a dead stage; a compiled graph then shut itself down
+            self._teardown()
             dead = self._restart_dead()
+            self.calls = self._compile()
             raise StageFailed(f"pipeline stage {', '.join(self.name(i) for i in dead) or '?'} died "
                               f"({type(e).__name__}); the step's requests failed and the stage was started "
                               "again") from None
@@ -145,6 +190,7 @@ class RayPipeline(Pipeline):
         return dead
 
     def shutdown(self) -> None:
+        self._teardown()
         for worker in self.workers:
             ray.kill(worker)
         self.workers = []
